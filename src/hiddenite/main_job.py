@@ -1,0 +1,136 @@
+"""``hiddenite run``: the main job on the bundled default data set (Fashion-MNIST).
+
+1. train a hidden Conv-4 (frozen signed-constant weights, learned masks) and its dense twin
+   on the same data with the same budget;
+2. evaluate both on the test set;
+3. rebuild the hidden network from its checkpoint (scores only; weights regenerated from
+   the seed) and check the rebuilt model predicts exactly the same classes;
+4. print the size summary and a short report (also written to ``report.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_bytes
+from .convert import SupermaskConfig
+from .data import load_dataset, train_val_split
+from .summary import summary
+from .train import TrainConfig, evaluate, load_trained, predict, train
+
+DEFAULT_EPOCHS = 3
+DEFAULT_TRAIN_SUBSET = 20000
+QUICK_EPOCHS = 1
+QUICK_TRAIN_SUBSET = 512
+QUICK_TEST_SUBSET = 1000
+
+__all__ = ["hidden_and_dense_configs", "run_main_job"]
+
+
+def hidden_and_dense_configs(epochs: int, train_subset: int) -> tuple[TrainConfig, TrainConfig]:
+    """The two training configs of the main job (the hidden network and its dense twin)."""
+    hidden = TrainConfig(
+        model="conv4",
+        model_kwargs={"width": 0.5},
+        supermask=SupermaskConfig(density=0.5, init="signed-constant", seed=0),
+        epochs=epochs,
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=1e-4,
+        train_subset=train_subset,
+    )
+    dense = dataclasses.replace(
+        hidden,
+        supermask=dataclasses.replace(hidden.supermask, mode="dense", init="kaiming-normal"),
+        lr=0.02,
+        weight_decay=5e-4,
+    )
+    return hidden, dense
+
+
+def run_main_job(args) -> int:
+    """Run the main job with the CLI's ``run`` arguments; prints the report."""
+    out = Path(args.out)
+    quick = bool(getattr(args, "quick", False))
+    epochs = args.epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
+    subset = args.train_subset
+    if subset is None:
+        subset = QUICK_TRAIN_SUBSET if quick else DEFAULT_TRAIN_SUBSET
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+    hidden_cfg, dense_cfg = hidden_and_dense_configs(epochs, subset)
+    began = time.perf_counter()
+
+    full = load_dataset(hidden_cfg.dataset, "train", args.data_dir)
+    test = load_dataset(hidden_cfg.dataset, "test", args.data_dir)
+    train_set, val_set = train_val_split(full, hidden_cfg.val_fraction, hidden_cfg.seed_for_data)
+    if quick:
+        test = test.subset(torch.arange(QUICK_TEST_SUBSET))
+        val_set = val_set.subset(torch.arange(QUICK_TEST_SUBSET))
+    if subset:
+        train_set = train_set.subset(torch.arange(min(subset, len(train_set))))
+    print(f"Fashion-MNIST: {len(train_set)} training, {len(val_set)} validation, "
+          f"{len(test)} test images; {epochs} epoch(s) per model")  # fmt: skip
+
+    results = {}
+    for label, cfg in (("hidden", hidden_cfg), ("dense", dense_cfg)):
+        sm = cfg.supermask
+        print(f"\n== {label}: {cfg.model} {cfg.model_kwargs}, mode={sm.mode}, init={sm.init}"
+              + (f", density={sm.density}" if sm.mode == "hidden" else ""))  # fmt: skip
+        t0 = time.perf_counter()
+        result = train(cfg, out / label, datasets=(train_set, val_set), device=device)
+        results[label] = {
+            "model": result.model,
+            "seconds": time.perf_counter() - t0,
+            "test": evaluate(result.model, test, cfg.eval_batch_size, device),
+        }
+
+    print("\n== rebuilding the hidden network from its seed and checkpoint")
+    rebuilt, _ = load_trained(out / "hidden" / "checkpoint.safetensors", device)
+    original = predict(results["hidden"]["model"], test, device=device)
+    again = predict(rebuilt, test, device=device)
+    identical = bool(torch.equal(original, again))
+    rebuilt_test = evaluate(rebuilt, test, hidden_cfg.eval_batch_size, device)
+    print(f"rebuilt predictions identical on {len(test)} test images: {identical}")
+
+    print("\n== size of the hidden network")
+    sizes = summary(rebuilt, print_fn=print)
+
+    h, d = results["hidden"], results["dense"]
+    report = {
+        "data": {"train": len(train_set), "val": len(val_set), "test": len(test)},
+        "epochs": epochs,
+        "hidden": {"config": hidden_cfg.to_dict(), "test_accuracy": h["test"]["accuracy"],
+                   "seconds": h["seconds"]},
+        "dense": {"config": dense_cfg.to_dict(), "test_accuracy": d["test"]["accuracy"],
+                  "seconds": d["seconds"]},
+        "rebuilt": {"predictions_identical": identical,
+                    "test_accuracy": rebuilt_test["accuracy"]},
+        "sizes": sizes.totals,
+        "seconds": time.perf_counter() - began,
+    }  # fmt: skip
+    text = json.dumps(report, indent=2)
+    atomic_write_bytes(out / "report.json", lambda tmp: Path(tmp).write_text(text))
+
+    t = sizes.totals
+    print("\n== report")
+    print(
+        f"hidden {hidden_cfg.model} (k={hidden_cfg.supermask.density}) test accuracy "
+        f"{h['test']['accuracy']:.4f}   dense twin {d['test']['accuracy']:.4f}   "
+        f"gap {100 * (d['test']['accuracy'] - h['test']['accuracy']):+.2f} points"
+    )
+    print(
+        f"rebuilt from seed: predictions identical = {identical}, "
+        f"test accuracy {rebuilt_test['accuracy']:.4f}"
+    )
+    print(
+        f"model data: hidden {t['hidden_bytes'] / 1e3:.1f} kB, binarized "
+        f"{t['binarized_bytes'] / 1e3:.1f} kB, float32 {t['float32_bytes'] / 1e3:.1f} kB"
+    )
+    print(f"total time {report['seconds']:.0f} s; report in {out / 'report.json'}")
+    return 0 if identical else 1

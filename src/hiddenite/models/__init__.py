@@ -1,0 +1,149 @@
+"""The model zoo, looked up by name: ``create(name, config=None, **kwargs)``.
+
+Every model is a plain ``nn.Module``; with a :class:`~hiddenite.SupermaskConfig` it is
+converted by :func:`hiddenite.supermask_` into a hidden network (or its dense twin).
+
+========================  ===========================================  ===================
+name                      what                                         default input
+========================  ===========================================  ===================
+``mlp``                   784-300-100-10 fully connected               1 x 28 x 28
+``conv2/4/6/8``           Frankle/Ramanujan Conv-n, no BN, no bias     1 x 28 x 28
+``resnet20``              CIFAR-style ResNet-20 (16/32/64)             1 x 28 x 28
+``resnet18``              CIFAR-style ResNet-18 (64..512)              1 x 28 x 28
+``resnet18-imagenet``     ImageNet ResNet-18                           3 x 224 x 224
+``resnet50``              ImageNet ResNet-50                           3 x 224 x 224
+========================  ===========================================  ===================
+
+Keyword arguments: ``in_channels``, ``image_size``, ``num_classes``, and ``width``
+(channel multiplier) for conv and ResNet models, ``bn_affine`` for ResNets, ``hidden``
+(tuple of layer widths) for the MLP.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..convert import SupermaskConfig, supermask_
+from .resnet import BasicBlock, Bottleneck, ResNet
+from .small import CONV_PLANS, MLP, ConvNet
+
+__all__ = ["MODELS", "ModelInfo", "create", "default_input_shape", "model_info"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A zoo entry: its builder, its default keyword arguments and a one-line description."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any]
+    description: str
+
+
+def _resnet(block, blocks, planes, imagenet_stem):
+    def build(
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        bn_affine: bool = False,
+        width: float = 1.0,
+    ) -> nn.Module:
+        del image_size  # adaptive pooling: any size large enough for the strides
+        return ResNet(
+            block,
+            blocks,
+            planes,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            imagenet_stem=imagenet_stem,
+            bn_affine=bn_affine,
+            width=width,
+        )
+
+    return build
+
+
+def _conv(plan):
+    def build(in_channels: int, image_size: int, num_classes: int, width: float = 1.0):
+        return ConvNet(plan, in_channels, image_size, num_classes, width)
+
+    return build
+
+
+def _mlp(in_channels: int, image_size: int, num_classes: int, hidden=(300, 100)):
+    return MLP(in_channels, image_size, num_classes, tuple(hidden))
+
+
+_SMALL = {"in_channels": 1, "image_size": 28, "num_classes": 10}
+_IMAGENET = {"in_channels": 3, "image_size": 224, "num_classes": 1000}
+
+MODELS: dict[str, ModelInfo] = {
+    "mlp": ModelInfo("mlp", _mlp, dict(_SMALL), "784-300-100-10 MLP, no biases"),
+    **{
+        name: ModelInfo(name, _conv(plan), dict(_SMALL), f"{name[4:]}-conv-layer VGG-like net")
+        for name, plan in CONV_PLANS.items()
+    },
+    "resnet20": ModelInfo(
+        "resnet20",
+        _resnet(BasicBlock, (3, 3, 3), (16, 32, 64), False),
+        dict(_SMALL),
+        "CIFAR-style ResNet-20",
+    ),
+    "resnet18": ModelInfo(
+        "resnet18",
+        _resnet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), False),
+        dict(_SMALL),
+        "CIFAR-style ResNet-18",
+    ),
+    "resnet18-imagenet": ModelInfo(
+        "resnet18-imagenet",
+        _resnet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), True),
+        dict(_IMAGENET),
+        "ImageNet ResNet-18",
+    ),
+    "resnet50": ModelInfo(
+        "resnet50",
+        _resnet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), True),
+        dict(_IMAGENET),
+        "ImageNet ResNet-50",
+    ),
+}
+
+
+def model_info(name: str) -> ModelInfo:
+    """The zoo entry called ``name`` (ValueError listing the valid names otherwise)."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+def _arguments(info: ModelInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
+    allowed = set(inspect.signature(info.builder).parameters)
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(
+            f"model {info.name!r} takes no argument(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(sorted(allowed))}"
+        )
+    return {**info.defaults, **kwargs}
+
+
+def default_input_shape(name: str, **kwargs: Any) -> tuple[int, int, int]:
+    """(channels, height, width) of one input for model ``name`` with these arguments."""
+    args = _arguments(model_info(name), kwargs)
+    return (args["in_channels"], args["image_size"], args["image_size"])
+
+
+def create(name: str, config: SupermaskConfig | None = None, **kwargs: Any) -> nn.Module:
+    """Build zoo model ``name``; with ``config``, convert it with :func:`supermask_`."""
+    info = model_info(name)
+    model = info.builder(**_arguments(info, kwargs))
+    if config is not None:
+        supermask_(model, config)
+    return model

@@ -1,0 +1,221 @@
+"""Hardware random generators: Marsaglia's Xorshift, bit-exact, in numpy and torch.
+
+This module knows nothing about networks. It produces unsigned 32-bit words, the way a
+PE array with one small Xorshift circuit per lane would.
+
+Single generators (Marsaglia, J. Stat. Software 8(14), 2003)::
+
+    xorshift32(seed, n)    shifts (13, 17, 5), left-right-left, 32-bit state
+    xorshift64(seed, n)    shifts (13, 7, 17), left-right-left, 64-bit state
+    xorshift128(state, n)  four 32-bit words x, y, z, w
+
+Multi-lane generator (PRNG version 1)
+-------------------------------------
+A layer's ``n`` random words come from ``L`` independent xorshift32 lanes (``L`` defaults to
+4,096, the PE count of the Hiddenite chip; fewer when the layer has fewer than ``L`` words).
+Word ``i`` is the ``i // L``-th output of lane ``i % L``: every lane emits one word per
+cycle, and the lanes together fill the tensor in row-major order.
+
+Lane ``j`` of layer ``l`` of stream ``s`` under model seed ``S`` starts from::
+
+    fold(S)  = (S & 0xFFFFFFFF) ^ (S >> 32)                         (S < 2**64)
+    mix      = fold(S) + 0x9E3779B9*(l+1) + 0x85EBCA6B*(j+1) + 0xC2B2AE35*s   (mod 2**32)
+    seed     = fmix32(mix), or 0x6D2B79F5 if that is 0
+
+where ``fmix32`` is MurmurHash3's 32-bit finaliser (xor-shift-multiply, a bijection), so
+different (seed, layer, lane, stream) tuples give unrelated lane seeds, and the all-zero
+state (which would make Xorshift emit zeros forever) can never occur. Stream 0 draws the
+frozen weights, stream 1 the initial scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+PRNG_VERSION = 1
+DEFAULT_LANES = 4096
+
+MASK32 = 0xFFFFFFFF
+MASK64 = 0xFFFFFFFFFFFFFFFF
+MARSAGLIA_SEED32 = 2463534242
+MARSAGLIA_SEED64 = 88172645463325252
+MARSAGLIA_STATE128 = (123456789, 362436069, 521288629, 88675123)
+_ZERO_SEED_REPLACEMENT = 0x6D2B79F5
+
+STREAM_WEIGHTS = 0
+STREAM_SCORES = 1
+
+__all__ = [
+    "DEFAULT_LANES",
+    "PRNG_VERSION",
+    "STREAM_SCORES",
+    "STREAM_WEIGHTS",
+    "fmix32",
+    "lane_seeds",
+    "lanes_numpy",
+    "lanes_torch",
+    "xorshift32",
+    "xorshift64",
+    "xorshift128",
+]
+
+
+def _check_count(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+def _check_word(value: int, bits: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if not 0 <= value < (1 << bits):
+        raise ValueError(f"{what} must be in [0, 2**{bits}), got {value}")
+    return value
+
+
+def xorshift32(seed: int, n: int) -> np.ndarray:
+    """The first ``n`` outputs of Marsaglia's xorshift32 (13, 17, 5) from ``seed`` (uint32).
+
+    ``seed`` must be a non-zero 32-bit value: zero is a fixed point of the recurrence.
+    """
+    x = _check_word(seed, 32, "seed")
+    if x == 0:
+        raise ValueError("xorshift32 seed must be non-zero (0 is a fixed point: all outputs 0)")
+    n = _check_count(n)
+    out = np.empty(n, dtype=np.uint32)
+    for i in range(n):
+        x ^= (x << 13) & MASK32
+        x ^= x >> 17
+        x ^= (x << 5) & MASK32
+        out[i] = x
+    return out
+
+
+def xorshift64(seed: int, n: int) -> np.ndarray:
+    """The first ``n`` outputs of Marsaglia's xorshift64 (13, 7, 17) from ``seed`` (uint64)."""
+    x = _check_word(seed, 64, "seed")
+    if x == 0:
+        raise ValueError("xorshift64 seed must be non-zero (0 is a fixed point: all outputs 0)")
+    n = _check_count(n)
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        x ^= (x << 13) & MASK64
+        x ^= x >> 7
+        x ^= (x << 17) & MASK64
+        out[i] = x
+    return out
+
+
+def xorshift128(state: Sequence[int], n: int) -> np.ndarray:
+    """The first ``n`` outputs (the successive ``w``) of Marsaglia's xorshift128 (uint32).
+
+    ``state`` is the four 32-bit words ``(x, y, z, w)``; they may not all be zero.
+    """
+    if len(state) != 4:
+        raise ValueError(f"xorshift128 state must be 4 words (x, y, z, w), got {len(state)}")
+    x, y, z, w = (_check_word(v, 32, "state word") for v in state)
+    if x == y == z == w == 0:
+        raise ValueError("xorshift128 state must not be all zero (a fixed point)")
+    n = _check_count(n)
+    out = np.empty(n, dtype=np.uint32)
+    for i in range(n):
+        t = x ^ ((x << 11) & MASK32)
+        x, y, z = y, z, w
+        w = (w ^ (w >> 19)) ^ (t ^ (t >> 8))
+        out[i] = w
+    return out
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, element-wise on a uint32 array (a bijection)."""
+    h = np.asarray(h, dtype=np.uint32).copy()
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+def lane_seeds(model_seed: int, layer_index: int, n_lanes: int, stream: int = 0) -> np.ndarray:
+    """Seeds of lanes ``0 .. n_lanes-1`` of one layer and stream (uint32, never zero).
+
+    See the module docstring for the rule (PRNG version 1).
+    """
+    model_seed = _check_word(model_seed, 64, "model seed")
+    layer_index = _check_word(layer_index, 32, "layer index")
+    stream = _check_word(stream, 32, "stream")
+    n_lanes = _check_count(n_lanes)
+    folded = (model_seed & MASK32) ^ (model_seed >> 32)
+    base = (folded + 0x9E3779B9 * (layer_index + 1) + 0xC2B2AE35 * stream) & MASK32
+    lanes = np.arange(1, n_lanes + 1, dtype=np.uint64)
+    mix = ((np.uint64(base) + np.uint64(0x85EBCA6B) * lanes) & np.uint64(MASK32)).astype(np.uint32)
+    seeds = fmix32(mix)
+    seeds[seeds == 0] = _ZERO_SEED_REPLACEMENT
+    return seeds
+
+
+def _lane_count(n: int, n_lanes: int) -> int:
+    if isinstance(n_lanes, bool) or not isinstance(n_lanes, (int, np.integer)) or n_lanes < 1:
+        raise ValueError(f"n_lanes must be a positive integer, got {n_lanes!r}")
+    return max(1, min(int(n_lanes), n))
+
+
+def lanes_numpy(
+    model_seed: int, layer_index: int, n: int, n_lanes: int = DEFAULT_LANES, stream: int = 0
+) -> np.ndarray:
+    """``n`` uint32 words of one layer from the multi-lane xorshift32 generator (numpy)."""
+    n = _check_count(n)
+    lanes = _lane_count(n, n_lanes)
+    state = lane_seeds(model_seed, layer_index, lanes, stream)
+    steps = -(-n // lanes)
+    out = np.empty((steps, lanes), dtype=np.uint32)
+    s13, s17, s5 = np.uint32(13), np.uint32(17), np.uint32(5)
+    tmp = np.empty_like(state)
+    for step in range(steps):
+        np.left_shift(state, s13, out=tmp)
+        state ^= tmp
+        np.right_shift(state, s17, out=tmp)
+        state ^= tmp
+        np.left_shift(state, s5, out=tmp)
+        state ^= tmp
+        out[step] = state
+    return out.reshape(-1)[:n]
+
+
+def lanes_torch(
+    model_seed: int,
+    layer_index: int,
+    n: int,
+    n_lanes: int = DEFAULT_LANES,
+    stream: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The same words as :func:`lanes_numpy`, computed by torch on ``device``.
+
+    Returned as an int64 tensor holding values in ``[0, 2**32)`` (torch has no arithmetic
+    shifts on uint32 tensors on every backend; int64 with a 32-bit mask is exact everywhere).
+    """
+    n = _check_count(n)
+    lanes = _lane_count(n, n_lanes)
+    seeds = lane_seeds(model_seed, layer_index, lanes, stream)
+    state = torch.from_numpy(seeds.astype(np.int64)).to(device)
+    steps = -(-n // lanes)
+    out = torch.empty((steps, lanes), dtype=torch.int64, device=state.device)
+    tmp = torch.empty_like(state)
+    for step in range(steps):
+        torch.bitwise_left_shift(state, 13, out=tmp)
+        tmp.bitwise_and_(MASK32)
+        state.bitwise_xor_(tmp)
+        torch.bitwise_right_shift(state, 17, out=tmp)
+        state.bitwise_xor_(tmp)
+        torch.bitwise_left_shift(state, 5, out=tmp)
+        tmp.bitwise_and_(MASK32)
+        state.bitwise_xor_(tmp)
+        out[step] = state
+    return out.reshape(-1)[:n]

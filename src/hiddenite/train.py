@@ -1,0 +1,396 @@
+"""The training loop: hidden networks (or their dense twins) on in-memory image data.
+
+No argument parsing here: everything comes from a :class:`TrainConfig`. A run directory
+receives ``config.json``, ``metrics.csv``, ``metrics.json`` and ``checkpoint.safetensors``
+(scores and per-channel state, never the frozen weights), each written atomically at the
+end of every epoch, so ``resume`` continues exactly where the run stopped.
+
+Determinism: the data order and augmentation of epoch ``e`` come from a generator seeded by
+``(data_seed, e)``; on the CPU the same config gives the same result, bit for bit, whether
+the run was interrupted and resumed or not.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import models
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .convert import ConfigError, SupermaskConfig
+from .data import (
+    Dataset,
+    dataset_info,
+    iterate_batches,
+    load_dataset,
+    num_batches,
+    resolve_name,
+    train_val_split,
+)
+
+TRAIN_CONFIG_VERSION = 1
+OPTIMIZERS = ("sgd", "adam")
+
+__all__ = [
+    "OPTIMIZERS",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "evaluate",
+    "learning_rate",
+    "load_trained",
+    "predict",
+    "train",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (versioned; round-trips through JSON).
+
+    lr is the peak learning rate; it warms up linearly over ``warmup_epochs`` then follows
+    a cosine to 0 at the end of ``epochs``. ``weight_decay`` applies to scores too unless
+    ``score_decay`` is False. ``train_subset`` limits the training examples (0: all);
+    ``val_fraction`` of the training set is held out for validation.
+    """
+
+    model: str = "conv4"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    supermask: SupermaskConfig = field(default_factory=SupermaskConfig)
+    dataset: str = "fashion-mnist"
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    score_decay: bool = True
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = False
+    val_fraction: float = 0.1
+    train_subset: int = 0
+    data_seed: int | None = None
+    eval_batch_size: int = 1000
+    version: int = TRAIN_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        def fail(name: str, problem: str) -> None:
+            raise ConfigError(f"TrainConfig.{name}: {problem}")
+
+        if not isinstance(self.supermask, SupermaskConfig):
+            fail("supermask", "must be a SupermaskConfig")
+        try:
+            models.default_input_shape(self.model, **self.model_kwargs)
+        except ValueError as exc:
+            fail("model", str(exc))
+        try:
+            resolve_name(self.dataset)
+        except Exception as exc:  # DatasetError or ValueError: both name the valid choices
+            fail("dataset", str(exc))
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, f"must be a positive integer, got {value!r}")
+        if isinstance(self.train_subset, bool) or not isinstance(self.train_subset, int):
+            fail("train_subset", f"must be an integer, got {self.train_subset!r}")
+        if self.train_subset < 0:
+            fail("train_subset", f"must be >= 0 (0 = all), got {self.train_subset}")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"unknown {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name, low, high in (
+            ("lr", 0.0, math.inf),
+            ("momentum", 0.0, 1.0),
+            ("weight_decay", 0.0, math.inf),
+            ("label_smoothing", 0.0, 1.0),
+            ("warmup_epochs", 0.0, math.inf),
+            ("val_fraction", 0.0, 1.0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, f"must be a number, got {value!r}")
+            if not (low <= value < high or (name == "momentum" and value == high)):
+                fail(name, f"must be in [{low}, {high}), got {value}")
+        if self.lr == 0:
+            fail("lr", "must be > 0")
+        if self.warmup_epochs > self.epochs:
+            fail("warmup_epochs", f"{self.warmup_epochs} exceeds epochs ({self.epochs})")
+        if self.data_seed is not None and (
+            isinstance(self.data_seed, bool)
+            or not isinstance(self.data_seed, int)
+            or self.data_seed < 0
+        ):
+            fail("data_seed", f"must be a non-negative integer or null, got {self.data_seed!r}")
+        if self.version != TRAIN_CONFIG_VERSION:
+            fail("version", f"{self.version} is not supported (this build: {TRAIN_CONFIG_VERSION})")
+
+    @property
+    def seed_for_data(self) -> int:
+        return self.supermask.seed if self.data_seed is None else self.data_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["supermask"] = self.supermask.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"TrainConfig: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"TrainConfig: unknown field(s) {', '.join(unknown)}")
+        data = dict(data)
+        if "supermask" in data:
+            data["supermask"] = SupermaskConfig.from_dict(data["supermask"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model and the per-epoch metrics."""
+
+    model: nn.Module
+    config: TrainConfig
+    history: list[dict[str, Any]]
+    out_dir: Path | None
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The zoo model of ``config``, shaped for its data set, converted by its SupermaskConfig."""
+    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    kwargs = {
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "num_classes": num_classes,
+        **config.model_kwargs,
+    }
+    return models.create(config.model, config.supermask, **kwargs)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at optimizer step ``step`` (linear warm-up, then cosine to 0)."""
+    total = config.epochs * steps_per_epoch
+    warm = round(config.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_score = name.endswith("scores")
+        (no_decay if is_score and not config.score_decay else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 1000, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy (fraction correct) of ``model`` on ``dataset``."""
+    if len(dataset) == 0:
+        return {"loss": math.nan, "accuracy": math.nan}
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in iterate_batches(
+        dataset, batch_size, shuffle=False, generator=None, augment=False, device=device
+    ):
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return {"loss": loss_sum / len(dataset), "accuracy": correct / len(dataset)}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset: Dataset, batch_size: int = 1000, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Predicted class of every example (int64, in data-set order)."""
+    was_training = model.training
+    model.eval()
+    out = [
+        model(x).argmax(1).cpu()
+        for x, _ in iterate_batches(
+            dataset, batch_size, shuffle=False, generator=None, augment=False, device=device
+        )
+    ]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+
+def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    if history:
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    text = buf.getvalue()
+    atomic_write_bytes(out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(text))
+    js = json.dumps(history, indent=2)
+    atomic_write_bytes(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(js))
+
+
+def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, Dataset]:
+    full = load_dataset(config.dataset, "train", data_dir)
+    train_set, val_set = train_val_split(full, config.val_fraction, config.seed_for_data)
+    if config.train_subset and config.train_subset < len(train_set):
+        train_set = train_set.subset(torch.arange(config.train_subset))
+    return train_set, val_set
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = print,
+    datasets: tuple[Dataset, Dataset] | None = None,
+) -> TrainResult:
+    """Train ``config``'s model; write metrics and checkpoints to ``out_dir`` (if given).
+
+    With ``resume`` the run continues from ``out_dir``'s checkpoint (the stored config is
+    used; ``config.epochs`` may extend it). ``datasets`` = (train, val) overrides loading.
+    ``progress`` None shows a bar only on a terminal.
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state = None
+    if resume:
+        if out is None:
+            raise ValueError("resume needs the run directory (out_dir)")
+        state = load_checkpoint(out / "checkpoint.safetensors")
+        stored = TrainConfig.from_dict(state.config)
+        config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
+        start_epoch, history = state.epoch, list(state.history)
+    train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
+    model = build_model(config).to(device)
+    optimizer = _optimizer(model, config)
+    if state is not None:
+        model.load_state_dict(state.model_state)
+        if state.optimizer_state is not None:
+            optimizer.load_state_dict(state.optimizer_state)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        text = config.to_json()
+        atomic_write_bytes(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+    steps = num_batches(train_set, config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed_for_data * 1_000_003 + epoch)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = iterate_batches(
+            train_set,
+            config.batch_size,
+            shuffle=True,
+            generator=generator,
+            augment=config.augment,
+            device=device,
+        )
+        bar = tqdm(
+            batches,
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=(not progress) if progress is not None else None,
+            leave=False,
+        )
+        for i, (x, y) in enumerate(bar):
+            lr = learning_rate(config, epoch * steps + i, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        val = evaluate(model, val_set, config.eval_batch_size, device)
+        row = {
+            "epoch": epoch + 1,
+            "lr": learning_rate(config, (epoch + 1) * steps - 1, steps),
+            "train_loss": loss_sum / max(1, seen),
+            "train_accuracy": correct / max(1, seen),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "seconds": time.perf_counter() - began,
+        }
+        history.append(row)
+        if log is not None:
+            log(
+                f"epoch {row['epoch']}/{config.epochs}  train loss {row['train_loss']:.4f}  "
+                f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f}  "
+                f"acc {row['val_accuracy']:.4f}  ({row['seconds']:.1f} s)"
+            )
+        if out is not None:
+            save_checkpoint(
+                out / "checkpoint.safetensors",
+                Checkpoint(
+                    config=config.to_dict(),
+                    epoch=epoch + 1,
+                    history=history,
+                    model_state=model.state_dict(),
+                    optimizer_state=optimizer.state_dict(),
+                ),
+            )
+            _write_metrics(out, history)
+    model.eval()
+    return TrainResult(model=model, config=config, history=history, out_dir=out)
+
+
+def load_trained(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a trained model from a checkpoint (weights regenerated from the seed)."""
+    state = load_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(state.config)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint config is invalid ({exc})") from None
+    model = build_model(config)
+    try:
+        model.load_state_dict(state.model_state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise CheckpointError(f"{path}: checkpoint does not fit its model ({first})") from None
+    return model.to(device).eval(), config
