@@ -134,16 +134,23 @@ class SupermaskConfig:
         return cls.from_dict(data)
 
 
-def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[str, nn.Module]]:
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, SupermaskLayer):
+def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[list[str], nn.Module]]:
+    """Convertible layers in ``named_modules`` order, each with every name it is reachable by."""
+    found: dict[int, tuple[list[str], nn.Module]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, SupermaskLayer) or type(module) not in (nn.Conv2d, nn.Linear):
             continue
-        if type(module) not in (nn.Conv2d, nn.Linear):
+        if id(module) in found:
+            found[id(module)][0].append(name)
             continue
         if filter_fn is None or filter_fn(module, name):
-            found.append((name, module))
-    return found
+            if name == "":
+                raise ValueError(
+                    "supermask_ converts layers inside a model; for a bare layer use "
+                    "SupermaskConv2d / SupermaskLinear directly, or wrap it in nn.Sequential"
+                )
+            found[id(module)] = ([name], module)
+    return list(found.values())
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -188,57 +195,70 @@ def supermask_(
     """Swap matching ``nn.Conv2d``/``nn.Linear`` layers of ``model`` for supermask twins.
 
     ``filter_fn(module, qualified_name)`` selects layers (default: all). Works in place and
-    returns ``model``. Layers already converted are left alone.
+    returns ``model``. Layers already converted are left alone; a later call numbers its
+    layers after the existing ones. A layer reachable under several names is converted once
+    and stays shared.
     """
     if not isinstance(config, SupermaskConfig):
         raise TypeError(f"config must be a SupermaskConfig, got {type(config).__name__}")
     found = _candidates(model, filter_fn)
     if not found:
         raise ValueError("supermask_: no nn.Conv2d or nn.Linear layer matched")
+    # a second call continues the numbering, so no two layers share a weight stream
+    existing = [m.layer_index for m in model.modules() if isinstance(m, SupermaskLayer)]
+    first_index = max(existing) + 1 if existing else 0
     group = GlobalThreshold(config.density) if config.scope == "global" else None
     last = len(found) - 1
-    for index, (name, module) in enumerate(found):
-        keep_dense = (index == 0 and config.keep_first_dense) or (
-            index == last and config.keep_last_dense
+    for position, (names, module) in enumerate(found):
+        keep_dense = (position == 0 and config.keep_first_dense) or (
+            position == last and config.keep_last_dense
         )
         mode = "dense" if keep_dense or config.mode == "dense" else "hidden"
-        twin = _twin(module, config, index, mode)
+        twin = _twin(module, config, first_index + position, mode)
         if group is not None and twin.hidden:
             group.register(twin)
             twin.set_mask_group(group)
-        _replace(model, name, twin)
+        for name in names:  # a module shared under several names stays shared
+            _replace(model, name, twin)
     return model
 
 
 def to_dense(model: nn.Module, inplace: bool = False) -> nn.Module:
     """A model whose supermask layers are plain layers holding ``weight * mask``."""
     out = model if inplace else copy.deepcopy(model)
-    for name, module in list(out.named_modules()):
+    plain_of: dict[int, nn.Module] = {}
+    for name, module in list(out.named_modules(remove_duplicate=False)):
         if not isinstance(module, SupermaskLayer):
             continue
-        weight = module.effective_weight().detach().clone()
-        has_bias = module.bias is not None
-        if isinstance(module, nn.Conv2d):
-            plain = skip_init(
-                nn.Conv2d,
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.groups,
-                has_bias,
-                module.padding_mode,
-                device=weight.device,
-            )
-        else:
-            plain = skip_init(
-                nn.Linear, module.in_features, module.out_features, has_bias, device=weight.device
-            )
-        plain.weight = nn.Parameter(weight)
-        if has_bias:
-            plain.bias = nn.Parameter(module.bias.detach().clone())
-        plain.train(module.training)
-        _replace(out, name, plain)
+        if id(module) not in plain_of:
+            plain_of[id(module)] = _plain(module)
+        _replace(out, name, plain_of[id(module)])
     return out
+
+
+def _plain(module: SupermaskLayer) -> nn.Module:
+    weight = module.effective_weight().detach().clone()
+    has_bias = module.bias is not None
+    if isinstance(module, nn.Conv2d):
+        plain = skip_init(
+            nn.Conv2d,
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            has_bias,
+            module.padding_mode,
+            device=weight.device,
+        )
+    else:
+        plain = skip_init(
+            nn.Linear, module.in_features, module.out_features, has_bias, device=weight.device
+        )
+    plain.weight = nn.Parameter(weight)
+    if has_bias:
+        plain.bias = nn.Parameter(module.bias.detach().clone())
+    plain.train(module.training)
+    return plain

@@ -66,7 +66,6 @@ class SupermaskLayer:
         self.gain = float(gain)
         self.n_lanes = int(n_lanes)
         self._mask_group: GlobalThreshold | None = None
-        self._mask_cache: tuple | None = None
         device = self.weight.device
         shape = tuple(self.weight.shape)
         del self.weight  # the Parameter nn.Conv2d/nn.Linear made (torch-random): replaced
@@ -150,25 +149,13 @@ class SupermaskLayer:
     def set_mask_group(self, group: GlobalThreshold | None) -> None:
         """Use a shared global threshold (global top-k) instead of the per-layer one."""
         self._mask_group = group
-        self._mask_cache = None
 
-    def _mask_bool(self) -> torch.Tensor:
-        scores = self.scores
+    def _mask_bool(self, in_forward: bool = False) -> torch.Tensor:
         group = self._mask_group
-        key = (scores.data_ptr(), scores._version, scores.device, self.density, id(group))
-        if group is None and self._mask_cache is not None and self._mask_cache[0] == key:
-            return self._mask_cache[1]
-        if group is not None:
-            t = group.threshold()
-            mask = (
-                torch.ones_like(scores, dtype=torch.bool)
-                if t is None
-                else scores.detach().abs() >= t.to(scores.device)
-            )
-        else:
-            mask = top_fraction_mask(scores, self.density)
-        self._mask_cache = (key, mask)
-        return mask
+        if group is None:
+            return top_fraction_mask(self.scores, self.density)
+        # global scope: the first layer of the group refreshes the threshold once per pass
+        return group.layer_mask(self, refresh=in_forward and group.is_first(self))
 
     def mask(self) -> torch.Tensor:
         """The current binary mask (float 0/1, weight-shaped); all ones in dense mode."""
@@ -185,7 +172,7 @@ class SupermaskLayer:
         if not self.hidden:
             return self.weight
         # ranking is by |score|, so the gradient reaches the score through abs() (edge-popup)
-        return self.weight * straight_through(self.scores.abs(), self._mask_bool())
+        return self.weight * straight_through(self.scores.abs(), self._mask_bool(True))
 
     def supermask_repr(self) -> str:
         if not self.hidden:

@@ -7,8 +7,8 @@ Selection is by threshold, not by a full sort: the ``m``-th largest score is fou
 sample-bracketed selection (a deterministic strided sample brackets the threshold, one
 pass counts what lies above the bracket, and ``kthvalue`` runs on the few values inside it),
 falling back to ``torch.kthvalue`` over all values when the bracket misses. On untied scores
-the result equals a full-sort reference exactly; with ties at the threshold the kept set is
-completed by index order (``torch.topk``) so the count is always exact.
+the result equals a full-sort reference exactly; with ties at the threshold the tied entries
+of lowest index are kept, so the count is always exact and the choice deterministic.
 """
 
 from __future__ import annotations
@@ -82,10 +82,15 @@ def top_fraction_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     t = threshold_for_top(flat, m)
     mask = flat >= t
-    if int(mask.sum()) != m:  # ties at the threshold: complete deterministically
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask[torch.topk(flat, m, sorted=False).indices] = True
+    if int(mask.sum()) != m:  # ties at the threshold
+        mask = _break_ties(flat, t, m - int((flat > t).sum()))
     return mask.reshape(scores.shape)
+
+
+def _break_ties(flat: torch.Tensor, t: torch.Tensor, budget: int) -> torch.Tensor:
+    """``flat > t``, plus the first ``budget`` entries (by index) equal to ``t``."""
+    tied = flat == t
+    return (flat > t) | (tied & (torch.cumsum(tied, 0) <= budget))
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -106,10 +111,12 @@ def straight_through(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class GlobalThreshold:
-    """One threshold over the scores of several layers (global top-``k`` selection).
+    """One top-``k`` selection over the scores of several layers (global scope).
 
-    Layers call :meth:`threshold`; it is recomputed only when some layer's scores changed
-    (tracked by tensor version counters), so one forward pass computes it once.
+    The group keeps exactly ``kept_count(total, density)`` weights across its layers; ties
+    at the threshold go to the earliest layers and lowest indices. The threshold is
+    recomputed when the first registered layer runs its forward pass (once per pass) and
+    whenever :meth:`layer_mask` sees that some layer's scores changed version.
     """
 
     def __init__(self, density: float) -> None:
@@ -117,25 +124,63 @@ class GlobalThreshold:
         self.density = density
         self._layers: list = []
         self._key: tuple | None = None
-        self._value: torch.Tensor | None = None
+        self._threshold: torch.Tensor | None = None
+        self._tie_budget: dict[int, int] = {}
 
     def register(self, layer) -> None:
         """Add a layer (anything with a ``scores`` tensor) to the group."""
         self._layers.append(layer)
+        self._key = None
 
     @property
     def layers(self) -> list:
         return list(self._layers)
 
+    def is_first(self, layer) -> bool:
+        return bool(self._layers) and self._layers[0] is layer
+
+    def invalidate(self) -> None:
+        """Forget the cached threshold (after writing scores through ``.data``)."""
+        self._key = None
+
+    def _refresh(self) -> None:
+        abs_scores = [layer.scores.detach().reshape(-1).abs() for layer in self._layers]
+        flat = torch.cat(abs_scores)
+        m = kept_count(flat.numel(), self.density)
+        budgets: dict[int, int] = {}
+        if m == 0:
+            t = torch.tensor(math.inf)
+        elif m == flat.numel():
+            t = torch.tensor(-math.inf)
+        else:
+            t = threshold_for_top(flat, m)
+            remaining = m - int((flat > t).sum())
+            for layer, values in zip(self._layers, abs_scores, strict=True):
+                tied = int((values == t).sum())
+                budgets[id(layer)] = min(tied, remaining)
+                remaining -= budgets[id(layer)]
+        self._threshold, self._tie_budget = t, budgets
+        self._key = tuple(
+            (layer.scores.data_ptr(), layer.scores._version) for layer in self._layers
+        )
+
     def threshold(self) -> torch.Tensor | None:
-        """The global threshold on |score|, or None when nothing or everything is kept."""
-        key = tuple((id(layer.scores), layer.scores._version) for layer in self._layers)
+        """The global threshold on |score|: None when all weights are kept, inf when none."""
+        key = tuple((lay.scores.data_ptr(), lay.scores._version) for lay in self._layers)
         if key != self._key:
-            flat = torch.cat([layer.scores.detach().reshape(-1).abs() for layer in self._layers])
-            m = kept_count(flat.numel(), self.density)
-            if m in (0, flat.numel()):
-                value = None if m == flat.numel() else torch.tensor(math.inf)
-            else:
-                value = threshold_for_top(flat, m)
-            self._key, self._value = key, value
-        return self._value
+            self._refresh()
+        t = self._threshold
+        return None if t is not None and float(t) == -math.inf else t
+
+    def layer_mask(self, layer, refresh: bool = False) -> torch.Tensor:
+        """Boolean mask of ``layer`` under the group's selection."""
+        key = tuple((lay.scores.data_ptr(), lay.scores._version) for lay in self._layers)
+        if refresh or key != self._key:
+            self._refresh()
+        values = layer.scores.detach().abs()
+        t = self._threshold.to(values.device)
+        budget = self._tie_budget.get(id(layer), 0)
+        if budget == 0:
+            return values > t if torch.isfinite(t) else values >= t
+        flat = values.reshape(-1)
+        return _break_ties(flat, t, budget).reshape(values.shape)

@@ -16,16 +16,21 @@ A layer's ``n`` random words come from ``L`` independent xorshift32 lanes (``L``
 Word ``i`` is the ``i // L``-th output of lane ``i % L``: every lane emits one word per
 cycle, and the lanes together fill the tensor in row-major order.
 
-Lane ``j`` of layer ``l`` of stream ``s`` under model seed ``S`` starts from::
+Lane ``j`` of layer ``l`` of stream ``s`` under model seed ``S`` (0 <= S < 2**64) starts from
+a chain of bijective hash finalisers, so that no simple relation links the lanes of
+different seeds, layers or streams::
 
-    fold(S)  = (S & 0xFFFFFFFF) ^ (S >> 32)                         (S < 2**64)
-    mix      = fold(S) + 0x9E3779B9*(l+1) + 0x85EBCA6B*(j+1) + 0xC2B2AE35*s   (mod 2**32)
-    seed     = fmix32(mix), or 0x6D2B79F5 if that is 0
+    m  = splitmix64(S + 0x9E3779B97F4A7C15)             (mod 2**64)
+    h0 = (m & 0xFFFFFFFF) ^ (m >> 32)                   fold to 32 bits
+    h1 = fmix32(h0 ^ (0x9E3779B9 * (l + 1) mod 2**32))  layer
+    h2 = fmix32(h1 ^ (0xC2B2AE35 * (s + 1) mod 2**32))  stream
+    seed_j = fmix32(h2 ^ (0x85EBCA6B * (j + 1) mod 2**32)), or 0x6D2B79F5 if that is 0
 
-where ``fmix32`` is MurmurHash3's 32-bit finaliser (xor-shift-multiply, a bijection), so
-different (seed, layer, lane, stream) tuples give unrelated lane seeds, and the all-zero
-state (which would make Xorshift emit zeros forever) can never occur. Stream 0 draws the
-frozen weights, stream 1 the initial scores.
+``splitmix64`` is the finaliser of Steele et al.'s SplitMix64 (shift-xor-multiply by
+0xBF58476D1CE4E5B9 and 0x94D049BB133111EB, shifts 30, 27, 31) and ``fmix32`` MurmurHash3's
+32-bit finaliser (shifts 16, 13, 16; multipliers 0x85EBCA6B, 0xC2B2AE35). Both are
+bijections; the all-zero state (which would make Xorshift emit zeros forever) can never
+occur. Stream 0 draws the frozen weights, stream 1 the initial scores, stream 2 dense biases.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ __all__ = [
     "lane_seeds",
     "lanes_numpy",
     "lanes_torch",
+    "seeds_from_key",
+    "splitmix64",
+    "stream_key",
     "xorshift32",
     "xorshift64",
     "xorshift128",
@@ -142,22 +150,42 @@ def fmix32(h: np.ndarray) -> np.ndarray:
     return h
 
 
+def splitmix64(z: int) -> int:
+    """SplitMix64's output finaliser of a 64-bit integer (a bijection on [0, 2**64))."""
+    z &= MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def stream_key(model_seed: int, layer_index: int, stream: int = 0) -> int:
+    """The 32-bit key ``h2`` of one (model seed, layer, stream), before the lane mix."""
+    model_seed = _check_word(model_seed, 64, "model seed")
+    layer_index = _check_word(layer_index, 32, "layer index")
+    stream = _check_word(stream, 32, "stream")
+    m = splitmix64(model_seed + 0x9E3779B97F4A7C15)
+    h0 = (m & MASK32) ^ (m >> 32)
+    h1 = int(fmix32(np.array([h0 ^ ((0x9E3779B9 * (layer_index + 1)) & MASK32)]))[0])
+    return int(fmix32(np.array([h1 ^ ((0xC2B2AE35 * (stream + 1)) & MASK32)]))[0])
+
+
+def seeds_from_key(key: int, n_lanes: int) -> np.ndarray:
+    """Lane seeds ``fmix32(key ^ 0x85EBCA6B*(j+1))`` for j < n_lanes, zero mapped away."""
+    key = _check_word(key, 32, "key")
+    n_lanes = _check_count(n_lanes)
+    lanes = np.arange(1, n_lanes + 1, dtype=np.uint64)
+    salt = ((np.uint64(0x85EBCA6B) * lanes) & np.uint64(MASK32)).astype(np.uint32)
+    seeds = fmix32(salt ^ np.uint32(key))
+    seeds[seeds == 0] = _ZERO_SEED_REPLACEMENT
+    return seeds
+
+
 def lane_seeds(model_seed: int, layer_index: int, n_lanes: int, stream: int = 0) -> np.ndarray:
     """Seeds of lanes ``0 .. n_lanes-1`` of one layer and stream (uint32, never zero).
 
     See the module docstring for the rule (PRNG version 1).
     """
-    model_seed = _check_word(model_seed, 64, "model seed")
-    layer_index = _check_word(layer_index, 32, "layer index")
-    stream = _check_word(stream, 32, "stream")
-    n_lanes = _check_count(n_lanes)
-    folded = (model_seed & MASK32) ^ (model_seed >> 32)
-    base = (folded + 0x9E3779B9 * (layer_index + 1) + 0xC2B2AE35 * stream) & MASK32
-    lanes = np.arange(1, n_lanes + 1, dtype=np.uint64)
-    mix = ((np.uint64(base) + np.uint64(0x85EBCA6B) * lanes) & np.uint64(MASK32)).astype(np.uint32)
-    seeds = fmix32(mix)
-    seeds[seeds == 0] = _ZERO_SEED_REPLACEMENT
-    return seeds
+    return seeds_from_key(stream_key(model_seed, layer_index, stream), n_lanes)
 
 
 def _lane_count(n: int, n_lanes: int) -> int:

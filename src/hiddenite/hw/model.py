@@ -1,0 +1,650 @@
+"""The analytical per-layer cost model: mapping, cycles, traffic, energy (see docs/hw-model.md).
+
+Mapping: a tile of ``pe_ic`` input channels x ``pe_oh`` x ``pe_ow`` output pixels x ``pe_oc``
+output channels is computed per cycle for one kernel tap; the ``pe_ic`` products are reduced by
+an adder tree and accumulated in the PE. Per layer the model picks, of three loop orders, the one
+that moves the fewest off-chip bytes: ``oc_outer`` (oc-tile weights resident, outputs finished in
+the PEs), ``pixel_outer`` (input streamed once in bands, weights re-read per band) and
+``weight_stream`` (every weight fetched once, partial sums parked in the output buffer).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .spec import ArchSpec, SpecError, _atomic_write_text, get_preset
+from .workload import LayerWorkload, MaskBytesFn, workloads_from_dicts, workloads_from_module
+
+__all__ = [
+    "LayerEstimate",
+    "Report",
+    "compare",
+    "estimate",
+    "estimate_layer",
+    "resolve_arch",
+    "simulate",
+]
+
+ARCHS = ("hiddenite", "bnn", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerEstimate:
+    """Cost of one layer on one architecture (whole batch). Keys end in their unit: ``_cycles``,
+    ``_bytes``, ``_pj``, ``_s``; keys without a unit are counts or fractions."""
+
+    layer: str
+    kind: str
+    arch: str
+    dataflow: str  # loop order: "oc_outer", "pixel_outer" or "weight_stream" (see docs)
+    batch: int
+    density: float
+    mask_codec: str
+    # mapping
+    tiles_ic: int
+    tiles_oh: int
+    tiles_ow: int
+    tiles_oc: int
+    utilization: float  # macs / (compute_cycles x num_pes), includes edge effects
+    # cycles
+    compute_cycles: int
+    dram_cycles: int
+    decoder_cycles: int
+    prng_cycles: int
+    total_cycles: int  # max of the four (full overlap, double buffering)
+    stall_cycles: int  # total - compute
+    bound: str  # which of compute / dram / decoder / prng sets total_cycles
+    # work
+    macs: int  # dense MACs of the layer shape
+    kept_macs: int  # MACs whose weight is kept by the mask
+    pe_ops: int  # PE add/MAC events executed (kept_macs when masked weights are skipped)
+    ops: int  # dense-equivalent ops, 2 per MAC (the TOPS convention)
+    # on-chip SRAM traffic (bytes)
+    ifmap_sram_read_bytes: int
+    ifmap_sram_write_bytes: int
+    ofmap_sram_read_bytes: int
+    ofmap_sram_write_bytes: int
+    filter_sram_read_bytes: int  # weights (dram archs) or decoded mask bits (prng)
+    filter_sram_write_bytes: int
+    param_sram_read_bytes: int
+    param_sram_write_bytes: int
+    # off-chip traffic (bytes)
+    dram_weight_read_bytes: int
+    dram_mask_read_bytes: int
+    dram_param_read_bytes: int
+    dram_ifmap_read_bytes: int
+    dram_ofmap_write_bytes: int
+    model_bytes: int  # model data of the layer as stored (weights or masks, + params)
+    offchip_model_bytes: int  # model data moved (model_bytes x refetches)
+    offchip_bytes: int  # all off-chip traffic
+    # model construction
+    prng_steps: int
+    decoder_bits: int
+    # energy (pJ)
+    energy_compute_pj: float
+    energy_sram_pj: float
+    energy_dram_pj: float
+    energy_prng_pj: float
+    energy_decoder_pj: float
+    energy_pj: float
+    latency_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (column order = field order)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+ENERGY_COMPONENTS = ("compute", "sram", "dram", "prng", "decoder")
+
+
+@dataclass(frozen=True)
+class _Costs:
+    """Per-spec constants hoisted out of the per-layer loop (pJ per event / per byte)."""
+
+    pe_op: float
+    ifmap_r: float
+    ifmap_w: float
+    ofmap_r: float
+    ofmap_w: float
+    filt_r: float
+    filt_w: float
+    param_r: float
+    param_w: float
+    dram: float
+    prng: float
+    dec: float
+
+    @classmethod
+    def of(cls, spec: ArchSpec) -> _Costs:
+        e = spec.energy
+        return cls(
+            pe_op=spec.pe_op_pj,
+            ifmap_r=e.sram_read(spec.act_in_sram_bytes),
+            ifmap_w=e.sram_write(spec.act_in_sram_bytes),
+            ofmap_r=e.sram_read(spec.act_out_sram_bytes),
+            ofmap_w=e.sram_write(spec.act_out_sram_bytes),
+            filt_r=e.sram_read(spec.weight_sram_bytes),
+            filt_w=e.sram_write(spec.weight_sram_bytes),
+            param_r=e.sram_read(spec.param_sram_bytes),
+            param_w=e.sram_write(spec.param_sram_bytes),
+            dram=e.dram_pj_per_byte,
+            prng=e.prng_step_pj,
+            dec=e.decoder_pj_per_bit,
+        )
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _window_rows(out: int, pe: int, stride: int, k: int, dilation: int) -> int:
+    """Input rows (or columns) read over all tiles of one axis: a tile of ``n`` outputs reads
+    ``min((n - 1) * stride + span, n * k)`` rows (the sliding window is reused inside a tile)."""
+    span = dilation * (k - 1) + 1
+    full, rem = divmod(out, pe)
+
+    def rows(n: int) -> int:
+        return min((n - 1) * stride + span, n * k)
+
+    return full * rows(pe) + (rows(rem) if rem else 0)
+
+
+def _touched(out: int, stride: int, k: int, dilation: int, size: int) -> int:
+    """Distinct input rows (or columns) read by some tap, at most the input size."""
+    span = dilation * (k - 1) + 1
+    rows = out * k if stride >= span else (out - 1) * stride + span
+    return min(size, rows)
+
+
+def _bits_to_bytes(n: int, bits: int) -> int:
+    return _ceil_div(n * bits, 8)
+
+
+def _estimate(
+    w: LayerWorkload,
+    spec: ArchSpec,
+    c: _Costs,
+    skip_masked: bool,
+    input_on_chip: bool,
+    output_on_chip: bool,
+) -> LayerEstimate:
+    pe_ic, pe_oh, pe_ow, pe_oc = spec.pe_ic, spec.pe_oh, spec.pe_ow, spec.pe_oc
+    g = w.groups
+    cg = w.in_channels // g
+    ocg = w.out_channels // g
+    taps = w.kernel_h * w.kernel_w
+    t_ic = _ceil_div(cg, pe_ic)
+    t_oh = _ceil_div(w.out_h, pe_oh)
+    t_ow = _ceil_div(w.out_w, pe_ow)
+    t_oc = _ceil_div(ocg, pe_oc)
+    batch = w.batch
+    compute = batch * g * t_oc * t_ic * t_oh * t_ow * taps
+    weights = w.out_channels * cg * taps
+    pix = batch * w.out_h * w.out_w
+    macs = pix * weights
+    kept_macs = pix * round(w.density * weights)
+    utilization = macs / (compute * spec.num_pes)
+    prng = spec.weight_source == "prng"
+    masked = prng and spec.mask_bits > 0
+    pe_ops = kept_macs if (skip_masked and masked) else macs
+
+    # off-chip model data as stored
+    if prng:
+        weight_bytes = 0
+        mask_bytes = w.mask_bytes if masked else 0
+    else:
+        weight_bytes = _bits_to_bytes(weights, spec.weight_bits)
+        mask_bytes = 0
+    param_bytes = w.param_bytes
+    model_bytes = weight_bytes + mask_bytes + param_bytes
+
+    # reuse: the loop order (of three) that moves the fewest off-chip bytes
+    ab = spec.act_bits
+    sh, sw = w.stride_hw
+    dh, dw = w.dilation_hw
+    # only the input rows / columns some kernel tap touches are fetched (strided 1x1 convs)
+    touched = _touched(w.out_h, sh, w.kernel_h, dh, w.in_h) * _touched(
+        w.out_w, sw, w.kernel_w, dw, w.in_w
+    )
+    ifmap_bytes = _bits_to_bytes(batch * w.in_channels * touched, ab)
+    ofmap_bytes = _bits_to_bytes(w.ofmap_elems, ab)
+    wb = spec.onchip_weight_bits
+    wsram = spec.weight_sram_bytes
+    filt_all = _bits_to_bytes(weights, wb)
+    filt_slice = _bits_to_bytes(min(ocg, pe_oc) * cg * taps, wb)  # one oc tile of one group
+    filt_block = _bits_to_bytes(min(ocg, pe_oc) * min(cg, pe_ic) * taps, wb)  # oc x ic tile
+    passes = batch * t_oh * t_ow  # spatial passes over the weights
+    in_dram = 0 if input_on_chip else ifmap_bytes
+    in_fits = input_on_chip or ifmap_bytes <= spec.act_in_sram_bytes
+    # A oc_outer: oc-tile weights resident, outputs accumulate in the PEs
+    f_model = 1 if filt_slice <= wsram else passes
+    f_in = 1 if in_fits else t_oc
+    best = (model_bytes * f_model + in_dram * f_in, "oc_outer", f_model, f_in)
+    # B pixel_outer: input streamed once in bands that fit; weights re-read per band
+    bands = 1 if in_fits else min(passes, _ceil_div(ifmap_bytes, spec.act_in_sram_bytes))
+    # (per band: oc tiles outer, so an oc slice must stay resident to serve the band's pixels)
+    f_model = 1 if filt_all <= wsram else (bands if filt_slice <= wsram else passes)
+    cand = (model_bytes * f_model + in_dram, "pixel_outer", f_model, 1)
+    best = cand if cand[0] < best[0] else best
+    # C weight_stream: each weight fetched once; partial sums of one oc tile over all pixels
+    # wait in the output buffer between input-channel tiles
+    psum_bytes = _bits_to_bytes(batch * w.out_h * w.out_w * min(ocg, pe_oc), spec.accum_bits)
+    if filt_block <= wsram and psum_bytes <= spec.act_out_sram_bytes:
+        cand = (
+            model_bytes + in_dram * (1 if in_fits else t_oc),
+            "weight_stream",
+            1,
+            1 if in_fits else t_oc,
+        )
+        best = cand if cand[0] < best[0] else best
+    _, dataflow, f_model, f_in = best
+    out_dram = 0 if output_on_chip else ofmap_bytes
+    dram_weight = weight_bytes * f_model
+    dram_mask = mask_bytes * f_model
+    dram_param = param_bytes * f_model
+    dram_in = in_dram * f_in
+    offchip_model = model_bytes * f_model
+    offchip = offchip_model + dram_in + out_dram
+
+    # on-chip buffers
+    rows = _window_rows(w.out_h, pe_oh, sh, w.kernel_h, dh)
+    cols = _window_rows(w.out_w, pe_ow, sw, w.kernel_w, dw)
+    ifmap_r = _bits_to_bytes(batch * w.in_channels * t_oc * rows * cols, ab)
+    ifmap_w = dram_in
+    ofmap_w = ofmap_bytes
+    ofmap_r = out_dram
+    if dataflow == "weight_stream" and t_ic > 1:  # partial sums spilled between ic tiles
+        spill = (t_ic - 1) * _bits_to_bytes(w.ofmap_elems, spec.accum_bits)
+        ofmap_w += spill
+        ofmap_r += spill
+    weight_uses = passes * weights
+    filt_r = _bits_to_bytes(weight_uses, wb)
+    filt_w = filt_all * f_model
+    param_r = param_bytes * passes
+    param_w = param_bytes * f_model
+
+    # model construction
+    prng_steps = _ceil_div(weight_uses, spec.weights_per_prng_step) if prng else 0
+    prng_cycles = _ceil_div(prng_steps, spec.prng_lanes) if prng_steps else 0
+    decoder_bits = weights * f_model if masked else 0
+    decoder_cycles = math.ceil(decoder_bits / spec.decoder_bits_per_cycle) if decoder_bits else 0
+    dram_cycles = math.ceil(offchip / spec.dram_bytes_per_cycle)
+
+    total = compute
+    bound = "compute"
+    for name, cyc in (("dram", dram_cycles), ("decoder", decoder_cycles), ("prng", prng_cycles)):
+        if cyc > total:
+            total, bound = cyc, name
+
+    e_compute = pe_ops * c.pe_op
+    e_sram = (
+        ifmap_r * c.ifmap_r
+        + ifmap_w * c.ifmap_w
+        + ofmap_r * c.ofmap_r
+        + ofmap_w * c.ofmap_w
+        + filt_r * c.filt_r
+        + filt_w * c.filt_w
+        + param_r * c.param_r
+        + param_w * c.param_w
+    )
+    e_dram = offchip * c.dram
+    e_prng = prng_steps * c.prng
+    e_dec = decoder_bits * c.dec
+    return LayerEstimate(
+        layer=w.name,
+        kind=w.kind,
+        arch=spec.name,
+        dataflow=dataflow,
+        batch=batch,
+        density=w.density,
+        mask_codec=w.mask_codec if masked else "none",
+        tiles_ic=t_ic,
+        tiles_oh=t_oh,
+        tiles_ow=t_ow,
+        tiles_oc=t_oc,
+        utilization=utilization,
+        compute_cycles=compute,
+        dram_cycles=dram_cycles,
+        decoder_cycles=decoder_cycles,
+        prng_cycles=prng_cycles,
+        total_cycles=total,
+        stall_cycles=total - compute,
+        bound=bound,
+        macs=macs,
+        kept_macs=kept_macs,
+        pe_ops=pe_ops,
+        ops=2 * macs,
+        ifmap_sram_read_bytes=ifmap_r,
+        ifmap_sram_write_bytes=ifmap_w,
+        ofmap_sram_read_bytes=ofmap_r,
+        ofmap_sram_write_bytes=ofmap_w,
+        filter_sram_read_bytes=filt_r,
+        filter_sram_write_bytes=filt_w,
+        param_sram_read_bytes=param_r,
+        param_sram_write_bytes=param_w,
+        dram_weight_read_bytes=dram_weight,
+        dram_mask_read_bytes=dram_mask,
+        dram_param_read_bytes=dram_param,
+        dram_ifmap_read_bytes=dram_in,
+        dram_ofmap_write_bytes=out_dram,
+        model_bytes=model_bytes,
+        offchip_model_bytes=offchip_model,
+        offchip_bytes=offchip,
+        prng_steps=prng_steps,
+        decoder_bits=decoder_bits,
+        energy_compute_pj=e_compute,
+        energy_sram_pj=e_sram,
+        energy_dram_pj=e_dram,
+        energy_prng_pj=e_prng,
+        energy_decoder_pj=e_dec,
+        energy_pj=e_compute + e_sram + e_dram + e_prng + e_dec,
+        latency_s=total / spec.clock_hz,
+    )
+
+
+def estimate_layer(
+    workload: LayerWorkload | Mapping[str, Any],
+    spec: ArchSpec | str,
+    *,
+    skip_masked: bool = True,
+    activations_on_chip: bool = False,
+) -> LayerEstimate:
+    """Estimate one layer in isolation. With ``activations_on_chip`` its input and output stay
+    on chip when they fit their buffers (as for a middle layer of a network); otherwise the input
+    is read from and the output written to DRAM. ``skip_masked``: masked-out weights cost no PE
+    energy (clock-gated; cycles are unchanged, the array runs in lock step)."""
+    spec = resolve_arch(spec)
+    (w,) = workloads_from_dicts([workload])
+    ab = spec.act_bits
+    in_chip = activations_on_chip and _bits_to_bytes(w.ifmap_elems, ab) <= spec.act_in_sram_bytes
+    out_chip = activations_on_chip and (
+        _bits_to_bytes(w.ofmap_elems, ab) <= spec.act_out_sram_bytes
+    )
+    return _estimate(w, spec, _Costs.of(spec), skip_masked, in_chip, out_chip)
+
+
+def _sum_rows(rows: Sequence[LayerEstimate], spec: ArchSpec) -> dict[str, Any]:
+    keys = [
+        "macs",
+        "kept_macs",
+        "pe_ops",
+        "ops",
+        "compute_cycles",
+        "stall_cycles",
+        "model_bytes",
+        "offchip_model_bytes",
+        "offchip_bytes",
+        "dram_weight_read_bytes",
+        "dram_mask_read_bytes",
+        "dram_param_read_bytes",
+        "dram_ifmap_read_bytes",
+        "dram_ofmap_write_bytes",
+        "prng_steps",
+        "decoder_bits",
+        "energy_compute_pj",
+        "energy_sram_pj",
+        "energy_dram_pj",
+        "energy_prng_pj",
+        "energy_decoder_pj",
+        "energy_pj",
+    ]
+    t: dict[str, Any] = {k: sum(getattr(r, k) for r in rows) for k in keys}
+    sram_keys = [f.name for f in fields(LayerEstimate) if "_sram_" in f.name]
+    t["sram_bytes"] = sum(getattr(r, k) for r in rows for k in sram_keys)
+    cycles = sum(r.total_cycles for r in rows)
+    batch = rows[0].batch if rows else 1
+    latency = cycles / spec.clock_hz
+    energy = t["energy_pj"]
+    t.update(
+        arch=spec.name,
+        layers=len(rows),
+        batch=batch,
+        cycles=cycles,
+        clock_mhz=spec.clock_mhz,
+        num_pes=spec.num_pes,
+        offchip_activation_bytes=t["dram_ifmap_read_bytes"] + t["dram_ofmap_write_bytes"],
+        utilization=(
+            t["macs"] / (t["compute_cycles"] * spec.num_pes) if t["compute_cycles"] else 0.0
+        ),
+        utilization_with_stalls=t["macs"] / (cycles * spec.num_pes) if cycles else 0.0,
+        latency_s=latency,
+        energy_per_inference_pj=energy / batch,
+        inferences_per_s=batch / latency if latency else math.inf,
+        tops=t["ops"] / latency / 1e12 if latency else math.inf,
+        power_w=energy * 1e-12 / latency if latency else 0.0,
+        tops_per_watt=t["ops"] / energy if energy else math.inf,
+        onchip_energy_pj=energy - t["energy_dram_pj"],
+        onchip_tops_per_watt=(
+            t["ops"] / (energy - t["energy_dram_pj"]) if energy > t["energy_dram_pj"] else math.inf
+        ),
+    )
+    return t
+
+
+@dataclass
+class Report:
+    """Per-layer estimates and totals for one architecture.
+
+    ``rows``: one :class:`LayerEstimate` per layer. ``totals``: sums and whole-network figures,
+    keys named with their units (``energy_pj``, ``latency_s``, ``offchip_model_bytes``,
+    ``tops_per_watt`` (= dense ops per pJ, DRAM included), ``onchip_tops_per_watt`` (DRAM
+    excluded, as chip papers report), ``inferences_per_s``, ...).
+    """
+
+    spec: ArchSpec
+    rows: list[LayerEstimate]
+    totals: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        """Name of the spec the report was computed for."""
+        return self.spec.name
+
+    def row_dicts(self) -> list[dict[str, Any]]:
+        """Rows as plain dicts."""
+        return [r.as_dict() for r in self.rows]
+
+    def columns(self) -> list[str]:
+        """CSV column names (with units)."""
+        return [f.name for f in fields(LayerEstimate)]
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """CSV text: a header line and one row per layer; written atomically to ``path`` if
+        given."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns(), lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow(r.as_dict())
+        text = buf.getvalue()
+        if path is not None:
+            _atomic_write_text(path, text)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``arch``, ``spec``, ``options``, ``totals``, ``layers``."""
+        return {
+            "arch": self.arch,
+            "spec": self.spec.to_dict(),
+            "options": dict(self.options),
+            "totals": dict(self.totals),
+            "layers": self.row_dicts(),
+        }
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """JSON text of :meth:`to_dict`; written atomically to ``path`` if given."""
+        text = json.dumps(_json_safe(self.to_dict()), indent=2) + "\n"
+        if path is not None:
+            _atomic_write_text(path, text)
+        return text
+
+    def to_text(self) -> str:
+        """A short human-readable per-layer table with totals."""
+        head = (
+            f"{'layer':<28} {'cycles':>12} {'util':>6} {'offchip_B':>12} {'model_B':>10} "
+            f"{'energy_uJ':>10} {'bound':>8}"
+        )
+        lines = [f"arch: {self.arch}", head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(
+                f"{r.layer[:28]:<28} {r.total_cycles:>12,} {r.utilization:>6.1%} "
+                f"{r.offchip_bytes:>12,} {r.offchip_model_bytes:>10,} "
+                f"{r.energy_pj / 1e6:>10.3f} {r.bound:>8}"
+            )
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<28} {t['cycles']:>12,} {t['utilization']:>6.1%} "
+            f"{t['offchip_bytes']:>12,} {t['offchip_model_bytes']:>10,} "
+            f"{t['energy_pj'] / 1e6:>10.3f}"
+        )
+        lines.append(
+            f"latency {t['latency_s'] * 1e3:.3f} ms, {t['inferences_per_s']:.1f} inf/s, "
+            f"{t['tops']:.3f} TOPS, {t['tops_per_watt']:.2f} TOPS/W, "
+            f"{t['energy_per_inference_pj'] / 1e6:.2f} uJ/inference"
+        )
+        return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def estimate(
+    workloads: Iterable[LayerWorkload | Mapping[str, Any]],
+    spec: ArchSpec | str,
+    *,
+    skip_masked: bool = True,
+    activations_on_chip: bool = False,
+) -> Report:
+    """Estimate a network (layers run one after another, in list order).
+
+    With ``activations_on_chip`` a layer's output stays on chip when it fits the output buffer,
+    and the next layer then reads it from there (ping-pong buffers, no copy) when it also fits the
+    input buffer; the first input and the last output always cross DRAM. Branches (residual adds,
+    concatenations) are not modelled beyond the conv/linear layers themselves.
+    """
+    spec = resolve_arch(spec)
+    wl = workloads_from_dicts(workloads)
+    costs = _Costs.of(spec)
+    ab = spec.act_bits
+    rows: list[LayerEstimate] = []
+    prev_kept = False
+    for i, w in enumerate(wl):
+        in_chip = (
+            activations_on_chip
+            and prev_kept
+            and _bits_to_bytes(w.ifmap_elems, ab) <= spec.act_in_sram_bytes
+        )
+        out_chip = (
+            activations_on_chip
+            and i < len(wl) - 1
+            and _bits_to_bytes(w.ofmap_elems, ab) <= spec.act_out_sram_bytes
+        )
+        rows.append(_estimate(w, spec, costs, skip_masked, in_chip, out_chip))
+        prev_kept = out_chip
+    options = {"skip_masked": skip_masked, "activations_on_chip": activations_on_chip}
+    return Report(spec=spec, rows=rows, totals=_sum_rows(rows, spec), options=options)
+
+
+def resolve_arch(arch: ArchSpec | str | os.PathLike[str]) -> ArchSpec:
+    """An :class:`ArchSpec` from a spec, a preset name, or a YAML file path."""
+    if isinstance(arch, ArchSpec):
+        return arch
+    if isinstance(arch, os.PathLike) or (
+        isinstance(arch, str) and (arch.endswith((".yaml", ".yml")) or os.sep in arch)
+    ):
+        return ArchSpec.from_yaml(arch)
+    if isinstance(arch, str):
+        return get_preset(arch)
+    raise SpecError(
+        f"arch: expected a preset name ({', '.join(ARCHS)}), an ArchSpec or a YAML "
+        f"path, got {arch!r}"
+    )
+
+
+def load_workloads(
+    source: Any,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    mask_bytes_fn: MaskBytesFn | None = None,
+) -> list[LayerWorkload]:
+    """Workloads from a source: a list of :class:`LayerWorkload` / dicts, or a ``torch.nn.Module``
+    (needs ``input_shape``, batch first).
+
+    Extension point: a ``.hnn`` model file or a training checkpoint (a ``str`` / ``PathLike``) is
+    not handled yet; the file-format layer will add a branch here that builds the module (or reads
+    the per-layer shapes, densities, codecs and real mask sizes) and returns workloads.
+    """
+    if isinstance(source, str | os.PathLike):
+        raise NotImplementedError(
+            f"simulate({os.fspath(source)!r}): reading .hnn files and checkpoints is not wired "
+            "yet; pass an nn.Module with input_shape, or a list of LayerWorkload"
+        )
+    if isinstance(source, LayerWorkload | Mapping):
+        return workloads_from_dicts([source])
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(source, torch.nn.Module):
+        if input_shape is None:
+            raise ValueError(
+                "input_shape (batch first, e.g. (1, 3, 32, 32)) is required when "
+                "simulating an nn.Module"
+            )
+        return workloads_from_module(source, tuple(input_shape), mask_bytes_fn=mask_bytes_fn)
+    if isinstance(source, Iterable):
+        return workloads_from_dicts(source)
+    raise TypeError(
+        f"cannot build workloads from {type(source).__name__}; pass an nn.Module "
+        "(with input_shape) or a list of LayerWorkload"
+    )
+
+
+def simulate(
+    source: Any,
+    arch: ArchSpec | str | os.PathLike[str] = "hiddenite",
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    skip_masked: bool = True,
+    activations_on_chip: bool = False,
+    mask_bytes_fn: MaskBytesFn | None = None,
+) -> Report:
+    """Estimate ``source`` (an ``nn.Module`` with ``input_shape``, or a list of workloads) on
+    ``arch`` (``"hiddenite"`` | ``"bnn"`` | ``"int8"``, an :class:`ArchSpec`, or a YAML path)."""
+    workloads = load_workloads(source, input_shape, mask_bytes_fn=mask_bytes_fn)
+    return estimate(
+        workloads, arch, skip_masked=skip_masked, activations_on_chip=activations_on_chip
+    )
+
+
+def compare(
+    source: Any,
+    archs: Iterable[ArchSpec | str] = ARCHS,
+    input_shape: tuple[int, ...] | None = None,
+    **options: Any,
+) -> dict[str, Report]:
+    """:func:`simulate` on several architectures (workloads extracted once); keyed by spec
+    name."""
+    mask_bytes_fn = options.pop("mask_bytes_fn", None)
+    workloads = load_workloads(source, input_shape, mask_bytes_fn=mask_bytes_fn)
+    out: dict[str, Report] = {}
+    for a in archs:
+        report = estimate(workloads, a, **options)
+        out[report.arch] = report
+    return out

@@ -1,0 +1,512 @@
+"""Per-layer workloads: the convolution / matrix shapes and model-data sizes the cost model needs.
+
+A :class:`LayerWorkload` is plain data (build it from a dict for tests and sweeps, or from a
+``torch.nn.Module`` with :func:`workloads_from_module`). Linear layers are treated as 1x1
+convolutions whose spatial positions are the non-batch, non-feature dimensions of the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "LayerWorkload",
+    "MaskBytesFn",
+    "entropy_bits_per_weight",
+    "mask_bytes_for",
+    "workloads_from_module",
+]
+
+KINDS = ("conv", "linear")
+
+MaskBytesFn = Callable[[str, Any], tuple[str, int]]
+"""``fn(layer_name, mask_bool_numpy) -> (codec_name, compressed_bytes)``."""
+
+
+def _pair(name: str, value: Any) -> tuple[int, int]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (int(value), int(value))
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{name}: expected an int or an (h, w) pair, got {value!r}")
+
+
+def _conv_out(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def entropy_bits_per_weight(density: float) -> float:
+    """Binary entropy ``H(k)`` (bits per weight): the lower bound for coding an unstructured mask
+    of density ``k``."""
+    if density <= 0.0 or density >= 1.0:
+        return 0.0
+    k = density
+    return -(k * math.log2(k) + (1.0 - k) * math.log2(1.0 - k))
+
+
+def mask_bytes_for(codec: str, weights: int, density: float) -> int:
+    """Mask size (bytes) for ``weights`` mask bits at ``density`` when no real mask is at hand:
+    ``packed`` = ceil(n / 8) exactly; ``rle`` and ``entropy`` = the entropy bound
+    ceil(H(k) n / 8) (a real run-length code is larger); ``none`` = 0."""
+    if codec == "packed":
+        return math.ceil(weights / 8)
+    if codec in ("rle", "entropy"):
+        return math.ceil(entropy_bits_per_weight(density) * weights / 8)
+    if codec == "none":
+        return 0
+    raise ValueError(f"codec: unknown mask codec {codec!r}; use packed, rle, entropy or none")
+
+
+@dataclass(frozen=True)
+class LayerWorkload:
+    """One conv or linear layer as the accelerator sees it (sizes in elements unless noted).
+
+    ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs. ``density`` is the
+    kept fraction of weights (1.0 = dense); ``mask_bytes`` is the compressed supermask size (B)
+    under ``mask_codec``; ``param_bytes`` are the per-channel parameters (BN statistics, scales,
+    bias) in bytes. ``batch`` is the number of inputs (images) processed together.
+    """
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel_h: int = 1
+    kernel_w: int = 1
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
+    groups: int = 1
+    in_h: int = 1
+    in_w: int = 1
+    out_h: int = 1
+    out_w: int = 1
+    batch: int = 1
+    density: float = 1.0
+    mask_codec: str = "packed"
+    mask_bytes: int = -1  # -1: packed size ceil(weights / 8)
+    param_bytes: int = 0
+    dilation: int | tuple[int, int] = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        for f in (
+            "in_channels",
+            "out_channels",
+            "kernel_h",
+            "kernel_w",
+            "groups",
+            "in_h",
+            "in_w",
+            "out_h",
+            "out_w",
+            "batch",
+        ):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{self.name}: {f} must be a positive integer, got {v!r}")
+        for f in ("stride", "dilation"):
+            if min(_pair(f, getattr(self, f))) < 1:
+                raise ValueError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)!r}")
+        if min(_pair("padding", self.padding)) < 0:
+            raise ValueError(f"{self.name}: padding must be >= 0, got {self.padding!r}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"{self.name}: in_channels ({self.in_channels}) and out_channels "
+                f"({self.out_channels}) must be divisible by groups ({self.groups})"
+            )
+        if not 0.0 <= float(self.density) <= 1.0:
+            raise ValueError(
+                f"{self.name}: density (kept fraction) must be in [0, 1], got {self.density!r}"
+            )
+        object.__setattr__(self, "density", float(self.density))
+        if self.mask_bytes == -1:
+            object.__setattr__(self, "mask_bytes", math.ceil(self.weights / 8))
+        if self.mask_bytes < 0 or self.param_bytes < 0:
+            raise ValueError(f"{self.name}: mask_bytes and param_bytes must be >= 0")
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def stride_hw(self) -> tuple[int, int]:
+        """Stride ``(h, w)``."""
+        return _pair("stride", self.stride)
+
+    @property
+    def padding_hw(self) -> tuple[int, int]:
+        """Padding ``(h, w)`` (elements per side)."""
+        return _pair("padding", self.padding)
+
+    @property
+    def dilation_hw(self) -> tuple[int, int]:
+        """Dilation ``(h, w)``."""
+        return _pair("dilation", self.dilation)
+
+    @property
+    def in_channels_per_group(self) -> int:
+        """Input channels each output channel sees."""
+        return self.in_channels // self.groups
+
+    @property
+    def out_channels_per_group(self) -> int:
+        """Output channels per group."""
+        return self.out_channels // self.groups
+
+    @property
+    def weights(self) -> int:
+        """Number of weights (= mask bits) of the layer."""
+        return self.out_channels * self.in_channels_per_group * self.kernel_h * self.kernel_w
+
+    @property
+    def kept_weights(self) -> int:
+        """Weights kept by the mask: ``round(density * weights)``."""
+        return round(self.density * self.weights)
+
+    @property
+    def macs(self) -> int:
+        """Dense multiply-accumulates of the layer shape (whole batch)."""
+        return self.batch * self.out_h * self.out_w * self.weights
+
+    @property
+    def kept_macs(self) -> int:
+        """Multiply-accumulates whose weight is kept by the mask (whole batch)."""
+        return self.batch * self.out_h * self.out_w * self.kept_weights
+
+    @property
+    def ifmap_elems(self) -> int:
+        """Input activations (elements, whole batch)."""
+        return self.batch * self.in_channels * self.in_h * self.in_w
+
+    @property
+    def ofmap_elems(self) -> int:
+        """Output activations (elements, whole batch)."""
+        return self.batch * self.out_channels * self.out_h * self.out_w
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerWorkload:
+        """Build from a plain mapping. Accepts ``kernel`` (int or pair) for ``kernel_h/w``,
+        ``in_hw``/``out_hw`` pairs, and derives ``in_h/in_w`` or ``out_h/out_w`` from the other
+        with the usual convolution formula; ``name`` defaults to ``kind``."""
+        d = dict(data)
+        valid = {f.name for f in dataclasses.fields(cls)} | {"kernel", "in_hw", "out_hw"}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown workload field(s) {unknown}; valid: {sorted(valid)}")
+        if "kernel" in d:
+            d["kernel_h"], d["kernel_w"] = _pair("kernel", d.pop("kernel"))
+        if "in_hw" in d:
+            d["in_h"], d["in_w"] = _pair("in_hw", d.pop("in_hw"))
+        if "out_hw" in d:
+            d["out_h"], d["out_w"] = _pair("out_hw", d.pop("out_hw"))
+        d.setdefault("kind", "conv")
+        d.setdefault("name", d["kind"])
+        kh, kw = d.get("kernel_h", 1), d.get("kernel_w", 1)
+        sh, sw = _pair("stride", d.get("stride", 1))
+        ph, pw = _pair("padding", d.get("padding", 0))
+        dh, dw = _pair("dilation", d.get("dilation", 1))
+        if "out_h" not in d and "in_h" in d:
+            d["out_h"] = _conv_out(d["in_h"], ph, kh, sh, dh)
+        if "out_w" not in d and "in_w" in d:
+            d["out_w"] = _conv_out(d["in_w"], pw, kw, sw, dw)
+        if "in_h" not in d and "out_h" in d:
+            d["in_h"] = max(1, (d["out_h"] - 1) * sh + dh * (kh - 1) + 1 - 2 * ph)
+        if "in_w" not in d and "out_w" in d:
+            d["in_w"] = max(1, (d["out_w"] - 1) * sw + dw * (kw - 1) + 1 - 2 * pw)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (all fields)."""
+        return dataclasses.asdict(self)
+
+    def with_density(self, density: float, codec: str | None = None) -> LayerWorkload:
+        """Copy at another density; ``mask_bytes`` is recomputed for ``codec`` (default: this
+        layer's codec) with :func:`mask_bytes_for` (packed exact, rle/entropy = entropy bound)."""
+        codec = self.mask_codec if codec is None else codec
+        nbytes = mask_bytes_for(codec, self.weights, density)
+        return dataclasses.replace(self, density=density, mask_codec=codec, mask_bytes=nbytes)
+
+
+def _bn_param_count(module: Any) -> int:
+    """Per-channel numbers a BatchNorm carries at inference: running mean/var (+ weight, bias)."""
+    n = int(module.num_features)
+    count = 0
+    if getattr(module, "running_mean", None) is not None:
+        count += 2 * n
+    if getattr(module, "affine", False):
+        count += 2 * n
+    return count
+
+
+def workloads_from_module(
+    module: Any,
+    input_shape: tuple[int, ...],
+    *,
+    mask_bytes_fn: MaskBytesFn | None = None,
+    param_bytes_per_value: int = 4,
+) -> list[LayerWorkload]:
+    """Trace ``module`` once with a zero input of ``input_shape`` (batch first) and return one
+    workload per ``nn.Conv2d`` / ``nn.Linear`` call, in execution order.
+
+    Density comes from the layer's ``mask()`` (a 0/1 tensor shaped like the weight; a ``mask``
+    tensor attribute also works), else 1.0. ``mask_bytes`` is the packed size ceil(n / 8) unless
+    ``mask_bytes_fn(name, mask_bool_numpy) -> (codec, nbytes)`` is given (called only for layers
+    with a mask). ``param_bytes`` = ``param_bytes_per_value`` x (bias values + the per-channel
+    values of BatchNorm layers run after the layer and before the next conv/linear).
+    """
+    import torch
+    from torch import nn
+
+    conv_types = (nn.Conv2d, nn.Linear)
+    bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    names = {id(m): n or type(m).__name__ for n, m in module.named_modules()}
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+
+    def conv_hook(mod: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        name = names.get(id(mod), type(mod).__name__)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        records.append(
+            {
+                "mod": mod,
+                "name": name,
+                "in": tuple(inputs[0].shape),
+                "out": tuple(output.shape),
+                "extra": 0,
+            }
+        )
+
+    def bn_hook(mod: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        if records:
+            records[-1]["extra"] += _bn_param_count(mod)
+
+    handles = []
+    try:
+        for m in module.modules():
+            if isinstance(m, conv_types):
+                handles.append(m.register_forward_hook(conv_hook))
+            elif isinstance(m, bn_types):
+                handles.append(m.register_forward_hook(bn_hook))
+        params = list(module.parameters())
+        ref = params[0] if params else torch.zeros(())
+        x = torch.zeros(tuple(input_shape), dtype=ref.dtype, device=ref.device)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                module(x)
+        finally:
+            module.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+
+    out: list[LayerWorkload] = []
+    for rec in records:
+        mod = rec["mod"]
+        density, codec, mbytes = 1.0, "packed", -1
+        mask = _module_mask(mod)
+        if mask is not None:
+            mask_np = mask.detach().to("cpu").numpy().astype(bool)
+            density = float(mask_np.mean()) if mask_np.size else 1.0
+            if mask_bytes_fn is not None:
+                codec, mbytes = mask_bytes_fn(rec["name"], mask_np)
+                mbytes = int(mbytes)
+        bias = getattr(mod, "bias", None)
+        n_params = (bias.numel() if bias is not None else 0) + rec["extra"]
+        common = {
+            "name": rec["name"],
+            "density": density,
+            "mask_codec": codec,
+            "mask_bytes": mbytes,
+            "param_bytes": param_bytes_per_value * n_params,
+        }
+        if isinstance(mod, nn.Conv2d):
+            _, c, ih, iw = rec["in"][-4:] if len(rec["in"]) == 4 else (1, *rec["in"][-3:])
+            oc, oh, ow = rec["out"][-3:]
+            batch = rec["in"][0] if len(rec["in"]) == 4 else 1
+            kh, kw = mod.kernel_size
+            stride = tuple(mod.stride)
+            dilation = tuple(mod.dilation)
+            if isinstance(mod.padding, str):
+                pad = tuple(
+                    max(0, ((o - 1) * s + d * (k - 1) + 1 - i) // 2)
+                    for o, s, d, k, i in zip(
+                        (oh, ow), stride, dilation, (kh, kw), (ih, iw), strict=True
+                    )
+                )
+            else:
+                pad = tuple(mod.padding)
+            out.append(
+                LayerWorkload(
+                    kind="conv",
+                    in_channels=int(c),
+                    out_channels=int(oc),
+                    kernel_h=int(kh),
+                    kernel_w=int(kw),
+                    stride=_squash(stride),
+                    padding=_squash(pad),
+                    dilation=_squash(dilation),
+                    groups=int(mod.groups),
+                    in_h=int(ih),
+                    in_w=int(iw),
+                    out_h=int(oh),
+                    out_w=int(ow),
+                    batch=int(batch),
+                    **common,
+                )
+            )
+        else:
+            shape = rec["in"]
+            batch = int(shape[0]) if len(shape) >= 2 else 1
+            positions = math.prod(shape[1:-1]) if len(shape) > 2 else 1
+            out.append(
+                LayerWorkload(
+                    kind="linear",
+                    in_channels=int(mod.in_features),
+                    out_channels=int(mod.out_features),
+                    in_h=1,
+                    in_w=int(positions),
+                    out_h=1,
+                    out_w=int(positions),
+                    batch=batch,
+                    **common,
+                )
+            )
+    return out
+
+
+def _squash(pair: tuple[int, ...]) -> int | tuple[int, int]:
+    return int(pair[0]) if pair[0] == pair[1] else (int(pair[0]), int(pair[1]))
+
+
+def _module_mask(mod: Any) -> Any | None:
+    """The layer's 0/1 mask tensor: ``mod.mask()`` if callable, a ``mask`` tensor attribute, or
+    ``None``."""
+    import torch
+
+    m = getattr(mod, "mask", None)
+    if m is None:
+        return None
+    if callable(m) and not isinstance(m, torch.Tensor):
+        with torch.no_grad():
+            m = m()
+    if not isinstance(m, torch.Tensor):
+        return None
+    if m.numel() != mod.weight.numel():
+        raise ValueError(
+            f"{type(mod).__name__}.mask() has {m.numel()} elements but the weight has "
+            f"{mod.weight.numel()}; mask() must be shaped like the weight"
+        )
+    return m != 0
+
+
+def workloads_from_dicts(items: Iterable[Mapping[str, Any] | LayerWorkload]) -> list[LayerWorkload]:
+    """Normalise a list of dicts / workloads into workloads."""
+    return [w if isinstance(w, LayerWorkload) else LayerWorkload.from_dict(w) for w in items]
+
+
+def resnet_workloads(
+    depth: int = 18,
+    *,
+    input_hw: int = 224,
+    num_classes: int = 1000,
+    batch: int = 1,
+    density: float = 1.0,
+    codec: str = "packed",
+    cifar_stem: bool = False,
+    width: int = 64,
+    bn_values_per_channel: int = 2,
+    bytes_per_value: int = 4,
+) -> list[LayerWorkload]:
+    """Conv/linear workloads of a torchvision-style ResNet (18, 34 BasicBlock; 50, 101, 152
+    Bottleneck with the stride on the 3x3), in execution order (a block's convs, then its
+    downsample, then the next block).
+
+    ``cifar_stem``: 3x3 stride-1 first conv and no max-pool (the CIFAR variant). Each conv is
+    followed by a BatchNorm carrying ``bn_values_per_channel`` values per channel (2 = non-affine
+    running mean/var, as in edge-popup) of ``bytes_per_value`` bytes; the classifier has a bias.
+    Mask bytes follow :func:`mask_bytes_for` for ``codec`` at ``density``.
+    """
+    blocks = {
+        18: ("basic", [2, 2, 2, 2]),
+        34: ("basic", [3, 4, 6, 3]),
+        50: ("bottleneck", [3, 4, 6, 3]),
+        101: ("bottleneck", [3, 4, 23, 3]),
+        152: ("bottleneck", [3, 8, 36, 3]),
+    }
+    if depth not in blocks:
+        raise ValueError(f"depth: unknown ResNet depth {depth}; use one of {sorted(blocks)}")
+    kind, counts = blocks[depth]
+    expansion = 4 if kind == "bottleneck" else 1
+    layers: list[LayerWorkload] = []
+
+    def conv(name: str, cin: int, cout: int, k: int, s: int, hw: int) -> int:
+        pad = k // 2
+        out = _conv_out(hw, pad, k, s, 1)
+        weights = cout * cin * k * k
+        layers.append(
+            LayerWorkload(
+                name=name,
+                kind="conv",
+                in_channels=cin,
+                out_channels=cout,
+                kernel_h=k,
+                kernel_w=k,
+                stride=s,
+                padding=pad,
+                in_h=hw,
+                in_w=hw,
+                out_h=out,
+                out_w=out,
+                batch=batch,
+                density=density,
+                mask_codec=codec,
+                mask_bytes=mask_bytes_for(codec, weights, density),
+                param_bytes=bn_values_per_channel * cout * bytes_per_value,
+            )
+        )
+        return out
+
+    if cifar_stem:
+        hw = conv("conv1", 3, width, 3, 1, input_hw)
+    else:
+        hw = conv("conv1", 3, width, 7, 2, input_hw)
+        hw = _conv_out(hw, 1, 3, 2, 1)  # 3x3/2 max-pool
+    cin = width
+    for stage, n in enumerate(counts):
+        planes = width * 2**stage
+        for b in range(n):
+            s = 2 if (b == 0 and stage > 0) else 1
+            p = f"layer{stage + 1}.{b}"
+            block_in, block_hw = cin, hw
+            if kind == "basic":
+                hw = conv(f"{p}.conv1", cin, planes, 3, s, hw)
+                hw = conv(f"{p}.conv2", planes, planes, 3, 1, hw)
+            else:
+                h1 = conv(f"{p}.conv1", cin, planes, 1, 1, hw)
+                h2 = conv(f"{p}.conv2", planes, planes, 3, s, h1)
+                hw = conv(f"{p}.conv3", planes, planes * expansion, 1, 1, h2)
+            cin = planes * expansion
+            if s != 1 or block_in != cin:
+                conv(f"{p}.downsample.0", block_in, cin, 1, s, block_hw)
+    weights = num_classes * cin
+    layers.append(
+        LayerWorkload(
+            name="fc",
+            kind="linear",
+            in_channels=cin,
+            out_channels=num_classes,
+            batch=batch,
+            density=density,
+            mask_codec=codec,
+            mask_bytes=mask_bytes_for(codec, weights, density),
+            param_bytes=num_classes * bytes_per_value,
+        )
+    )
+    return layers

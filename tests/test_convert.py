@@ -1,0 +1,434 @@
+"""Tests for hiddenite.convert: supermask_, to_dense and SupermaskConfig.
+
+The models here are hand-written and unknown to hiddenite: convolutions and linear layers
+nested in Sequential, ModuleList and plain attributes, mixed with batch norm and activations.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hiddenite import SupermaskConfig, supermask_, to_dense
+from hiddenite.convert import CONFIG_VERSION, SCOPES, ConfigError
+from hiddenite.init import frozen_weights
+from hiddenite.layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear, is_supermask
+from hiddenite.masks import GlobalThreshold, kept_count
+
+# named_modules() order of the five candidate layers of TinyNet
+ORDER = ["stem.0", "blocks.0", "blocks.1", "head.proj", "fc"]
+
+
+class Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 12)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.proj(x))
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.blocks = nn.ModuleList(
+            [nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.Conv2d(8, 16, 3, stride=2, padding=1)]
+        )
+        self.bn = nn.BatchNorm2d(16)
+        self.head = Head()
+        self.fc = nn.Linear(12, 5, bias=False)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(block(x))
+        x = self.bn(x).mean(dim=(2, 3))
+        return self.fc(self.head(x))
+
+
+def inputs(seed: int = 0) -> torch.Tensor:
+    return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def get(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def trained(model: nn.Module, steps: int = 2) -> nn.Module:
+    """A couple of optimizer steps so masks, BN statistics and biases are not at init."""
+    model.train()
+    for step in range(steps):
+        model.zero_grad()
+        model(inputs(100 + step)).square().mean().backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.5 * p.grad  # in place, like an optimizer step
+    return model
+
+
+# --------------------------------------------------------------------------- supermask_
+
+
+def test_swaps_exactly_the_conv_and_linear_layers_in_order():
+    model = TinyNet()
+    bn, stem_bn, act = model.bn, model.stem[1], model.head.act
+    out = supermask_(model, SupermaskConfig(density=0.3, seed=7))
+    assert out is model
+    converted = [(n, m) for n, m in model.named_modules() if is_supermask(m)]
+    assert [n for n, _ in converted] == ORDER
+    assert [m.layer_index for _, m in converted] == [0, 1, 2, 3, 4]
+    for _, m in converted:
+        assert m.hidden and m.seed == 7 and m.density == 0.3
+    assert isinstance(get(model, "stem.0"), SupermaskConv2d)
+    assert isinstance(get(model, "head.proj"), SupermaskLinear)
+    # everything else is the very same object
+    assert model.bn is bn and model.stem[1] is stem_bn and model.head.act is act
+    plain = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    assert plain == []
+
+
+def test_converted_layers_keep_hyperparameters_and_get_seeded_weights():
+    reference = TinyNet()
+    model = supermask_(TinyNet(), SupermaskConfig(density=0.5, seed=3, init="kaiming-normal"))
+    for index, name in enumerate(ORDER):
+        old, new = get(reference, name), get(model, name)
+        assert new.weight.shape == old.weight.shape
+        assert (new.bias is None) == (old.bias is None)
+        if isinstance(old, nn.Conv2d):
+            for attr in ("stride", "padding", "dilation", "groups", "padding_mode", "kernel_size"):
+                assert getattr(new, attr) == getattr(old, attr)
+        expected = frozen_weights(
+            tuple(old.weight.shape),
+            init="kaiming-normal",
+            seed=3,
+            layer_index=index,
+            fan_in=math.prod(old.weight.shape[1:]),
+        )
+        assert torch.equal(new.weight, expected)
+    y = model(inputs())
+    assert y.shape == (4, 5) and torch.isfinite(y).all()
+
+
+def test_conversion_is_deterministic_across_instances():
+    a = supermask_(TinyNet(), SupermaskConfig(seed=99))
+    b = supermask_(TinyNet(), SupermaskConfig(seed=99))
+    a.eval(), b.eval()
+    assert torch.equal(a(inputs()), b(inputs()))
+    c = supermask_(TinyNet(), SupermaskConfig(seed=100)).eval()
+    assert not torch.equal(a(inputs()), c(inputs()))
+
+
+def test_filter_fn_selects_and_renumbers():
+    seen = []
+
+    def only_convs(module, name):
+        seen.append((type(module), name))
+        return isinstance(module, nn.Conv2d)
+
+    model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=only_convs)
+    assert [name for _, name in seen] == ORDER  # called with (module, qualified name)
+    assert [get(model, n).layer_index for n in ORDER[:3]] == [0, 1, 2]
+    assert type(get(model, "head.proj")) is nn.Linear and type(model.fc) is nn.Linear
+
+    model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: n != "stem.0")
+    assert type(model.stem[0]) is nn.Conv2d
+    assert [get(model, n).layer_index for n in ORDER[1:]] == [0, 1, 2, 3]
+
+
+def test_keep_first_and_last_dense():
+    cfg = SupermaskConfig(keep_first_dense=True, keep_last_dense=True, seed=4)
+    model = supermask_(TinyNet(), cfg)
+    modes = [get(model, n).mode for n in ORDER]
+    assert modes == ["dense", "hidden", "hidden", "hidden", "dense"]
+    first = get(model, "stem.0")
+    assert isinstance(first, SupermaskConv2d) and isinstance(first.weight, nn.Parameter)
+    assert first.scores is None
+    hidden_twin = get(supermask_(TinyNet(), SupermaskConfig(seed=4)), "stem.0")
+    assert torch.equal(first.weight.detach(), hidden_twin.weight)  # same frozen init
+    only_first = supermask_(TinyNet(), SupermaskConfig(keep_first_dense=True))
+    assert [get(only_first, n).mode for n in ORDER] == ["dense"] + ["hidden"] * 4
+    only_last = supermask_(TinyNet(), SupermaskConfig(keep_last_dense=True))
+    assert [get(only_last, n).mode for n in ORDER] == ["hidden"] * 4 + ["dense"]
+
+
+def test_keep_dense_with_a_single_candidate():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    supermask_(model, SupermaskConfig(keep_first_dense=True, keep_last_dense=True))
+    assert model[1].mode == "dense"
+
+
+def test_dense_mode_config():
+    model = supermask_(TinyNet(), SupermaskConfig(mode="dense"))
+    assert all(get(model, n).mode == "dense" for n in ORDER)
+    assert not any(name.endswith("scores") for name, _ in model.named_parameters())
+
+
+def test_global_scope_shares_one_threshold():
+    cfg = SupermaskConfig(scope="global", density=0.3, keep_last_dense=True, seed=2)
+    model = supermask_(TinyNet(), cfg)
+    hidden = [get(model, n) for n in ORDER[:-1]]
+    groups = {id(layer._mask_group) for layer in hidden}
+    assert len(groups) == 1
+    group = hidden[0]._mask_group
+    assert isinstance(group, GlobalThreshold)
+    assert group.layers == hidden
+    assert model.fc._mask_group is None  # the dense twin is not in the group
+    total = sum(layer.scores.numel() for layer in hidden)
+    kept = sum(int(layer.mask().sum()) for layer in hidden)
+    assert kept == kept_count(total, 0.3)
+    # after training the per-layer fractions drift apart but the total stays exact
+    trained(model)
+    kept = sum(int(layer.mask().sum()) for layer in hidden)
+    assert kept == kept_count(total, 0.3)
+    layer_scope = supermask_(TinyNet(), SupermaskConfig(density=0.3))
+    for name in ORDER:
+        layer = get(layer_scope, name)
+        assert layer._mask_group is None
+        assert int(layer.mask().sum()) == kept_count(layer.weight.numel(), 0.3)
+
+
+def test_second_call_raises_and_changes_nothing():
+    model = supermask_(TinyNet(), SupermaskConfig(seed=5))
+    layers = [get(model, n) for n in ORDER]
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"no nn\.Conv2d or nn\.Linear"):
+        supermask_(model, SupermaskConfig(seed=6))
+    assert [get(model, n) for n in ORDER] == layers
+    assert all(get(model, n).seed == 5 for n in ORDER)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_second_call_converts_only_what_is_left():
+    model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: n.startswith("stem"))
+    stem = model.stem[0]
+    supermask_(model, SupermaskConfig())
+    assert model.stem[0] is stem
+    assert all(is_supermask(get(model, n)) for n in ORDER)
+
+
+def test_layer_indices_unique_after_two_calls():
+    model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: n.startswith("stem"))
+    supermask_(model, SupermaskConfig())
+    indices = [get(model, n).layer_index for n in ORDER]
+    assert len(set(indices)) == len(indices)
+
+
+def test_no_candidates_raises():
+    with pytest.raises(ValueError):
+        supermask_(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3)), SupermaskConfig())
+    with pytest.raises(ValueError):
+        supermask_(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: False)
+
+
+def test_subclasses_of_linear_are_not_candidates():
+    class MyLinear(nn.Linear):
+        pass
+
+    model = nn.Sequential(MyLinear(4, 4), nn.Linear(4, 2))
+    supermask_(model, SupermaskConfig())
+    assert type(model[0]) is MyLinear and is_supermask(model[1])
+
+
+def test_config_type_is_checked():
+    with pytest.raises(TypeError):
+        supermask_(TinyNet(), {"density": 0.5})
+
+
+def test_bare_layer_is_converted_or_rejected():
+    layer = nn.Linear(6, 3)
+    try:
+        out = supermask_(layer, SupermaskConfig())
+    except (ValueError, TypeError):
+        return
+    assert is_supermask(out)
+
+
+def test_shared_module_stays_shared():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = self.a
+
+    model = supermask_(Tied(), SupermaskConfig())
+    assert is_supermask(model.a) and model.a is model.b
+
+
+# --------------------------------------------------------------------------- to_dense
+
+
+CONFIGS = [
+    SupermaskConfig(density=0.3, seed=1),
+    SupermaskConfig(density=0.5, seed=2, scope="global", init="kaiming-uniform"),
+    SupermaskConfig(density=0.1, seed=3, keep_first_dense=True, keep_last_dense=True),
+    SupermaskConfig(mode="dense", seed=4),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["layer", "global", "keep-dense", "dense"])
+def test_to_dense_plain_modules_identical_outputs(cfg):
+    model = trained(supermask_(TinyNet(), cfg)).eval()
+    x = inputs(7)
+    before = model(x)
+    original_state = copy.deepcopy(model.state_dict())
+    dense = to_dense(model)
+    assert dense is not model
+    assert not any(isinstance(m, SupermaskLayer) for m in dense.modules())
+    for name in ORDER:
+        layer = get(dense, name)
+        assert type(layer) in (nn.Conv2d, nn.Linear)
+        src = get(model, name)
+        assert torch.equal(layer.weight, src.effective_weight().detach())
+        assert (layer.bias is None) == (src.bias is None)
+        assert layer.training is False
+    assert torch.equal(dense(x), before)
+    # the original is untouched
+    assert all(is_supermask(get(model, n)) for n in ORDER)
+    assert torch.equal(model(x), before)
+    state = model.state_dict()
+    assert state.keys() == original_state.keys()
+    assert all(torch.equal(state[k], original_state[k]) for k in state)
+    # a plain state_dict: weights (and biases, BN), no scores
+    keys = set(dense.state_dict())
+    assert not any(k.endswith("scores") for k in keys)
+    assert {f"{n}.weight" for n in ORDER} <= keys
+
+
+def test_to_dense_inplace_and_training_flag():
+    model = supermask_(TinyNet(), SupermaskConfig(seed=8))
+    model.train()
+    out = to_dense(model, inplace=True)
+    assert out is model
+    assert not any(isinstance(m, SupermaskLayer) for m in model.modules())
+    assert all(get(model, n).training for n in ORDER)
+    dense_weight = model.fc.weight
+    assert isinstance(dense_weight, nn.Parameter) and dense_weight.requires_grad
+
+
+def test_to_dense_weights_are_sparse_with_exact_count():
+    model = supermask_(TinyNet(), SupermaskConfig(density=0.25, seed=9))
+    dense = to_dense(model)
+    for name in ORDER:
+        w = get(dense, name).weight
+        assert int((w != 0).sum()) == kept_count(w.numel(), 0.25)
+
+
+# --------------------------------------------------------------------------- SupermaskConfig
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("density", 0.0),
+        ("density", 1.5),
+        ("density", -0.3),
+        ("density", float("nan")),
+        ("density", "0.5"),
+        ("density", True),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("seed", True),
+        ("seed", 1.0),
+        ("seed", "7"),
+        ("init", "xavier"),
+        ("mode", "frozen"),
+        ("scope", "model"),
+        ("scale_by_density", 1),
+        ("keep_first_dense", "yes"),
+        ("keep_last_dense", None),
+        ("gain", 0.0),
+        ("gain", -1.0),
+        ("gain", float("inf")),
+        ("gain", float("nan")),
+        ("gain", False),
+        ("n_lanes", 0),
+        ("n_lanes", 4.0),
+        ("n_lanes", True),
+        ("prng_version", 2),
+        ("version", 2),
+        ("version", 0),
+        ("version", True),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=rf"SupermaskConfig\.{field}\b"):
+        SupermaskConfig(**{field: value})
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_config_accepts_edges():
+    SupermaskConfig(density=1.0, seed=0)
+    SupermaskConfig(density=1, seed=2**64 - 1)
+    SupermaskConfig(density=1e-9, gain=1, n_lanes=1)
+    assert SCOPES == ("layer", "global")
+
+
+def test_config_defaults_and_frozen():
+    cfg = SupermaskConfig()
+    assert cfg.density == 0.5 and cfg.mode == "hidden" and cfg.scope == "layer"
+    assert cfg.n_lanes == 4096 and cfg.version == CONFIG_VERSION
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.density = 0.1
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SupermaskConfig(),
+        SupermaskConfig(
+            density=0.3,
+            init="kaiming-normal",
+            seed=2**64 - 1,
+            mode="dense",
+            scope="global",
+            scale_by_density=True,
+            keep_first_dense=True,
+            keep_last_dense=True,
+            gain=1 / 3,
+            n_lanes=17,
+        ),
+        SupermaskConfig(density=0.1 + 0.2, gain=math.pi),
+    ],
+)
+def test_config_json_round_trip(cfg):
+    text = cfg.to_json()
+    assert SupermaskConfig.from_json(text) == cfg
+    assert SupermaskConfig.from_dict(cfg.to_dict()) == cfg
+    data = json.loads(text)
+    assert set(data) == {f.name for f in dataclasses.fields(SupermaskConfig)}
+    assert list(data) == sorted(data)
+    assert data["density"] == cfg.density and data["seed"] == cfg.seed
+
+
+def test_config_from_json_errors():
+    good = SupermaskConfig().to_dict()
+    with pytest.raises(ConfigError, match="unknown field"):
+        SupermaskConfig.from_dict({**good, "prune_rate": 0.5})
+    with pytest.raises(ConfigError, match="prune_rate"):
+        SupermaskConfig.from_json(json.dumps({"prune_rate": 0.5}))
+    with pytest.raises(ConfigError, match=r"SupermaskConfig\.version"):
+        SupermaskConfig.from_json(json.dumps({**good, "version": 99}))
+    with pytest.raises(ConfigError, match=r"SupermaskConfig\.density"):
+        SupermaskConfig.from_json(json.dumps({**good, "density": 2}))
+    with pytest.raises(ConfigError):
+        SupermaskConfig.from_json("{not json")
+    with pytest.raises(ConfigError):
+        SupermaskConfig.from_json("[1, 2]")
+    # missing keys take their defaults
+    assert SupermaskConfig.from_json('{"density": 0.25}') == SupermaskConfig(density=0.25)

@@ -1,0 +1,236 @@
+"""Tests for hiddenite.models: the zoo builds, runs, converts and rebuilds bit-exactly.
+
+Independent references: published parameter counts (torchvision ResNet-18/50, the CIFAR
+ResNet-18 of kuangliu/pytorch-cifar, Ramanujan et al.'s Conv-2/4/6/8 table) corrected for
+what these models leave out (non-affine batch norm, no biases).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from hiddenite import SupermaskConfig, is_supermask, models
+from hiddenite.masks import kept_count
+
+NAMES = list(models.MODELS)
+IMAGENET = {"resnet18-imagenet", "resnet50"}
+
+
+def weight_count(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def score_count(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if n.endswith("scores"))
+
+
+def cheap_kwargs(name: str, small: bool = False) -> dict:
+    kw = {}
+    if name in IMAGENET:
+        kw["image_size"] = 32  # stem /4, then stages down to 1x1: the smallest sensible input
+    if small:
+        if name == "mlp":
+            kw["hidden"] = (30, 10)
+        else:
+            kw["width"] = 0.125
+    return kw
+
+
+@functools.cache
+def plain(name: str) -> nn.Module:
+    """One plain (unconverted) model per name, shared by the tests that only read it."""
+    return models.create(name).eval()
+
+
+def batch(name: str, seed: int = 0, **kw) -> torch.Tensor:
+    shape = models.default_input_shape(name, **kw)
+    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_zoo_names():
+    assert set(NAMES) == {
+        "mlp",
+        "conv2",
+        "conv4",
+        "conv6",
+        "conv8",
+        "resnet20",
+        "resnet18",
+        "resnet18-imagenet",
+        "resnet50",
+    }
+    for name, info in models.MODELS.items():
+        assert info.name == name and info.description
+        assert models.model_info(name) is info
+
+
+def test_default_input_shapes():
+    assert models.default_input_shape("mlp") == (1, 28, 28)
+    assert models.default_input_shape("conv4") == (1, 28, 28)
+    assert models.default_input_shape("resnet20") == (1, 28, 28)
+    assert models.default_input_shape("resnet50") == (3, 224, 224)
+    assert models.default_input_shape("resnet18-imagenet", image_size=64) == (3, 64, 64)
+    assert models.default_input_shape("conv2", in_channels=3, image_size=32) == (3, 32, 32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_builds_and_runs_plain(name):
+    kw = cheap_kwargs(name)
+    model = plain(name)  # built at the default size; the ImageNet ResNets pool adaptively
+    assert not any(is_supermask(m) for m in model.modules())
+    num_classes = models.MODELS[name].defaults["num_classes"]
+    with torch.no_grad():
+        y = model(batch(name, **kw))
+    assert y.shape == (2, num_classes) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_hidden_runs_and_rebuilds_bit_identically(name):
+    kw = cheap_kwargs(name, small=True)
+    cfg = SupermaskConfig(density=0.3, seed=1234)
+    model = models.create(name, cfg, **kw)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert layers and all(is_supermask(m) and m.hidden for m in layers)
+    assert [m.layer_index for m in layers] == list(range(len(layers)))
+    for m in layers:
+        assert int(m.mask().sum()) == kept_count(m.weight.numel(), 0.3)
+    # move scores and batch-norm statistics away from their initial values
+    with torch.no_grad():
+        for m in layers:
+            m.scores.mul_(torch.rand(m.scores.shape, generator=torch.Generator().manual_seed(7)))
+        model.train()(batch(name, 1, **kw))
+    model.eval()
+    x = batch(name, 2, **kw)
+    with torch.no_grad():
+        y = model(x)
+    num_classes = models.MODELS[name].defaults["num_classes"]
+    assert y.shape == (2, num_classes) and torch.isfinite(y).all()
+    state = model.state_dict()
+    for layer_name, m in model.named_modules():
+        if is_supermask(m):  # frozen weights are regenerated, never saved
+            assert f"{layer_name}.weight" not in state and f"{layer_name}.scores" in state
+    rebuilt = models.create(name, cfg, **kw).eval()
+    rebuilt.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), y)
+    if name not in ("mlp", "conv4", "resnet20"):
+        return  # the check below is about the seed, not the architecture: keep it cheap
+    other_seed = models.create(name, SupermaskConfig(density=0.3, seed=1235), **kw).eval()
+    other_seed.load_state_dict(state)
+    with torch.no_grad():
+        assert not torch.equal(other_seed(x), y)
+
+
+def test_resnet50_hidden_score_count():
+    # torchvision resnet50: 25,557,032 parameters, of which 53,120 are batch-norm affine
+    # terms and 1,000 the fc bias; here BN is non-affine and fc has no bias
+    assert weight_count(plain("resnet50")) == 25_557_032 - 53_120 - 1_000
+    hidden = models.create("resnet50", SupermaskConfig(density=0.3, seed=0))
+    n = score_count(hidden)
+    assert abs(n - 25.5e6) <= 0.01 * 25.5e6
+    assert n == 25_502_912
+    # nothing but scores is learned (non-affine batch norm, no biases)
+    assert sum(p.numel() for p in hidden.parameters()) == n
+
+
+def test_resnet18_counts_match_published():
+    # torchvision resnet18: 11,689,512 = weights + 9,600 BN affine + 1,000 fc bias
+    assert weight_count(plain("resnet18-imagenet")) == 11_689_512 - 9_600 - 1_000
+    # CIFAR ResNet-18 (kuangliu/pytorch-cifar): 11,173,962 = weights + 9,600 BN + 10 bias
+    cifar = models.create("resnet18", in_channels=3, image_size=32)
+    assert weight_count(cifar) == 11_173_962 - 9_600 - 10
+
+
+def test_mlp_count():
+    assert weight_count(plain("mlp")) == 784 * 300 + 300 * 100 + 100 * 10
+
+
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [("conv2", 4.3e6), ("conv4", 2.4e6), ("conv6", 2.26e6), ("conv8", 5.3e6)],
+)
+def test_conv_models_on_cifar_shape(name, published):
+    model = models.create(name, in_channels=3, image_size=32).eval()
+    # Ramanujan et al. (edge-popup), CIFAR-10 parameter counts
+    assert abs(weight_count(model) - published) <= 0.02 * published
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is None for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+    hidden = models.create(
+        name, SupermaskConfig(seed=3), in_channels=3, image_size=32, width=0.125
+    ).eval()
+    with torch.no_grad():
+        assert hidden(x).shape == (2, 10)
+
+
+def test_width_scales_channels():
+    narrow = models.create("conv4", width=0.5)
+    convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64]
+    fcs = [m for m in narrow.modules() if isinstance(m, nn.Linear)]
+    assert [f.out_features for f in fcs] == [128, 128, 10]
+    wide = models.create("resnet20", width=2.0)
+    convs = [m for m in wide.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].out_channels == 32 and max(c.out_channels for c in convs) == 128
+    assert wide.fc.in_features == 128
+    base, half = plain("resnet18"), models.create("resnet18", width=0.5)
+    assert 0.2 < weight_count(half) / weight_count(base) < 0.3  # about width**2
+    tiny = models.create("conv2", width=0.001)  # never below one channel
+    assert all(m.out_channels >= 1 for m in tiny.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_other_kwargs():
+    model = models.create("resnet20", num_classes=7, in_channels=3, bn_affine=True)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(bn.affine for bn in bns)
+    assert all(
+        not bn.affine
+        for bn in models.create("resnet20").modules()
+        if isinstance(bn, nn.BatchNorm2d)
+    )
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 20, 20)).shape == (2, 7)
+    mlp = models.create("mlp", hidden=(50,), num_classes=3)
+    assert [m.out_features for m in mlp.modules() if isinstance(m, nn.Linear)] == [50, 3]
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ValueError, match="resnet99") as info:
+        models.create("resnet99")
+    for name in NAMES:
+        assert name in str(info.value)
+    with pytest.raises(ValueError):
+        models.default_input_shape("nope")
+
+
+def test_unknown_kwarg_lists_valid_arguments():
+    with pytest.raises(ValueError, match="width") as info:
+        models.create("mlp", width=2.0)
+    for arg in ("in_channels", "image_size", "num_classes", "hidden"):
+        assert arg in str(info.value)
+    with pytest.raises(ValueError, match="hidden"):
+        models.create("resnet20", hidden=(3,))
+    with pytest.raises(ValueError, match="bn_affine"):
+        models.create("conv4", bn_affine=True)
+
+
+def test_image_too_small_for_conv8():
+    with pytest.raises(ValueError):
+        models.create("conv8", image_size=8)
+
+
+def test_dense_mode_and_keep_dense_through_create():
+    model = models.create("mlp", SupermaskConfig(mode="dense", seed=5))
+    assert all(m.mode == "dense" for m in model.modules() if is_supermask(m))
+    assert score_count(model) == 0
+    model = models.create("resnet20", SupermaskConfig(keep_first_dense=True, keep_last_dense=True))
+    layers = [m for m in model.modules() if is_supermask(m)]
+    assert layers[0].mode == "dense" and layers[-1].mode == "dense"
+    assert layers[-1] is model.fc
+    assert all(m.hidden for m in layers[1:-1])
