@@ -16,6 +16,7 @@ from hiddenite import masks
 from hiddenite.masks import (
     GlobalThreshold,
     kept_count,
+    masked_weight,
     straight_through,
     threshold_for_top,
     top_fraction_mask,
@@ -351,3 +352,20 @@ def test_global_threshold_count_exact_with_ties():
     tied_first = torch.nonzero(first == t).reshape(-1)
     kept_tied_first = torch.nonzero(masks_[0].reshape(-1) & (first == t)).reshape(-1)
     assert torch.equal(kept_tied_first, tied_first[: len(kept_tied_first)])
+
+
+def test_masked_weight_matches_straight_through_through_abs():
+    """The fused node equals ``weight * straight_through(|scores|, mask)``, values and grads."""
+    g = torch.Generator().manual_seed(11)
+    weight = torch.randn(40, 30, generator=g)
+    scores_a = torch.randn(40, 30, generator=g, requires_grad=True)
+    scores_b = scores_a.detach().clone().requires_grad_(True)
+    mask = top_fraction_mask(scores_a, 0.3)
+    upstream = torch.randn(40, 30, generator=g)
+    fused = masked_weight(weight, scores_a, mask)
+    reference = weight * straight_through(scores_b.abs(), mask)
+    assert torch.equal(fused, reference)
+    (fused * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    assert torch.allclose(scores_a.grad, scores_b.grad, rtol=0, atol=1e-6)
+    assert torch.equal(scores_a.grad, upstream * weight * torch.sgn(scores_a.detach()))

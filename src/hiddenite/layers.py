@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import INITS, RELU_GAIN, frozen_weights, words_to_unit_interval
-from .masks import GlobalThreshold, straight_through, top_fraction_mask
+from .masks import GlobalThreshold, masked_weight, top_fraction_mask
 from .prng import DEFAULT_LANES, STREAM_SCORES, lanes_torch
 
 MODES = ("hidden", "dense")
@@ -171,8 +171,7 @@ class SupermaskLayer:
         """
         if not self.hidden:
             return self.weight
-        # ranking is by |score|, so the gradient reaches the score through abs() (edge-popup)
-        return self.weight * straight_through(self.scores.abs(), self._mask_bool(True))
+        return masked_weight(self.weight, self.scores, self._mask_bool(True))
 
     def supermask_repr(self) -> str:
         if not self.hidden:

@@ -20,13 +20,14 @@ import torch
 __all__ = [
     "GlobalThreshold",
     "kept_count",
+    "masked_weight",
     "straight_through",
     "threshold_for_top",
     "top_fraction_mask",
 ]
 
-_SAMPLE = 16384
-_BRACKET_SIGMAS = 6.0
+_SAMPLE = 4096
+_BRACKET_SIGMAS = 5.0
 _SMALL = 1 << 15
 _GOLDEN = 2654435761
 
@@ -40,11 +41,16 @@ def kept_count(n: int, density: float) -> int:
 
 def threshold_for_top(values: torch.Tensor, m: int) -> torch.Tensor:
     """The ``m``-th largest entry of 1-D ``values`` (0-dim tensor), for 1 <= m <= len."""
+    return _select(values, m)[0]
+
+
+def _select(values: torch.Tensor, m: int) -> tuple[torch.Tensor, bool]:
+    """(m-th largest value t, True if exactly m entries are known to be >= t)."""
     n = values.numel()
     if not 1 <= m <= n:
         raise ValueError(f"m must be in [1, {n}], got {m}")
     if n <= _SMALL:
-        return torch.kthvalue(values, n - m + 1).values
+        return torch.kthvalue(values, n - m + 1).values, False
     idx = (torch.arange(_SAMPLE, dtype=torch.int64, device=values.device) * _GOLDEN) % n
     sample = torch.sort(values[idx]).values
     # rank (from the top) of the threshold inside the sample, and its sampling spread
@@ -55,7 +61,7 @@ def threshold_for_top(values: torch.Tensor, m: int) -> torch.Tensor:
     lo_rank = int(centre + spread)  # more than m lie at or above lo
     hi = sample[_SAMPLE - 1 - hi_rank] if hi_rank >= 0 else None
     lo = sample[_SAMPLE - 1 - lo_rank] if lo_rank < _SAMPLE else None
-    above = 0 if hi is None else int((values > hi).sum())
+    above = 0 if hi is None else int(torch.count_nonzero(values > hi))
     if above < m:
         if lo is None and hi is None:
             band = values
@@ -67,8 +73,11 @@ def threshold_for_top(values: torch.Tensor, m: int) -> torch.Tensor:
             band = values[(values >= lo) & (values <= hi)]
         need = m - above
         if need <= band.numel():
-            return torch.kthvalue(band, band.numel() - need + 1).values
-    return torch.kthvalue(values, n - m + 1).values
+            t = torch.kthvalue(band, band.numel() - need + 1).values
+            # everything above the band is > t and everything below it < t, so the count of
+            # entries >= t is exactly m unless t occurs more than once in the band
+            return t, int(torch.count_nonzero(band == t)) == 1
+    return torch.kthvalue(values, n - m + 1).values, False
 
 
 def top_fraction_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
@@ -80,10 +89,10 @@ def top_fraction_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if m == n:
         return torch.ones_like(scores, dtype=torch.bool)
-    t = threshold_for_top(flat, m)
+    t, exact = _select(flat, m)
     mask = flat >= t
-    if int(mask.sum()) != m:  # ties at the threshold
-        mask = _break_ties(flat, t, m - int((flat > t).sum()))
+    if not exact and int(torch.count_nonzero(mask)) != m:  # ties at the threshold
+        mask = _break_ties(flat, t, m - int(torch.count_nonzero(flat > t)))
     return mask.reshape(scores.shape)
 
 
@@ -108,6 +117,32 @@ class _StraightThrough(torch.autograd.Function):
 def straight_through(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``mask`` as a float tensor whose gradient flows straight through to ``scores``."""
     return _StraightThrough.apply(scores, mask)
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``weight * mask`` with the straight-through gradient to ``|scores|`` (edge-popup)."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, mask):
+        ctx.save_for_backward(weight, scores)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores = ctx.saved_tensors
+        grad_scores = grad * weight
+        grad_scores.mul_(torch.sgn(scores))
+        return None, grad_scores, None
+
+
+def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``weight * mask``; the gradient reaches ``scores`` as ``upstream * weight * sign(scores)``.
+
+    This is ``weight * straight_through(scores.abs(), mask)`` fused into one autograd node
+    (the mask is chosen on ``|scores|``, so the gradient passes through ``abs``). ``weight``
+    gets no gradient: it is frozen.
+    """
+    return _MaskedWeight.apply(weight, scores, mask)
 
 
 class GlobalThreshold:
