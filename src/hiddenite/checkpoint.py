@@ -56,6 +56,9 @@ def atomic_write_bytes(path: str | Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; honour the umask like open()
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -129,6 +132,21 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return data
 
 
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scalars: Any) -> dict[int, dict]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)  # ValueError when a part is missing
+            state.setdefault(int(index), {})[name] = value
+    if not isinstance(scalars, dict):
+        raise TypeError("scalars must be an object")
+    for index, values in scalars.items():
+        if not isinstance(values, dict):
+            raise TypeError("scalar entries must be objects")
+        state.setdefault(int(index), {}).update(values)
+    return state
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (never unpickles)."""
     path = Path(path)
@@ -149,13 +167,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         opt = data["optimizer"]
         if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list):
             raise CheckpointError(f"{path}: checkpoint optimizer state is malformed")
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        for index, values in opt.get("scalars", {}).items():
-            state.setdefault(int(index), {}).update(values)
+        try:
+            state = _unflatten_optimizer(tensors, opt.get("scalars", {}))
+        except (ValueError, TypeError, AttributeError):
+            raise CheckpointError(f"{path}: checkpoint optimizer state is malformed") from None
         optimizer_state = {"state": state, "param_groups": opt["param_groups"]}
     return Checkpoint(
         config=data["config"],

@@ -99,6 +99,13 @@ class TrainConfig:
 
         if not isinstance(self.supermask, SupermaskConfig):
             fail("supermask", "must be a SupermaskConfig")
+        if not isinstance(self.model_kwargs, dict):
+            fail(
+                "model_kwargs", f"must be an object of keyword arguments, got {self.model_kwargs!r}"
+            )
+        for name in ("score_decay", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, f"must be true or false, got {getattr(self, name)!r}")
         try:
             models.default_input_shape(self.model, **self.model_kwargs)
         except ValueError as exc:
@@ -261,7 +268,12 @@ def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
     text = buf.getvalue()
     atomic_write_bytes(out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(text))
-    js = json.dumps(history, indent=2)
+
+    def finite(value):  # NaN (no validation set) is not JSON: write null
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    clean = [{key: finite(value) for key, value in row.items()} for row in history]
+    js = json.dumps(clean, indent=2, allow_nan=False)
     atomic_write_bytes(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(js))
 
 
