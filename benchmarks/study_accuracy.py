@@ -110,7 +110,8 @@ def main() -> None:
         f"\n{len(train_set)} training images, {len(val_set)} validation, {len(test)} test; "
         f"{args.epochs} epochs; command: python benchmarks/study_accuracy.py "
         f"--models {' '.join(args.models)} --epochs {args.epochs} "
-        f"--train-subset {args.train_subset} --width {args.width}\n"
+        f"--train-subset {args.train_subset} --width {args.width} "
+        f"--hidden-lr {args.hidden_lr} --dense-lr {args.dense_lr}\n"
     )
     print("| model | mode | init | density | test accuracy | gap to dense (points) | time (s) |")
     print("|---|---|---|---|---|---|---|")
