@@ -326,7 +326,7 @@ LANE_CASES = [
 def test_lanes_numpy_equals_torch(case):
     seed, layer, n, n_lanes, stream = case
     a = lanes_numpy(seed, layer, n, n_lanes, stream)
-    b = lanes_torch(seed, layer, n, n_lanes, stream)
+    b = lanes_torch(seed, layer, n, n_lanes, stream, kernel="torch")
     assert a.dtype == np.uint32 and a.shape == (n,)
     assert b.dtype == torch.int64 and tuple(b.shape) == (n,)
     assert np.array_equal(a.astype(np.int64), b.numpy())
@@ -357,7 +357,7 @@ def test_lane_layout_matches_per_lane_xorshift32(case):
 def test_lanes_match_pure_python_reference(seed, layer, n, n_lanes, stream):
     expected = ref_lanes(seed, layer, n, n_lanes, stream)
     assert lanes_numpy(seed, layer, n, n_lanes, stream).tolist() == expected
-    assert lanes_torch(seed, layer, n, n_lanes, stream).tolist() == expected
+    assert lanes_torch(seed, layer, n, n_lanes, stream, kernel="torch").tolist() == expected
 
 
 def test_default_lanes_is_pe_count():
@@ -393,7 +393,7 @@ def test_lane_words_look_uniform():
 def test_lanes_torch_cuda_equals_numpy():
     for seed, layer, n, n_lanes, stream in LANE_CASES:
         a = lanes_numpy(seed, layer, n, n_lanes, stream)
-        b = lanes_torch(seed, layer, n, n_lanes, stream, device="cuda")
+        b = lanes_torch(seed, layer, n, n_lanes, stream, device="cuda", kernel="torch")
         assert b.device.type == "cuda"
         assert np.array_equal(a.astype(np.int64), b.cpu().numpy())
 
@@ -410,3 +410,16 @@ def test_no_shift_relation_between_neighbouring_lanes_layers_and_streams():
         assert not np.array_equal(
             lane_seeds(seed, 0, 64, 1), lane_seeds((seed + 0xC2B2AE35) % 2**64, 0, 64, 0)
         )
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch", "numpy"])
+def test_lanes_torch_kernels_agree(kernel):
+    expected = lanes_numpy(99, 4, 20_000, 512, 1).astype(np.int64)
+    got = lanes_torch(99, 4, 20_000, 512, 1, kernel=kernel)
+    assert got.dtype == torch.int64
+    assert np.array_equal(got.numpy(), expected)
+
+
+def test_lanes_torch_rejects_unknown_kernel():
+    with pytest.raises(ValueError, match="kernel"):
+        lanes_torch(1, 0, 10, kernel="cuda")

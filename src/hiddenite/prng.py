@@ -223,16 +223,27 @@ def lanes_torch(
     n_lanes: int = DEFAULT_LANES,
     stream: int = 0,
     device: torch.device | str | None = None,
+    *,
+    kernel: str = "auto",
 ) -> torch.Tensor:
-    """The same words as :func:`lanes_numpy`, computed by torch on ``device``.
+    """The same words as :func:`lanes_numpy`, as a torch tensor on ``device``.
 
-    Returned as an int64 tensor holding values in ``[0, 2**32)`` (torch has no arithmetic
-    shifts on uint32 tensors on every backend; int64 with a 32-bit mask is exact everywhere).
+    Returned as an int64 tensor holding values in ``[0, 2**32)`` (torch has no shifts on
+    uint32 tensors on every backend; int64 with a 32-bit mask is exact everywhere).
+    ``kernel="torch"`` steps the lanes with torch ops on ``device``; ``"numpy"`` computes on
+    the CPU with :func:`lanes_numpy` and copies; ``"auto"`` uses numpy for a CPU device (it
+    is faster there) and torch elsewhere. All give identical words.
     """
+    if kernel not in ("auto", "torch", "numpy"):
+        raise ValueError(f"kernel must be auto, torch or numpy, got {kernel!r}")
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    if kernel == "numpy" or (kernel == "auto" and target.type == "cpu"):
+        words = lanes_numpy(model_seed, layer_index, n, n_lanes, stream)
+        return torch.from_numpy(words.astype(np.int64)).to(target)
     n = _check_count(n)
     lanes = _lane_count(n, n_lanes)
     seeds = lane_seeds(model_seed, layer_index, lanes, stream)
-    state = torch.from_numpy(seeds.astype(np.int64)).to(device)
+    state = torch.from_numpy(seeds.astype(np.int64)).to(target)
     steps = -(-n // lanes)
     out = torch.empty((steps, lanes), dtype=torch.int64, device=state.device)
     tmp = torch.empty_like(state)
