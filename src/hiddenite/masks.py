@@ -3,10 +3,12 @@
 ``density`` (k) is always the fraction of weights KEPT. A layer of ``n`` weights keeps
 exactly ``kept_count(n, k) = floor(k*n + 0.5)`` of them (round half up).
 
-Selection is by threshold, not by a full sort: the ``m``-th largest score is found with a
-sample-bracketed selection (a deterministic strided sample brackets the threshold, one
-pass counts what lies above the bracket, and ``kthvalue`` runs on the few values inside it),
-falling back to ``torch.kthvalue`` over all values when the bracket misses. On untied scores
+Selection is by threshold, not by a full sort: the ``m``-th largest score is found by
+selection. On the CPU that is numpy's introselect (``np.partition``), several times faster
+than ``torch.kthvalue`` there; on other devices a sample-bracketed selection (a
+deterministic strided sample brackets the threshold, one pass counts what lies above the
+bracket, and ``kthvalue`` runs on the few values inside it), falling back to
+``torch.kthvalue`` over all values when the bracket misses. On untied scores
 the result equals a full-sort reference exactly; with ties at the threshold the tied entries
 of lowest index are kept, so the count is always exact and the choice deterministic.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -49,6 +52,15 @@ def _select(values: torch.Tensor, m: int) -> tuple[torch.Tensor, bool]:
     n = values.numel()
     if not 1 <= m <= n:
         raise ValueError(f"m must be in [1, {n}], got {m}")
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        # numpy's introselect is several times faster than torch.kthvalue on the CPU; the
+        # largest value left of the cut also tells whether t is tied
+        array = values.detach().contiguous().numpy()
+        k = n - m
+        if k == 0:
+            return torch.tensor(array.min()), False
+        part = np.partition(array, k)
+        return torch.tensor(part[k]), bool(part[:k].max() < part[k])
     if n <= _SMALL:
         return torch.kthvalue(values, n - m + 1).values, False
     idx = (torch.arange(_SAMPLE, dtype=torch.int64, device=values.device) * _GOLDEN) % n
@@ -125,7 +137,7 @@ class _MaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, scores, mask):
         ctx.save_for_backward(weight, scores)
-        return weight * mask
+        return weight * mask.view(torch.uint8)  # a uint8 factor is far cheaper than bool
 
     @staticmethod
     def backward(ctx, grad):
