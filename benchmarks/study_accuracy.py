@@ -37,6 +37,7 @@ def run_one(config: TrainConfig, datasets, test) -> dict:
         "mode": sm.mode,
         "init": sm.init,
         "density": sm.density if sm.mode == "hidden" else 1.0,
+        "scale_by_density": sm.scale_by_density,
         "lr": config.lr,
         "epochs": config.epochs,
         "val_accuracy": result.history[-1]["val_accuracy"],
@@ -55,6 +56,11 @@ def main() -> None:
     parser.add_argument("--hidden-lr", type=float, default=0.2)
     parser.add_argument("--dense-lr", type=float, default=0.02)
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (conv)")
+    parser.add_argument(
+        "--scale-by-density",
+        action="store_true",
+        help="hidden runs divide frozen weights by sqrt(density) (edge-popup's scaled init)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/study")
@@ -96,7 +102,9 @@ def main() -> None:
                         **{
                             **base.__dict__,
                             "lr": args.hidden_lr,
-                            "supermask": SupermaskConfig(density=density, init=init),
+                            "supermask": SupermaskConfig(
+                                density=density, init=init, scale_by_density=args.scale_by_density
+                            ),
                         }
                     )
                 )
@@ -111,7 +119,8 @@ def main() -> None:
         f"{args.epochs} epochs; command: python benchmarks/study_accuracy.py "
         f"--models {' '.join(args.models)} --epochs {args.epochs} "
         f"--train-subset {args.train_subset} --width {args.width} "
-        f"--hidden-lr {args.hidden_lr} --dense-lr {args.dense_lr}\n"
+        f"--hidden-lr {args.hidden_lr} --dense-lr {args.dense_lr}"
+        f"{' --scale-by-density' if args.scale_by_density else ''}\n"
     )
     print("| model | mode | init | density | test accuracy | gap to dense (points) | time (s) |")
     print("|---|---|---|---|---|---|---|")
