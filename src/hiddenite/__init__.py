@@ -12,10 +12,14 @@ Stable surface::
     hiddenite.SupermaskConfig
     hiddenite.summary(model, input_shape=None)
     layer.scores / layer.weight / layer.mask()   on every supermask layer
+    hiddenite.save(model, path, arch=(name, kwargs)) / hiddenite.load(path)   the .hnn file
+    hiddenite.ModelFormatError                   any bad, truncated or hostile model file
+    hiddenite.codecs.encode(bits, codec) / decode(data, n, codec)   mask codecs
 """
 
-from . import models, prng
+from . import codecs, models, prng
 from .convert import ConfigError, SupermaskConfig, supermask_, to_dense
+from .fileformat import ModelFormatError, load, save
 from .layers import SupermaskConv2d, SupermaskLinear, is_supermask
 from .summary import summary
 
@@ -23,13 +27,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "ModelFormatError",
     "SupermaskConfig",
     "SupermaskConv2d",
     "SupermaskLinear",
     "__version__",
+    "codecs",
     "is_supermask",
+    "load",
     "models",
     "prng",
+    "save",
     "summary",
     "supermask_",
     "to_dense",

@@ -15,14 +15,23 @@ import torch
 
 from . import models
 from .checkpoint import CheckpointError
+from .codecs import CODECS
 from .convert import SCOPES, ConfigError, SupermaskConfig
 from .data import DATASETS, DatasetError, load_dataset
+from .fileformat import PARAM_DTYPES, ModelFormatError, read_header, save_trained
 from .init import INITS
 from .layers import MODES
 from .summary import summary
 from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, train
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ValueError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    DatasetError,
+    CheckpointError,
+    ModelFormatError,
+    ValueError,
+    FileNotFoundError,
+)
 
 
 class UserError(Exception):
@@ -181,6 +190,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (optional)")
     _add_supermask_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "export", help="write a checkpoint as a compact model file (.hnn), optionally ONNX"
+    )
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("-o", "--output", required=True, help="model file to write, e.g. model.hnn")
+    p.add_argument(
+        "--codec",
+        default="auto",
+        choices=["auto", *CODECS],
+        help="mask codec for every layer (default auto: the smallest per layer)",
+    )
+    p.add_argument(
+        "--param-dtype",
+        default="float32",
+        choices=PARAM_DTYPES,
+        help="per-channel parameters (float16: smaller, outputs no longer bit-identical)",
+    )
+    p.add_argument("--onnx", default=None, metavar="PATH", help="also write the dense ONNX model")
+
+    p = sub.add_parser("inspect", help="per-layer sizes of a model file (reads only its header)")
+    p.add_argument("model_file", help="a .hnn model file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -256,6 +288,38 @@ def _cmd_summary(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    codec = None if args.codec == "auto" else args.codec
+    try:
+        info = save_trained(args.checkpoint, args.output, codec=codec, param_dtype=args.param_dtype)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    t = info.totals()
+    used = sorted({layer["codec"] for layer in info.layers})
+    print(
+        f"wrote {args.output}: {t['file_bytes']:,} bytes ({t['weights']:,} weights, "
+        f"{t['file_bits_per_weight']:.3f} bit/weight, codecs {', '.join(used)}); "
+        f"float32 {t['float32_bytes']:,} bytes ({t['ratio_float32']:.1f}x), "
+        f"binarized {t['binarized_bytes']:,} bytes ({t['ratio_binarized']:.2f}x)"
+    )
+    if args.onnx:
+        from .fileformat import load
+        from .onnx_export import export_onnx
+
+        model = load(args.output)
+        shape = models.default_input_shape(info.meta["arch"]["name"], **info.meta["arch"]["kwargs"])
+        size = export_onnx(model, args.onnx, shape)
+        dims = "x".join(map(str, shape))
+        print(f"wrote {args.onnx}: {size:,} bytes (dense ONNX model, input batch x {dims})")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    info = read_header(args.model_file)
+    print(info.to_json() if args.json else info.table())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hiddenite`` console script; returns the exit code."""
     parser = _parser()
@@ -267,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "eval": _cmd_eval,
         "summary": _cmd_summary,
+        "export": _cmd_export,
+        "inspect": _cmd_inspect,
     }
     try:
         return commands[args.command](args)
