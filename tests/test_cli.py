@@ -241,12 +241,6 @@ def test_run_quick_trains_both_and_rebuilds(tmp_path, data_dir, monkeypatch, cap
     assert report["sizes"]["hidden_bytes"] < report["sizes"]["float32_bytes"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: main_job.py:77-78 take torch.arange(QUICK_TEST_SUBSET) (1000) of the test and "
-    "validation sets without min(): `run --quick` on a data set with fewer than 1000 test "
-    "(or 10,000 training) images fails with 'indices out of range for 200 samples: 0..999'",
-)
 def test_run_quick_on_a_small_data_set(tmp_path, data_dir, capsys):
     out = tmp_path / "job"
     argv = ["run", "--quick", "--data-dir", str(data_dir), "--out", str(out)]
@@ -264,23 +258,12 @@ def test_run_missing_data_is_a_user_error(tmp_path, capsys):
 
 
 @NO_CUDA
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: main_job.py:68 builds torch.device(args.device) itself instead of using "
-    "cli._device: `run --device cuda` without a GPU dies with a traceback "
-    "(AssertionError: Torch not compiled with CUDA enabled) instead of exit code 2",
-)
 def test_run_device_cuda_without_gpu_is_a_user_error(tmp_path, data_dir, capsys):
     argv = ["run", "--data-dir", str(data_dir), "--out", str(tmp_path / "job")]
     line = user_error(capsys, [*argv, "--epochs", "1", "--train-subset", "32", "--device", "cuda"])
     assert "cuda" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: main_job.py:68 calls torch.device(args.device) unguarded: `run --device bogus` "
-    "dies with a RuntimeError traceback instead of exit code 2",
-)
 def test_run_unknown_device_is_a_user_error(tmp_path, data_dir, capsys):
     argv = ["run", "--data-dir", str(data_dir), "--out", str(tmp_path / "job")]
     line = user_error(capsys, [*argv, "--epochs", "1", "--train-subset", "32", "--device", "bogus"])
@@ -331,12 +314,6 @@ def test_bad_model_arguments(capsys, argv, words):
         assert word in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a --model-arg value of the wrong type (hidden=16 for the MLP, width=abc) "
-    "reaches the model builder and raises TypeError, which cli.main (cli.py USER_ERRORS) "
-    "does not catch: a traceback instead of one line and exit code 2",
-)
 @pytest.mark.parametrize(
     "model_args",
     [

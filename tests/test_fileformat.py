@@ -414,6 +414,8 @@ def test_golden_packed_mask_layout(tmp_path):
 def test_save_refuses_what_it_could_not_rebuild(tmp_path):
     path = tmp_path / "m.hnn"
     model = tiny_model()
+    assert model.hiddenite_arch[0] == TINY_ARCH[0]  # models.create remembers the architecture
+    del model.hiddenite_arch
     with pytest.raises(TypeError, match="arch"):
         save(model, path)
     with pytest.raises(ValueError, match="shape"):

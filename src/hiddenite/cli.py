@@ -11,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from . import models
 from .checkpoint import CheckpointError
 from .codecs import CODECS
@@ -22,7 +20,7 @@ from .fileformat import PARAM_DTYPES, ModelFormatError, read_header, save_traine
 from .init import INITS
 from .layers import MODES
 from .summary import summary
-from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, train
+from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, resolve_device, train
 
 USER_ERRORS = (
     ConfigError,
@@ -36,19 +34,6 @@ USER_ERRORS = (
 
 class UserError(Exception):
     """An error in what the user asked for; printed as one line, exit code 2."""
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(
-            f"--device {name!r} is not a device torch knows (try cpu or cuda)"
-        ) from None
 
 
 def _model_kwargs(pairs: list[str]) -> dict:
@@ -246,7 +231,7 @@ def _cmd_train(args) -> int:
         out,
         data_dir=args.data_dir,
         resume=args.resume,
-        device=_device(args.device),
+        device=resolve_device(args.device),
         progress=False if args.no_progress else None,
     )
     last = result.history[-1] if result.history else {}
@@ -255,7 +240,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
     test = load_dataset(config.dataset, "test", args.data_dir)
     metrics = evaluate(model, test, config.eval_batch_size, device)
@@ -282,7 +267,9 @@ def _cmd_summary(args) -> int:
     if args.checkpoint:
         model, _ = load_trained(args.checkpoint)
     else:
-        model = models.create(args.model, _supermask_config(args), **_model_kwargs(args.model_arg))
+        kwargs = _model_kwargs(args.model_arg)
+        models.check_arguments(args.model, **kwargs)
+        model = models.create(args.model, _supermask_config(args), **kwargs)
     result = summary(model, print_fn=None)
     print(result.to_json() if args.json else result.table())
     return 0

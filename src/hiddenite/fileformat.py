@@ -645,8 +645,8 @@ def save(
     """Write ``model`` (a hidden network from the zoo) to ``path`` atomically; return its header.
 
     arch: ``(zoo name, keyword arguments)`` the model was built with by
-      :func:`hiddenite.models.create` (required: a model does not remember its name); missing
-      arguments take the zoo defaults, and the file stores them all.
+      :func:`hiddenite.models.create`; None reads ``model.hiddenite_arch``, which ``create``
+      sets. Missing arguments take the zoo defaults, and the file stores them all.
     config: its :class:`~hiddenite.SupermaskConfig` (None: read from the model's layers).
     codec: ``"packed"``, ``"rle"`` or ``"entropy"`` for every mask; None: the smallest per layer.
     param_dtype: ``"float32"`` (outputs after :func:`load` are bit-identical) or ``"float16"``
@@ -656,9 +656,11 @@ def save(
     per-channel state: anything else raises ValueError, so every file written can be loaded.
     """
     if arch is None:
+        arch = getattr(model, "hiddenite_arch", None)
+    if arch is None:
         raise TypeError(
-            "save needs arch=(zoo name, keyword arguments), e.g. arch=('conv4', {'width': 0.5}); "
-            "save_trained(checkpoint, path) reads it from a training checkpoint"
+            "save needs arch=(zoo name, keyword arguments), e.g. arch=('conv4', {'width': 0.5}), "
+            "for a model not built by hiddenite.models.create"
         )
     if not (isinstance(arch, tuple | list) and len(arch) == 2 and isinstance(arch[1], dict)):
         raise TypeError(f"arch must be a (name, kwargs dict) pair, got {_show(arch)}")

@@ -25,7 +25,7 @@ from .convert import SupermaskConfig
 from .data import load_dataset, train_val_split
 from .fileformat import load, save_trained
 from .summary import summary
-from .train import TrainConfig, evaluate, load_trained, predict, train
+from .train import TrainConfig, evaluate, load_trained, predict, resolve_device, train
 
 DEFAULT_EPOCHS = 3
 DEFAULT_TRAIN_SUBSET = 20000
@@ -65,8 +65,7 @@ def run_main_job(args) -> int:
     subset = args.train_subset
     if subset is None:
         subset = QUICK_TRAIN_SUBSET if quick else DEFAULT_TRAIN_SUBSET
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+    device = resolve_device(args.device)
     hidden_cfg, dense_cfg = hidden_and_dense_configs(epochs, subset)
     began = time.perf_counter()
 
@@ -74,8 +73,8 @@ def run_main_job(args) -> int:
     test = load_dataset(hidden_cfg.dataset, "test", args.data_dir)
     train_set, val_set = train_val_split(full, hidden_cfg.val_fraction, hidden_cfg.seed_for_data)
     if quick:
-        test = test.subset(torch.arange(QUICK_TEST_SUBSET))
-        val_set = val_set.subset(torch.arange(QUICK_TEST_SUBSET))
+        test = test.subset(torch.arange(min(QUICK_TEST_SUBSET, len(test))))
+        val_set = val_set.subset(torch.arange(min(QUICK_TEST_SUBSET, len(val_set))))
     if subset:
         train_set = train_set.subset(torch.arange(min(subset, len(train_set))))
     print(f"Fashion-MNIST: {len(train_set)} training, {len(val_set)} validation, "

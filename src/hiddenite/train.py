@@ -111,6 +111,10 @@ class TrainConfig:
         except ValueError as exc:
             fail("model", str(exc))
         try:
+            models.check_arguments(self.model, **self.model_kwargs)
+        except ValueError as exc:
+            fail("model_kwargs", str(exc))
+        try:
             resolve_name(self.dataset)
         except Exception as exc:  # DatasetError or ValueError: both name the valid choices
             fail("dataset", str(exc))
@@ -196,6 +200,26 @@ def build_model(config: TrainConfig) -> nn.Module:
         **config.model_kwargs,
     }
     return models.create(config.model, config.supermask, **kwargs)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available) as a device.
+
+    ValueError (one line, naming the fix) for an unknown name or a missing CUDA device.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"--device {name!r} is not a device torch knows (use cpu, cuda or auto)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: no CUDA device is available here; use --device cpu")
+    return device
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:

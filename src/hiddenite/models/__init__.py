@@ -26,13 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..convert import SupermaskConfig, supermask_
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .small import CONV_PLANS, MLP, ConvNet
 
-__all__ = ["MODELS", "ModelInfo", "create", "default_input_shape", "model_info"]
+__all__ = ["MODELS", "ModelInfo", "check_arguments", "create", "default_input_shape", "model_info"]
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,32 @@ def default_input_shape(name: str, **kwargs: Any) -> tuple[int, int, int]:
     return (args["in_channels"], args["image_size"], args["image_size"])
 
 
-def create(name: str, config: SupermaskConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Build zoo model ``name``; with ``config``, convert it with :func:`supermask_`."""
+def check_arguments(name: str, **kwargs: Any) -> None:
+    """Raise ValueError if model ``name`` cannot be built with ``kwargs`` (wrong names,
+    types or values); builds the plain model on the ``meta`` device, so it is cheap."""
     info = model_info(name)
-    model = info.builder(**_arguments(info, kwargs))
+    args = _arguments(info, kwargs)
+    try:
+        with torch.device("meta"):
+            info.builder(**args)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"model {name!r} cannot be built with {given or 'defaults'}: {first}"
+        ) from None
+
+
+def create(name: str, config: SupermaskConfig | None = None, **kwargs: Any) -> nn.Module:
+    """Build zoo model ``name``; with ``config``, convert it with :func:`supermask_`.
+
+    The model remembers how it was built in ``model.hiddenite_arch = (name, kwargs)``, the
+    full keyword arguments included, so :func:`hiddenite.save` can record it.
+    """
+    info = model_info(name)
+    args = _arguments(info, kwargs)
+    model = info.builder(**args)
     if config is not None:
         supermask_(model, config)
+    model.hiddenite_arch = (name, dict(args))
     return model
