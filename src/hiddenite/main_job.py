@@ -28,7 +28,7 @@ from .summary import summary
 from .train import TrainConfig, evaluate, load_trained, predict, resolve_device, train
 
 DEFAULT_EPOCHS = 3
-DEFAULT_TRAIN_SUBSET = 20000
+DEFAULT_TRAIN_SUBSET = 15000
 QUICK_EPOCHS = 1
 QUICK_TRAIN_SUBSET = 512
 QUICK_TEST_SUBSET = 1000
@@ -41,16 +41,21 @@ def hidden_and_dense_configs(epochs: int, train_subset: int) -> tuple[TrainConfi
     hidden = TrainConfig(
         model="conv4",
         model_kwargs={"width": 0.5},
-        supermask=SupermaskConfig(density=0.5, init="signed-constant", seed=0),
+        # scaled signed constant: without the 1/sqrt(k) scale the activations of a 6-layer
+        # net without batch norm shrink by k**3 and training stalls (see BENCHMARKS.md)
+        supermask=SupermaskConfig(
+            density=0.5, init="signed-constant", seed=0, scale_by_density=True
+        ),
         epochs=epochs,
         optimizer="sgd",
-        lr=0.1,
+        lr=0.3,
         weight_decay=1e-4,
+        warmup_epochs=0.2,
         train_subset=train_subset,
     )
     dense = dataclasses.replace(
         hidden,
-        supermask=dataclasses.replace(hidden.supermask, mode="dense", init="kaiming-normal"),
+        supermask=SupermaskConfig(mode="dense", init="kaiming-normal", seed=0),
         lr=0.02,
         weight_decay=5e-4,
     )
