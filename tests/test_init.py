@@ -298,3 +298,34 @@ def test_cuda_weights_bit_identical_to_cpu(init):
     assert torch.equal(cpu.view(torch.int32), gpu.cpu().view(torch.int32))
     u = torch.rand(100000, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
     assert torch.equal(inverse_normal_cdf(u), inverse_normal_cdf(u.cuda()).cpu())
+
+
+@pytest.mark.parametrize("init", ["signed-constant", "kaiming-uniform"])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_cpu_fast_path_equals_the_torch_formula(init, scaled):
+    """The CPU path (numpy) gives the same bits as the formula applied with torch ops to the
+    torch-kernel words (the path other devices take)."""
+    import math
+
+    from hiddenite.prng import STREAM_WEIGHTS, lanes_torch
+
+    shape, fan_in, density = (37, 5, 3, 3), 45, 0.3
+    got = frozen_weights(
+        shape,
+        init=init,
+        seed=5,
+        layer_index=2,
+        fan_in=fan_in,
+        density=density,
+        scale_by_density=scaled,
+        n_lanes=64,
+    )
+    words = lanes_torch(5, 2, math.prod(shape), 64, STREAM_WEIGHTS, kernel="torch")
+    std = math.sqrt(2.0) / math.sqrt(fan_in) / (math.sqrt(density) if scaled else 1.0)
+    if init == "signed-constant":
+        expected = ((words >> 31).to(torch.float32) * 2.0 - 1.0) * torch.tensor(std)
+    else:
+        unit = (words.to(torch.float64) + 0.5) * (2.0**-32)
+        expected = ((unit * 2.0 - 1.0) * (std * math.sqrt(3.0))).to(torch.float32)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected.reshape(shape))

@@ -406,3 +406,13 @@ def test_cuda_layer_matches_cpu(kind):
     moved = copy.deepcopy(cpu).cuda()
     moved.regenerate_weights_()
     assert torch.equal(moved.weight.cpu(), cpu.weight)
+
+
+def test_init_scores_false_leaves_zero_scores_and_the_same_weights():
+    drawn = SupermaskLinear(20, 7, density=0.3, seed=4, layer_index=1)
+    blank = SupermaskLinear(20, 7, density=0.3, seed=4, layer_index=1, init_scores=False)
+    assert torch.equal(blank.scores, torch.zeros(7, 20))
+    assert torch.equal(blank.weight, drawn.weight)
+    blank.load_state_dict(drawn.state_dict())
+    x = torch.randn(3, 20)
+    assert torch.equal(blank(x), drawn(x))

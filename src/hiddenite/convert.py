@@ -159,7 +159,9 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _twin(module: nn.Module, config: SupermaskConfig, index: int, mode: str) -> nn.Module:
+def _twin(
+    module: nn.Module, config: SupermaskConfig, index: int, mode: str, init_scores: bool = True
+) -> nn.Module:
     common = dict(
         density=config.density,
         init=config.init,
@@ -169,6 +171,7 @@ def _twin(module: nn.Module, config: SupermaskConfig, index: int, mode: str) -> 
         scale_by_density=config.scale_by_density,
         gain=config.gain,
         n_lanes=config.n_lanes,
+        init_scores=init_scores,
         device=module.weight.device,
     )
     if isinstance(module, nn.Conv2d):
@@ -190,14 +193,19 @@ def _twin(module: nn.Module, config: SupermaskConfig, index: int, mode: str) -> 
 
 
 def supermask_(
-    model: nn.Module, config: SupermaskConfig, filter_fn: FilterFn | None = None
+    model: nn.Module,
+    config: SupermaskConfig,
+    filter_fn: FilterFn | None = None,
+    *,
+    init_scores: bool = True,
 ) -> nn.Module:
     """Swap matching ``nn.Conv2d``/``nn.Linear`` layers of ``model`` for supermask twins.
 
     ``filter_fn(module, qualified_name)`` selects layers (default: all). Works in place and
     returns ``model``. Layers already converted are left alone; a later call numbers its
     layers after the existing ones. A layer reachable under several names is converted once
-    and stays shared.
+    and stays shared. ``init_scores=False`` leaves the scores at zero instead of drawing
+    them from the seed (for a caller that loads them right after).
     """
     if not isinstance(config, SupermaskConfig):
         raise TypeError(f"config must be a SupermaskConfig, got {type(config).__name__}")
@@ -214,7 +222,7 @@ def supermask_(
             position == last and config.keep_last_dense
         )
         mode = "dense" if keep_dense or config.mode == "dense" else "hidden"
-        twin = _twin(module, config, first_index + position, mode)
+        twin = _twin(module, config, first_index + position, mode, init_scores)
         if group is not None and twin.hidden:
             group.register(twin)
             twin.set_mask_group(group)

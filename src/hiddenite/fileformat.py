@@ -1316,7 +1316,7 @@ def _load(fh, path: str, max_weights: int, check_masks: bool) -> tuple[nn.Module
         return torch.from_numpy(array.astype(np.float32))
 
     try:
-        model = models.create(name, config, **kwargs)
+        model = models.create(name, config, init_scores=False, **kwargs)
     except Exception as exc:  # the meta-device plan built, so this is memory or a torch error
         raise ModelFormatError(f"architecture {name!r} cannot be built ({_first(exc)})") from None
     problem = _mismatch(model, plan, config)

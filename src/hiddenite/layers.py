@@ -50,6 +50,7 @@ class SupermaskLayer:
         scale_by_density: bool,
         gain: float,
         n_lanes: int,
+        init_scores: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -72,7 +73,12 @@ class SupermaskLayer:
         weights = self._regenerate(shape, device)
         if mode == "hidden":
             self.register_buffer("weight", weights, persistent=False)
-            self.scores = nn.Parameter(self._initial_scores(shape, device))
+            scores = (
+                self._initial_scores(shape, device)
+                if init_scores
+                else torch.zeros(shape, device=device)  # to be loaded (e.g. from a model file)
+            )
+            self.scores = nn.Parameter(scores)
             if self.bias is not None:
                 with torch.no_grad():
                     self.bias.zero_()
@@ -206,6 +212,7 @@ class SupermaskConv2d(SupermaskLayer, nn.Conv2d):
         scale_by_density: bool = False,
         gain: float = RELU_GAIN,
         n_lanes: int = DEFAULT_LANES,
+        init_scores: bool = True,
         device=None,
     ) -> None:
         nn.Conv2d.__init__(
@@ -230,6 +237,7 @@ class SupermaskConv2d(SupermaskLayer, nn.Conv2d):
             scale_by_density=scale_by_density,
             gain=gain,
             n_lanes=n_lanes,
+            init_scores=init_scores,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,6 +264,7 @@ class SupermaskLinear(SupermaskLayer, nn.Linear):
         scale_by_density: bool = False,
         gain: float = RELU_GAIN,
         n_lanes: int = DEFAULT_LANES,
+        init_scores: bool = True,
         device=None,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias, device=device)
@@ -268,6 +277,7 @@ class SupermaskLinear(SupermaskLayer, nn.Linear):
             scale_by_density=scale_by_density,
             gain=gain,
             n_lanes=n_lanes,
+            init_scores=init_scores,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

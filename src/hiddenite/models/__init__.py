@@ -157,16 +157,19 @@ def check_arguments(name: str, **kwargs: Any) -> None:
         ) from None
 
 
-def create(name: str, config: SupermaskConfig | None = None, **kwargs: Any) -> nn.Module:
+def create(
+    name: str, config: SupermaskConfig | None = None, *, init_scores: bool = True, **kwargs: Any
+) -> nn.Module:
     """Build zoo model ``name``; with ``config``, convert it with :func:`supermask_`.
 
     The model remembers how it was built in ``model.hiddenite_arch = (name, kwargs)``, the
     full keyword arguments included, so :func:`hiddenite.save` can record it.
+    ``init_scores=False`` leaves hidden layers' scores at zero, for a caller that loads them.
     """
     info = model_info(name)
     args = _arguments(info, kwargs)
     model = info.builder(**args)
     if config is not None:
-        supermask_(model, config)
+        supermask_(model, config, init_scores=init_scores)
     model.hiddenite_arch = (name, dict(args))
     return model
