@@ -262,6 +262,25 @@ def test_atomic_write_respects_umask(tmp_path):
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
 
 
+def test_checkpoint_file_respects_umask(tmp_path):
+    """safetensors writes its own file: the mode is still set from the umask."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(
+            tmp_path / "c.safetensors",
+            Checkpoint(
+                config={},
+                epoch=0,
+                history=[],
+                model_state={"a": torch.ones(2)},
+                optimizer_state=None,
+            ),
+        )
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 # --------------------------------------------------------------------------- broken files
 
 
