@@ -397,7 +397,7 @@ def test_simulate_sources_and_archs(tmp_path):
     assert [r.layer for r in rep.rows] == ["conv1", "conv2", "fc"]
     with pytest.raises(ValueError, match="input_shape"):
         simulate(_TinyCNN(), "bnn")
-    with pytest.raises(NotImplementedError, match="hnn"):
+    with pytest.raises(FileNotFoundError, match=r"model\.hnn"):
         simulate("model.hnn")
 
 

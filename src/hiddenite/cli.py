@@ -17,6 +17,7 @@ from .codecs import CODECS
 from .convert import SCOPES, ConfigError, SupermaskConfig
 from .data import DATASETS, DatasetError, load_dataset
 from .fileformat import PARAM_DTYPES, ModelFormatError, read_header, save_trained
+from .hw.spec import SpecError
 from .init import INITS
 from .layers import MODES
 from .summary import summary
@@ -27,6 +28,7 @@ USER_ERRORS = (
     DatasetError,
     CheckpointError,
     ModelFormatError,
+    SpecError,
     ValueError,
     FileNotFoundError,
 )
@@ -198,7 +200,80 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-layer sizes of a model file (reads only its header)")
     p.add_argument("model_file", help="a .hnn model file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "simulate",
+        help="modelled accelerator cost (cycles, traffic, energy, TOPS/W) of a model",
+    )
+    _add_hw_source_args(p)
+    p.add_argument(
+        "--arch",
+        default="hiddenite",
+        choices=["hiddenite", "bnn", "int8", "all"],
+        help="architecture preset, or all three (default hiddenite)",
+    )
+    p.add_argument(
+        "--out", default="runs/simulate", help="folder for CSV, JSON and PNGs (runs/simulate)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "sweep", help="modelled accelerator cost over a grid of specs, densities and codecs"
+    )
+    _add_hw_source_args(p)
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values of one key (repeatable): pe_dims=16x4x4x16,32x4x4x8, weight_sram_bytes=..., "
+        "act_in_sram_bytes=..., density=0.1,0.3, codec=packed,entropy, arch=..., any spec field "
+        "or energy.<field>",
+    )
+    p.add_argument(
+        "--arch",
+        default="hiddenite",
+        choices=["hiddenite", "bnn", "int8"],
+        help="base architecture preset (default hiddenite; --spec replaces it)",
+    )
+    p.add_argument("--out", default="runs/sweep", help="folder for CSV and PNG (runs/sweep)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_hw_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        help="a .hnn model file, a checkpoint or run folder, or a zoo model name (with --density)",
+    )
+    p.add_argument("--spec", default=None, metavar="YAML", help="architecture spec file (YAML)")
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="C,H,W",
+        help="input size (default: the model's own, e.g. 1,28,28)",
+    )
+    p.add_argument(
+        "--activations-on-chip",
+        action="store_true",
+        help="keep activations on chip between layers when they fit",
+    )
+    p.add_argument(
+        "--no-skip-masked",
+        action="store_true",
+        help="masked-out weights still cost an add (default: skipped, no PE energy)",
+    )
+    g = p.add_argument_group("zoo model name as SOURCE (untrained network)")
+    g.add_argument("--density", type=float, default=None, help="kept fraction of every mask")
+    g.add_argument(
+        "--codec",
+        default="entropy",
+        choices=["entropy", "packed"],
+        help="mask size: entropy bound ceil(H(k) n/8) (default) or packed ceil(n/8)",
+    )
+    g.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="model argument"
+    )
 
 
 def _cmd_train(args) -> int:
@@ -307,6 +382,224 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _input_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise UserError(f"--input-shape {text!r}: expected C,H,W (three positive integers)")
+    return dims
+
+
+def _load_spec(path: str):
+    import yaml
+
+    from .hw import ArchSpec
+
+    try:
+        return ArchSpec.from_yaml(path)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
+        raise UserError(f"--spec {path}: not valid YAML ({first})") from None
+    except FileNotFoundError:
+        raise UserError(f"--spec {path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"--spec {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _hw_workloads(args, density_fallback: float | None = None):
+    """Workloads and source description for ``simulate`` / ``sweep``."""
+    from .hw.model import load_source
+
+    is_zoo = args.source in models.MODELS and not Path(args.source).exists()
+    if not is_zoo and (args.density is not None or args.model_arg):
+        raise UserError("--density and --model-arg apply only when SOURCE is a zoo model name")
+    density = args.density if args.density is not None else density_fallback
+    if is_zoo and density is None:
+        raise UserError(
+            f"{args.source!r} is a zoo model name: give --density K (kept fraction) for an "
+            "estimate of the untrained network"
+        )
+    return load_source(
+        args.source,
+        _input_shape(args.input_shape),
+        density=density,
+        codec=args.codec,
+        model_kwargs=_model_kwargs(args.model_arg),
+    )
+
+
+def _cmd_simulate(args) -> int:
+    from .hw import estimate
+    from .hw.outputs import (
+        MODELLED_NOTE,
+        mask_source_note,
+        summary_totals,
+        totals_table,
+        write_simulation,
+    )
+
+    spec = _load_spec(args.spec) if args.spec else None
+    workloads, meta = _hw_workloads(args)
+    options = {
+        "skip_masked": not args.no_skip_masked,
+        "activations_on_chip": args.activations_on_chip,
+    }
+    everything = {}
+    for arch in ("hiddenite", "bnn", "int8"):
+        everything[arch] = estimate(workloads, arch, **options)
+    if spec is not None:
+        everything[spec.name] = estimate(workloads, spec, **options)
+    for rep in everything.values():
+        rep.options["source"] = meta
+    if args.arch == "all":
+        shown = list(everything) if spec is None else ["hiddenite", "bnn", "int8", spec.name]
+        shown = list(dict.fromkeys(shown))
+    else:
+        shown = [spec.name if spec is not None else args.arch]
+    reports = {name: everything[name] for name in shown}
+    plotted = {k: v for k, v in everything.items() if k in ("hiddenite", "bnn", "int8")}
+    if spec is not None:
+        plotted[spec.name] = everything[spec.name]
+    try:
+        files = write_simulation(reports, args.out, plotted=plotted)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
+    if args.json:
+        from .hw.model import _json_safe
+
+        doc = {
+            "source": meta,
+            "note": MODELLED_NOTE,
+            "reports": {name: summary_totals(rep) for name, rep in reports.items()},
+            "files": files,
+        }
+        print(json.dumps(_json_safe(doc), indent=2))
+        return 0
+    print(f"{args.source}: {len(workloads)} conv/linear layers; {mask_source_note(meta)}")
+    for rep in reports.values():
+        print()
+        print(rep.to_text())
+    if len(reports) > 1:
+        print("\n== totals side by side")
+        print(totals_table(reports))
+    print(f"\nAll figures are {MODELLED_NOTE}.")
+    print(f"wrote {len(files)} files to {args.out}: " + ", ".join(Path(f).name for f in files))
+    return 0
+
+
+def _grid_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    parts = text.lower().split("x")
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return text
+
+
+def _parse_grid(items: list[str]) -> dict:
+    grid: dict = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        raw = [v.strip() for v in values.split(",")]
+        if not sep or not key or not values or any(not v for v in raw):
+            raise UserError(
+                f"--grid {item!r}: expected KEY=V1,V2,... e.g. density=0.1,0.3 or "
+                "pe_dims=16x4x4x16,32x4x4x8"
+            )
+        if key in grid:
+            raise UserError(f"--grid {key}: given twice; list all its values in one --grid")
+        grid[key] = [_grid_value(v) for v in raw]
+    return grid
+
+
+def _cmd_sweep(args) -> int:
+    import time
+
+    from .hw import sweep
+    from .hw.model import _json_safe
+    from .hw.outputs import MODELLED_NOTE, mask_source_note
+
+    grid = _parse_grid(args.grid)
+    if not grid:
+        raise UserError("give at least one --grid KEY=V1,V2,... (e.g. --grid density=0.1,0.3)")
+    base = _load_spec(args.spec) if args.spec else args.arch
+    first_density = grid["density"][0] if "density" in grid else None
+    if isinstance(first_density, bool) or not isinstance(first_density, int | float | None):
+        raise UserError(f"--grid density: expected numbers, got {grid['density']!r}")
+    workloads, meta = _hw_workloads(args, density_fallback=first_density)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
+    began = time.perf_counter()
+    rows = sweep(
+        workloads,
+        base,
+        grid,
+        skip_masked=not args.no_skip_masked,
+        activations_on_chip=args.activations_on_chip,
+        csv_path=out / "sweep.csv",
+    )
+    seconds = time.perf_counter() - began
+    from .hw.plots import plot_pareto
+
+    plot_pareto(rows, out / "pareto.png")
+    front = [r for r in rows if r["pareto"]]
+    front.sort(key=lambda r: r["latency_s"])
+    rate = len(rows) / seconds if seconds > 0 else float("inf")
+    if args.json:
+        doc = {
+            "source": meta,
+            "note": MODELLED_NOTE,
+            "points": len(rows),
+            "seconds": seconds,
+            "points_per_s": rate,
+            "pareto": front,
+            "files": [str(out / "sweep.csv"), str(out / "pareto.png")],
+        }
+        print(json.dumps(_json_safe(doc), indent=2))
+        return 0
+    print(f"{args.source}: {len(workloads)} layers; {mask_source_note(meta)}")
+    keys = list(grid)
+    head = [*keys, "arch", "latency_ms", "energy_uJ", "offchip_model_B", "TOPS/W"]
+    table = [
+        [
+            *(str(r[k]) for k in keys),
+            str(r["arch"]),
+            f"{r['latency_s'] * 1e3:.4f}",
+            f"{r['energy_per_inference_pj'] / 1e6:.3f}",
+            f"{r['offchip_model_bytes']:,}",
+            f"{r['tops_per_watt']:.2f}",
+        ]
+        for r in front
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
+    print(
+        f"\nPareto-optimal points ({len(front)} of {len(rows)}, energy per inference vs latency):"
+    )
+    print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
+    for row in table:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print(
+        f"\n{len(rows)} points in {seconds:.2f} s ({rate:,.0f} points/s); all figures are "
+        f"{MODELLED_NOTE}."
+    )
+    print(f"wrote {out / 'sweep.csv'} and {out / 'pareto.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hiddenite`` console script; returns the exit code."""
     parser = _parser()
@@ -320,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": _cmd_summary,
         "export": _cmd_export,
         "inspect": _cmd_inspect,
+        "simulate": _cmd_simulate,
+        "sweep": _cmd_sweep,
     }
     try:
         return commands[args.command](args)

@@ -62,6 +62,37 @@ def hidden_and_dense_configs(epochs: int, train_subset: int) -> tuple[TrainConfi
     return hidden, dense
 
 
+def _accelerator_estimate(model_path: Path) -> dict:
+    """Step 6: the model file on the three accelerator presets; prints a short comparison and
+    returns the ``report.json`` entry."""
+    from .hw import compare
+    from .hw.model import _json_safe
+    from .hw.outputs import MODELLED_NOTE, mask_source_note, summary_totals
+
+    reports = compare(model_path)
+    print(mask_source_note(reports["hiddenite"].options["source"]))
+    names = list(reports)
+    rows = [
+        ("off-chip model bytes", "offchip_model_bytes", 1.0, "{:,.0f}"),
+        ("off-chip bytes (total)", "offchip_bytes", 1.0, "{:,.0f}"),
+        ("energy per inference (uJ)", "energy_per_inference_pj", 1e-6, "{:,.3f}"),
+        ("TOPS/W (DRAM included)", "tops_per_watt", 1.0, "{:,.2f}"),
+        ("latency (ms)", "latency_s", 1e3, "{:,.4f}"),
+    ]
+    print(f"{'':<26}" + "".join(f"{n:>14}" for n in names))
+    for label, key, scale, fmt in rows:
+        cells = "".join(f"{fmt.format(reports[n].totals[key] * scale):>14}" for n in names)
+        print(f"{label:<26}{cells}")
+    print(f"(batch 1, default presets; figures are {MODELLED_NOTE})")
+    return _json_safe(
+        {
+            "note": f"figures are {MODELLED_NOTE}",
+            "source": reports["hiddenite"].options["source"],
+            "archs": {n: summary_totals(r) for n, r in reports.items()},
+        }
+    )
+
+
 def run_main_job(args) -> int:
     """Run the main job with the CLI's ``run`` arguments; prints the report."""
     out = Path(args.out)
@@ -130,6 +161,9 @@ def run_main_job(args) -> int:
         f"{file_identical}"
     )
 
+    print("\n== accelerator estimate for the model file (modelled, not measured)")
+    accelerator = _accelerator_estimate(model_path)
+
     h, d = results["hidden"], results["dense"]
     report = {
         "data": {"train": len(train_set), "val": len(val_set), "test": len(test)},
@@ -150,6 +184,7 @@ def run_main_job(args) -> int:
                        "ratio_binarized": ft["ratio_binarized"],
                        "test_accuracy": file_test["accuracy"],
                        "identical": file_identical},
+        "accelerator": accelerator,
         "seconds": time.perf_counter() - began,
     }  # fmt: skip
     text = json.dumps(report, indent=2)
@@ -175,6 +210,13 @@ def run_main_job(args) -> int:
         f"{ft['float32_bytes'] / 1e3:.1f} kB ({ft['ratio_float32']:.1f}x smaller) and binarized "
         f"{ft['binarized_bytes'] / 1e3:.1f} kB ({ft['ratio_binarized']:.2f}x); reloaded test "
         f"accuracy {file_test['accuracy']:.4f}, identical = {file_identical}"
+    )
+    hw = accelerator["archs"]
+    print(
+        "accelerator (modelled): off-chip model bytes hiddenite "
+        f"{hw['hiddenite']['offchip_model_bytes']:,} vs BNN {hw['bnn']['offchip_model_bytes']:,} "
+        f"vs INT8 {hw['int8']['offchip_model_bytes']:,}; TOPS/W "
+        + " / ".join(f"{hw[a]['tops_per_watt']:.2f}" for a in ("hiddenite", "bnn", "int8"))
     )
     print(f"total time {report['seconds']:.0f} s; report in {out / 'report.json'}")
     return 0 if identical and file_identical else 1

@@ -28,6 +28,8 @@ __all__ = [
     "compare",
     "estimate",
     "estimate_layer",
+    "load_source",
+    "load_workloads",
     "resolve_arch",
     "simulate",
 ]
@@ -577,24 +579,172 @@ def resolve_arch(arch: ArchSpec | str | os.PathLike[str]) -> ArchSpec:
     )
 
 
+def _per_channel_bytes(model: Any) -> dict[str, int]:
+    """Bytes of the per-channel tensors a model file stores for ``model`` at float32: every
+    ``state_dict`` entry except hidden-network weights/scores and batch counters."""
+    from ..layers import is_supermask
+
+    skip = set()
+    for name, m in model.named_modules():
+        if is_supermask(m):
+            skip.update({f"{name}.weight", f"{name}.scores"})
+    out = {}
+    for key, value in model.state_dict().items():
+        if key in skip or key.rpartition(".")[2] == "num_batches_tracked":
+            continue
+        out[key] = 4 * value.numel()
+    return out
+
+
+def _batch_shape(shape: Sequence[int] | None, default: Sequence[int]) -> tuple[int, ...]:
+    s = tuple(int(v) for v in (default if shape is None else shape))
+    return (1, *s) if len(s) == 3 else s
+
+
+def _from_model_file(
+    path: str, input_shape: tuple[int, ...] | None
+) -> tuple[list[LayerWorkload], dict[str, Any]]:
+    from .. import models
+    from ..fileformat import load, read_header
+
+    info = read_header(path)
+    module = load(path)
+    arch = info.meta["arch"]
+    shape = _batch_shape(input_shape, models.default_input_shape(arch["name"], **arch["kwargs"]))
+    layers = {layer["name"]: layer for layer in info.layers}
+
+    def mask_bytes_fn(name: str, mask: Any) -> tuple[str, int]:
+        layer = layers[name.split("#", 1)[0]]
+        # hidden: the coded mask as stored; dense: its stored weights (the codec names the dtype)
+        return str(layer["codec"]), int(layer["bytes"])
+
+    param_bytes = {
+        p["name"]: info.tensors[p["tensor"]].end - info.tensors[p["tensor"]].begin
+        for p in info.meta["params"]
+    }
+    wl = workloads_from_module(
+        module, shape, mask_bytes_fn=mask_bytes_fn, param_bytes_of=param_bytes
+    )
+    t = info.totals()
+    meta = {
+        "kind": "model-file",
+        "path": path,
+        "model": arch["name"],
+        "mask_bytes_source": "model-file",
+        "file_bytes": t["file_bytes"],
+        "header_bytes": t["header_bytes"],
+        "file_mask_bytes": t["mask_bytes"],
+        "file_dense_weight_bytes": t["dense_weight_bytes"],
+        "file_param_bytes": t["param_bytes"],
+        "input_shape": list(shape),
+    }
+    return wl, meta
+
+
+def _from_checkpoint(
+    path: str, input_shape: tuple[int, ...] | None
+) -> tuple[list[LayerWorkload], dict[str, Any]]:
+    from .. import codecs, models
+    from ..train import load_trained
+
+    module, config = load_trained(path)
+    shape = _batch_shape(
+        input_shape, models.default_input_shape(config.model, **config.model_kwargs)
+    )
+    by_name = dict(module.named_modules())
+
+    def mask_bytes_fn(name: str, mask: Any) -> tuple[str, int]:
+        layer = by_name.get(name.split("#", 1)[0])
+        if layer is not None and not getattr(layer, "hidden", True):
+            return "float32", 4 * int(mask.size)  # a dense layer ships its weights
+        chosen, data = codecs.encode_best(mask.reshape(-1))
+        return chosen, len(data)
+
+    wl = workloads_from_module(
+        module, shape, mask_bytes_fn=mask_bytes_fn, param_bytes_of=_per_channel_bytes(module)
+    )
+    meta = {
+        "kind": "checkpoint",
+        "path": path,
+        "model": config.model,
+        "mask_bytes_source": "smallest-codec",
+        "input_shape": list(shape),
+    }
+    return wl, meta
+
+
+def load_source(
+    source: Any,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    mask_bytes_fn: MaskBytesFn | None = None,
+    density: float | None = None,
+    codec: str = "entropy",
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[LayerWorkload], dict[str, Any]]:
+    """:func:`load_workloads` plus a description of the source (``kind``, ``mask_bytes_source``
+    and, for a model file, its byte counts)."""
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        if os.path.isdir(path) or (os.path.isfile(path) and not path.endswith(".hnn")):
+            return _from_checkpoint(path, input_shape)
+        if os.path.isfile(path):
+            return _from_model_file(path, input_shape)
+        from .. import models
+
+        if isinstance(source, str) and source in models.MODELS:
+            if density is None:
+                raise ValueError(
+                    f"{source!r} is a zoo model name: give the density (kept fraction) of its "
+                    "masks for an estimate of the untrained network, e.g. density=0.3"
+                )
+            from .workload import zoo_workloads
+
+            wl = zoo_workloads(
+                source, density, codec=codec, input_shape=input_shape, **dict(model_kwargs or {})
+            )
+            how = "packed-exact" if codec == "packed" else "entropy-bound"
+            meta = {
+                "kind": "zoo",
+                "model": source,
+                "density": float(density),
+                "mask_codec": codec,
+                "mask_bytes_source": how,
+            }
+            return wl, meta
+        raise FileNotFoundError(
+            f"{path}: no such model file, checkpoint or run folder (nor a zoo model name)"
+        )
+    return load_workloads(source, input_shape, mask_bytes_fn=mask_bytes_fn), {"kind": "workloads"}
+
+
 def load_workloads(
     source: Any,
     input_shape: tuple[int, ...] | None = None,
     *,
     mask_bytes_fn: MaskBytesFn | None = None,
+    density: float | None = None,
+    codec: str = "entropy",
 ) -> list[LayerWorkload]:
-    """Workloads from a source: a list of :class:`LayerWorkload` / dicts, or a ``torch.nn.Module``
-    (needs ``input_shape``, batch first).
+    """Workloads from a source:
 
-    Extension point: a ``.hnn`` model file or a training checkpoint (a ``str`` / ``PathLike``) is
-    not handled yet; the file-format layer will add a branch here that builds the module (or reads
-    the per-layer shapes, densities, codecs and real mask sizes) and returns workloads.
+    - a ``.hnn`` model file (``str`` / ``PathLike``): rebuilt with :func:`hiddenite.load` and
+      traced with the input size of its architecture (``in_channels``, ``image_size``) unless
+      ``input_shape`` is given; each layer's ``mask_bytes`` and ``mask_codec`` are the real coded
+      mask in the file (a layer kept dense: its stored weights, codec = the parameter dtype) and
+      ``param_bytes`` the per-channel tensors exactly as stored (float32 or float16). The file
+      header (architecture, seed, shapes: JSON metadata) is not model data the chip loads and is
+      not counted;
+    - a training checkpoint or run folder: rebuilt with :func:`hiddenite.train.load_trained`;
+      mask bytes = the smallest codec (:func:`hiddenite.codecs.encode_best`) on each layer's mask,
+      parameters 4 B per stored value;
+    - a zoo model name with ``density`` (an untrained network: mask bytes for ``codec``,
+      ``packed`` exact or the entropy bound; see :func:`~hiddenite.hw.workload.zoo_workloads`);
+    - a ``torch.nn.Module`` (needs ``input_shape``, batch first);
+    - a list of :class:`LayerWorkload` / dicts.
     """
     if isinstance(source, str | os.PathLike):
-        raise NotImplementedError(
-            f"simulate({os.fspath(source)!r}): reading .hnn files and checkpoints is not wired "
-            "yet; pass an nn.Module with input_shape, or a list of LayerWorkload"
-        )
+        return load_source(source, input_shape, density=density, codec=codec)[0]
     if isinstance(source, LayerWorkload | Mapping):
         return workloads_from_dicts([source])
     try:
@@ -611,8 +761,8 @@ def load_workloads(
     if isinstance(source, Iterable):
         return workloads_from_dicts(source)
     raise TypeError(
-        f"cannot build workloads from {type(source).__name__}; pass an nn.Module "
-        "(with input_shape) or a list of LayerWorkload"
+        f"cannot build workloads from {type(source).__name__}; pass a .hnn path, a checkpoint, "
+        "an nn.Module (with input_shape) or a list of LayerWorkload"
     )
 
 
@@ -624,13 +774,22 @@ def simulate(
     skip_masked: bool = True,
     activations_on_chip: bool = False,
     mask_bytes_fn: MaskBytesFn | None = None,
+    density: float | None = None,
+    codec: str = "entropy",
 ) -> Report:
-    """Estimate ``source`` (an ``nn.Module`` with ``input_shape``, or a list of workloads) on
-    ``arch`` (``"hiddenite"`` | ``"bnn"`` | ``"int8"``, an :class:`ArchSpec`, or a YAML path)."""
-    workloads = load_workloads(source, input_shape, mask_bytes_fn=mask_bytes_fn)
-    return estimate(
+    """Estimate ``source`` on ``arch`` (``"hiddenite"`` | ``"bnn"`` | ``"int8"``, an
+    :class:`ArchSpec`, or a YAML path). ``source``: a ``.hnn`` model file, a checkpoint or run
+    folder, a zoo model name with ``density``, an ``nn.Module`` with ``input_shape``, or a list of
+    workloads (see :func:`load_workloads`). ``report.options["source"]`` says where the mask
+    sizes came from."""
+    workloads, meta = load_source(
+        source, input_shape, mask_bytes_fn=mask_bytes_fn, density=density, codec=codec
+    )
+    report = estimate(
         workloads, arch, skip_masked=skip_masked, activations_on_chip=activations_on_chip
     )
+    report.options["source"] = meta
+    return report
 
 
 def compare(
@@ -641,10 +800,16 @@ def compare(
 ) -> dict[str, Report]:
     """:func:`simulate` on several architectures (workloads extracted once); keyed by spec
     name."""
-    mask_bytes_fn = options.pop("mask_bytes_fn", None)
-    workloads = load_workloads(source, input_shape, mask_bytes_fn=mask_bytes_fn)
+    workloads, meta = load_source(
+        source,
+        input_shape,
+        mask_bytes_fn=options.pop("mask_bytes_fn", None),
+        density=options.pop("density", None),
+        codec=options.pop("codec", "entropy"),
+    )
     out: dict[str, Report] = {}
     for a in archs:
         report = estimate(workloads, a, **options)
+        report.options["source"] = meta
         out[report.arch] = report
     return out

@@ -19,6 +19,7 @@ __all__ = [
     "entropy_bits_per_weight",
     "mask_bytes_for",
     "workloads_from_module",
+    "zoo_workloads",
 ]
 
 KINDS = ("conv", "linear")
@@ -247,6 +248,7 @@ def workloads_from_module(
     *,
     mask_bytes_fn: MaskBytesFn | None = None,
     param_bytes_per_value: int = 4,
+    param_bytes_of: Mapping[str, int] | None = None,
 ) -> list[LayerWorkload]:
     """Trace ``module`` once with a zero input of ``input_shape`` (batch first) and return one
     workload per ``nn.Conv2d`` / ``nn.Linear`` call, in execution order.
@@ -256,6 +258,13 @@ def workloads_from_module(
     ``mask_bytes_fn(name, mask_bool_numpy) -> (codec, nbytes)`` is given (called only for layers
     with a mask). ``param_bytes`` = ``param_bytes_per_value`` x (bias values + the per-channel
     values of BatchNorm layers run after the layer and before the next conv/linear).
+
+    ``param_bytes_of``: stored byte counts of the model's per-channel tensors, keyed by
+    ``state_dict`` name (as a model file stores them). When given, it replaces the count above:
+    each tensor is charged to the conv/linear layer that owns it (a bias) or, for any other module
+    (BatchNorm, ...), to the last conv/linear layer executed before that module's first call (the
+    first layer if none ran before it, the last layer if the module never ran). Every byte is
+    charged to exactly one layer, so the layers' ``param_bytes`` sum to the mapping's total.
     """
     import torch
     from torch import nn
@@ -285,8 +294,17 @@ def workloads_from_module(
         if records:
             records[-1]["extra"] += _bn_param_count(mod)
 
+    # module name -> number of conv/linear records made before its first call
+    first_call: dict[str, int] = {}
+
+    def any_pre_hook(mod: Any, inputs: tuple[Any, ...]) -> None:
+        first_call.setdefault(names.get(id(mod), ""), len(records))
+
     handles = []
     try:
+        if param_bytes_of is not None:
+            for m in module.modules():
+                handles.append(m.register_forward_pre_hook(any_pre_hook))
         for m in module.modules():
             if isinstance(m, conv_types):
                 handles.append(m.register_forward_hook(conv_hook))
@@ -299,15 +317,40 @@ def workloads_from_module(
         module.eval()
         try:
             with torch.no_grad():
-                module(x)
+                try:
+                    module(x)
+                except RuntimeError as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
+                    raise ValueError(
+                        f"input_shape {tuple(input_shape)} does not fit the model ({first})"
+                    ) from None
         finally:
             module.train(was_training)
     finally:
         for h in handles:
             h.remove()
 
+    charged: list[int] | None = None
+    if param_bytes_of is not None:
+        charged = [0] * len(records)
+        first_record = {}
+        for i, rec in enumerate(records):
+            first_record.setdefault(id(rec["mod"]), i)
+        modules = dict(module.named_modules())
+        for key, nbytes in param_bytes_of.items():
+            owner = key.rpartition(".")[0]
+            mod = modules.get(owner)
+            if mod is not None and id(mod) in first_record:
+                i = first_record[id(mod)]
+            elif owner in first_call:
+                i = max(0, first_call[owner] - 1)
+            else:
+                i = len(records) - 1
+            if charged:
+                charged[i] += int(nbytes)
+
     out: list[LayerWorkload] = []
-    for rec in records:
+    for idx, rec in enumerate(records):
         mod = rec["mod"]
         density, codec, mbytes = 1.0, "packed", -1
         mask = _module_mask(mod)
@@ -324,7 +367,9 @@ def workloads_from_module(
             "density": density,
             "mask_codec": codec,
             "mask_bytes": mbytes,
-            "param_bytes": param_bytes_per_value * n_params,
+            "param_bytes": (
+                charged[idx] if charged is not None else param_bytes_per_value * n_params
+            ),
         }
         if isinstance(mod, nn.Conv2d):
             _, c, ih, iw = rec["in"][-4:] if len(rec["in"]) == 4 else (1, *rec["in"][-3:])
@@ -510,3 +555,42 @@ def resnet_workloads(
         )
     )
     return layers
+
+
+def zoo_workloads(
+    name: str,
+    density: float,
+    *,
+    codec: str = "entropy",
+    input_shape: tuple[int, ...] | None = None,
+    batch: int = 1,
+    **kwargs: Any,
+) -> list[LayerWorkload]:
+    """Workloads of an untrained zoo network (``hiddenite.models``) with every conv/linear layer
+    hidden at ``density``: a quick estimate without a trained mask.
+
+    The plain network is built and traced on the ``meta`` device (no weights, no memory); mask
+    bytes follow :func:`mask_bytes_for` for ``codec`` (``packed`` exact, ``entropy`` / ``rle`` the
+    entropy bound); parameter bytes are 4 B per bias / BatchNorm value. ``input_shape`` is
+    ``(C, H, W)`` or batch-first; default: the model's own input size.
+    """
+    import torch
+
+    from .. import models
+
+    info = models.model_info(name)
+    models.check_arguments(name, **kwargs)
+    if input_shape is None:
+        shape: tuple[int, ...] = (batch, *models.default_input_shape(name, **kwargs))
+    else:
+        shape = tuple(int(v) for v in input_shape)
+        if len(shape) == 3:
+            shape = (batch, *shape)
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"density: the kept fraction must be in (0, 1], got {density!r}")
+    mask_bytes_for(codec, 8, 0.5)  # validates the codec name
+    args = {**info.defaults, **kwargs}
+    with torch.device("meta"):
+        module = info.builder(**args)
+    layers = workloads_from_module(module, shape)
+    return [w.with_density(float(density), codec) for w in layers]

@@ -1,0 +1,131 @@
+"""Text tables and output folders for ``hiddenite simulate`` / ``hiddenite run`` (no argument
+parsing here: the CLI calls these)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .model import Report
+
+__all__ = [
+    "MODELLED_NOTE",
+    "SUMMARY_KEYS",
+    "mask_source_note",
+    "summary_totals",
+    "totals_table",
+    "write_simulation",
+]
+
+MODELLED_NOTE = (
+    "modelled (analytical model, docs/hw-model.md: Horowitz 45 nm energies, assumed buffer "
+    "sizes and DRAM bandwidth), not measured"
+)
+
+# (totals key, label, scale, format)
+_ROWS: tuple[tuple[str, str, float, str], ...] = (
+    ("offchip_model_bytes", "off-chip model bytes", 1.0, "{:,.0f}"),
+    ("offchip_activation_bytes", "off-chip activation bytes", 1.0, "{:,.0f}"),
+    ("offchip_bytes", "off-chip bytes (total)", 1.0, "{:,.0f}"),
+    ("cycles", "cycles", 1.0, "{:,.0f}"),
+    ("latency_s", "latency (ms)", 1e3, "{:,.4f}"),
+    ("energy_per_inference_pj", "energy per inference (uJ)", 1e-6, "{:,.3f}"),
+    ("tops_per_watt", "TOPS/W (DRAM included)", 1.0, "{:,.2f}"),
+    ("onchip_tops_per_watt", "TOPS/W (on chip, no DRAM)", 1.0, "{:,.2f}"),
+    ("tops", "TOPS", 1.0, "{:,.3f}"),
+    ("utilization", "PE utilization", 100.0, "{:.1f}%"),
+    ("inferences_per_s", "inferences per second", 1.0, "{:,.1f}"),
+)
+
+SUMMARY_KEYS = (
+    "offchip_model_bytes",
+    "offchip_bytes",
+    "offchip_activation_bytes",
+    "macs",
+    "cycles",
+    "latency_s",
+    "energy_pj",
+    "energy_per_inference_pj",
+    "tops",
+    "tops_per_watt",
+    "onchip_tops_per_watt",
+    "inferences_per_s",
+    "utilization",
+)
+
+
+def _fmt(fmt: str, value: Any, scale: float) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(value * scale)
+
+
+def totals_table(reports: Mapping[str, Report]) -> str:
+    """The architectures' totals side by side (one column per report)."""
+    names = list(reports)
+    label_w = max(len(r[1]) for r in _ROWS)
+    cells = {
+        key: [_fmt(fmt, reports[n].totals.get(key), scale) for n in names]
+        for key, _, scale, fmt in _ROWS
+    }
+    widths = [max(len(n), *(len(cells[k][i]) for k, *_ in _ROWS)) for i, n in enumerate(names)]
+    head = f"{'':<{label_w}}  " + "  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))
+    lines = [head, "-" * len(head)]
+    for key, label, _, _ in _ROWS:
+        row = "  ".join(c.rjust(w) for c, w in zip(cells[key], widths, strict=True))
+        lines.append(f"{label:<{label_w}}  {row}")
+    return "\n".join(lines)
+
+
+def mask_source_note(meta: Mapping[str, Any]) -> str:
+    """One line saying where the mask sizes come from."""
+    how = meta.get("mask_bytes_source")
+    if how == "model-file":
+        return (
+            f"mask sizes: the real coded masks in {meta.get('path')} (off-chip model bytes = "
+            "masks + dense weights + per-channel parameters as stored; the "
+            f"{meta.get('header_bytes', 0):,}-byte file header with the seed is not counted)"
+        )
+    if how == "smallest-codec":
+        return "mask sizes: the smallest codec (packed, rle, entropy) on each layer's real mask"
+    if how == "entropy-bound":
+        return (
+            f"mask sizes: ENTROPY BOUND ceil(H(k) n / 8) at k = {meta.get('density')} (no trained "
+            "mask; a real code is a little larger)"
+        )
+    if how == "packed-exact":
+        return f"mask sizes: PACKED ceil(n / 8) at k = {meta.get('density')} (no trained mask)"
+    return "mask sizes: as given by the workloads"
+
+
+def summary_totals(report: Report) -> dict[str, Any]:
+    """The headline totals of a report (for report.json and --json output)."""
+    return {k: report.totals[k] for k in SUMMARY_KEYS}
+
+
+def write_simulation(
+    reports: Mapping[str, Report],
+    out_dir: str | os.PathLike[str],
+    *,
+    plotted: Mapping[str, Report] | None = None,
+) -> list[str]:
+    """Write ``<name>_layers.csv``, ``<name>.json`` and ``energy_<name>.png`` per report and
+    ``offchip.png`` (the off-chip traffic of ``plotted``, default ``reports``, side by side) into
+    ``out_dir``; returns the paths written."""
+    from .plots import plot_energy_breakdown, plot_offchip_comparison
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    for name, rep in reports.items():
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        written.append(str(out / f"{safe}_layers.csv"))
+        rep.to_csv(written[-1])
+        written.append(str(out / f"{safe}.json"))
+        rep.to_json(written[-1])
+        written.append(plot_energy_breakdown(rep, out / f"energy_{safe}.png"))
+    written.append(plot_offchip_comparison(dict(plotted or reports), out / "offchip.png"))
+    return written
