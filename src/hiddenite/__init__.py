@@ -17,7 +17,7 @@ Stable surface::
     hiddenite.codecs.encode(bits, codec) / decode(data, n, codec)   mask codecs
 """
 
-from . import codecs, models, prng
+from . import codecs, hw, models, prng
 from .convert import ConfigError, SupermaskConfig, supermask_, to_dense
 from .fileformat import ModelFormatError, load, save
 from .layers import SupermaskConv2d, SupermaskLinear, is_supermask
@@ -33,6 +33,7 @@ __all__ = [
     "SupermaskLinear",
     "__version__",
     "codecs",
+    "hw",
     "is_supermask",
     "load",
     "models",
