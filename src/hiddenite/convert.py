@@ -175,21 +175,19 @@ def _twin(
         device=module.weight.device,
     )
     if isinstance(module, nn.Conv2d):
-        return SupermaskConv2d(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            module.groups,
-            module.bias is not None,
-            module.padding_mode,
-            **common,
-        )
-    return SupermaskLinear(
-        module.in_features, module.out_features, module.bias is not None, **common
-    )
+        return SupermaskConv2d(*_shape_args(module), **common)
+    return SupermaskLinear(*_shape_args(module), **common)
+
+
+def _shape_args(module: nn.Module) -> tuple:
+    """The positional constructor arguments that rebuild ``module``'s layer geometry."""
+    has_bias = module.bias is not None
+    if isinstance(module, nn.Conv2d):
+        return (
+            module.in_channels, module.out_channels, module.kernel_size, module.stride,
+            module.padding, module.dilation, module.groups, has_bias, module.padding_mode,
+        )  # fmt: skip
+    return (module.in_features, module.out_features, has_bias)
 
 
 def supermask_(
@@ -246,27 +244,10 @@ def to_dense(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def _plain(module: SupermaskLayer) -> nn.Module:
     weight = module.effective_weight().detach().clone()
-    has_bias = module.bias is not None
-    if isinstance(module, nn.Conv2d):
-        plain = skip_init(
-            nn.Conv2d,
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            module.groups,
-            has_bias,
-            module.padding_mode,
-            device=weight.device,
-        )
-    else:
-        plain = skip_init(
-            nn.Linear, module.in_features, module.out_features, has_bias, device=weight.device
-        )
+    kind = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    plain = skip_init(kind, *_shape_args(module), device=weight.device)
     plain.weight = nn.Parameter(weight)
-    if has_bias:
+    if module.bias is not None:
         plain.bias = nn.Parameter(module.bias.detach().clone())
     plain.train(module.training)
     return plain
