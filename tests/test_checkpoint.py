@@ -15,12 +15,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from hiddenite import checkpoint as ckpt_mod
+from hiddenite.atomic import atomic_write
 from hiddenite.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     Checkpoint,
     CheckpointError,
-    atomic_write_bytes,
     load_checkpoint,
     save_checkpoint,
 )
@@ -240,7 +240,7 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch, err
 
 def test_atomic_write_bytes_success_and_failure(tmp_path):
     target = tmp_path / "x.txt"
-    atomic_write_bytes(target, lambda tmp: Path(tmp).write_text("one"))
+    atomic_write(target, lambda tmp: Path(tmp).write_text("one"))
     assert target.read_text() == "one"
 
     def fail(tmp):
@@ -248,7 +248,7 @@ def test_atomic_write_bytes_success_and_failure(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        atomic_write_bytes(target, fail)
+        atomic_write(target, fail)
     assert target.read_text() == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
@@ -256,7 +256,7 @@ def test_atomic_write_bytes_success_and_failure(tmp_path):
 def test_atomic_write_respects_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        atomic_write_bytes(tmp_path / "x.txt", lambda tmp: Path(tmp).write_text("x"))
+        atomic_write(tmp_path / "x.txt", lambda tmp: Path(tmp).write_text("x"))
     finally:
         os.umask(old)
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644

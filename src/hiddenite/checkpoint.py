@@ -11,8 +11,6 @@ reached, the metric history and the optimizer's param groups.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
+
 FORMAT = "hiddenite-checkpoint"
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 8 * 1024**3
@@ -28,7 +28,6 @@ MAX_CHECKPOINT_BYTES = 8 * 1024**3
 __all__ = [
     "Checkpoint",
     "CheckpointError",
-    "atomic_write_bytes",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -47,25 +46,6 @@ class Checkpoint:
     history: list[dict[str, Any]]
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; honour the umask like open()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -97,7 +77,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         tensors.update(opt_tensors)
         meta["optimizer"] = opt_meta
     metadata = {"hiddenite": json.dumps(meta)}
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:

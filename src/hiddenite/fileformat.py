@@ -28,14 +28,12 @@ with exactly the stated number of kept weights. Every failure is a :class:`Model
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect as _inspect
 import json
 import math
 import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ import torch
 from torch import nn
 
 from . import codecs, models
+from .atomic import atomic_write, write_chunks
 from .convert import ConfigError, SupermaskConfig
 from .layers import SupermaskLayer
 from .masks import kept_count
@@ -104,7 +103,6 @@ _MAX_WIDTH_MULTIPLIER = 64.0
 _MAX_HIDDEN_LAYERS = 64
 _MAX_HIDDEN_UNITS = 1_000_000
 _GENERIC_INT_BOUND = 1 << 16
-_WRITE_CHUNK = 1 << 20
 UNEXPECTED = "unexpected error while reading the file"
 
 __all__ = [
@@ -530,77 +528,18 @@ def _container(
     return len(raw).to_bytes(8, "little") + raw + payload
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temporary files left by saves to ``path`` whose process has died (POSIX)."""
-    if os.name != "posix":
-        return
-    prefix = f".{path.name}."
-    try:
-        candidates = list(path.parent.iterdir())
-    except OSError:
-        return
-    for tmp in candidates:
-        name = tmp.name
-        if not (name.startswith(prefix) and name.endswith(".tmp")):
-            continue
-        pid = name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
 def _write_all(fh, data: bytes) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), _WRITE_CHUNK):
-        fh.write(view[start : start + _WRITE_CHUNK])
+    write_chunks(fh, data)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it onto ``path``.
+    """Write ``data`` to ``path`` through :func:`hiddenite.atomic.atomic_write`."""
 
-    The temporary name is ``.<name>.<pid>.<random>.tmp``; a save killed halfway leaves the
-    previous ``path`` intact, and the next save to ``path`` removes the dead process's file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             _write_all(fh, data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        try:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+
+    atomic_write(path, write)
 
 
 def _infer_config(model: nn.Module) -> SupermaskConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_text
 from .convert import SupermaskConfig
 from .data import load_dataset, train_val_split
 from .fileformat import load, save_trained
@@ -188,7 +188,7 @@ def run_main_job(args) -> int:
         "seconds": time.perf_counter() - began,
     }  # fmt: skip
     text = json.dumps(report, indent=2)
-    atomic_write_bytes(out / "report.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(out / "report.json", text)
 
     t = sizes.totals
     print("\n== report")

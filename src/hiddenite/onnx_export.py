@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import atomic_write_bytes
 from .convert import to_dense
 
 DEFAULT_OPSET = 17
@@ -57,8 +58,6 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
 ) -> int:
     """Write the ONNX model of ``to_dense(model)`` to ``path`` atomically; returns its bytes."""
-    from .fileformat import _atomic_write
-
     data = onnx_bytes(model, input_shape, opset=opset)
-    _atomic_write(Path(path), data)
+    atomic_write_bytes(Path(path), data)
     return len(data)

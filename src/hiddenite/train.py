@@ -29,13 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import models
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    atomic_write_bytes,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .atomic import atomic_write_text
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .convert import ConfigError, SupermaskConfig
 from .data import (
     Dataset,
@@ -291,14 +286,14 @@ def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(history)
     text = buf.getvalue()
-    atomic_write_bytes(out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(out_dir / "metrics.csv", text)
 
     def finite(value):  # NaN (no validation set) is not JSON: write null
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     clean = [{key: finite(value) for key, value in row.items()} for row in history]
     js = json.dumps(clean, indent=2, allow_nan=False)
-    atomic_write_bytes(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(js))
+    atomic_write_text(out_dir / "metrics.json", js)
 
 
 def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, Dataset]:
@@ -347,7 +342,7 @@ def train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         text = config.to_json()
-        atomic_write_bytes(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(out / "config.json", text)
     steps = num_batches(train_set, config.batch_size)
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()

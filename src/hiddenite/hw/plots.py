@@ -8,7 +8,6 @@ backend switch, nothing at import) and saved atomically (temp file + ``os.replac
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,18 +42,10 @@ def _figure(width_in: float, height_in: float) -> Any:
 
 
 def _save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from ..atomic import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    return os.fspath(path)
 
 
 def _width(n: int) -> float:
