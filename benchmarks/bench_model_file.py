@@ -29,19 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hiddenite
+from bench_codecs import best_time  # the script's own folder is on sys.path
 from hiddenite import SupermaskConfig, codecs, fileformat, models, to_dense
 from hiddenite.codecs import CODECS, decode, encode, entropy_bound_bits
 from hiddenite.init import frozen_weights
-
-
-def best_time(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` calls of ``fn()``, in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
