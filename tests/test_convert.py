@@ -114,6 +114,8 @@ def test_converted_layers_keep_hyperparameters_and_get_seeded_weights():
             seed=3,
             layer_index=index,
             fan_in=math.prod(old.weight.shape[1:]),
+            density=0.5,
+            scale_by_density=True,  # the SupermaskConfig default
         )
         assert torch.equal(new.weight, expected)
     y = model(inputs())
@@ -155,7 +157,10 @@ def test_keep_first_and_last_dense():
     assert isinstance(first, SupermaskConv2d) and isinstance(first.weight, nn.Parameter)
     assert first.scores is None
     hidden_twin = get(supermask_(TinyNet(), SupermaskConfig(seed=4)), "stem.0")
-    assert torch.equal(first.weight.detach(), hidden_twin.weight)  # same frozen init
+    unscaled = get(supermask_(TinyNet(), SupermaskConfig(seed=4, scale_by_density=False)), "stem.0")
+    assert torch.equal(first.weight.detach(), unscaled.weight)  # same frozen init
+    # the hidden layer divides by sqrt(density) (the default scaled init); dense layers do not
+    assert torch.allclose(hidden_twin.weight * math.sqrt(0.5), first.weight.detach(), rtol=1e-6)
     only_first = supermask_(TinyNet(), SupermaskConfig(keep_first_dense=True))
     assert [get(only_first, n).mode for n in ORDER] == ["dense"] + ["hidden"] * 4
     only_last = supermask_(TinyNet(), SupermaskConfig(keep_last_dense=True))

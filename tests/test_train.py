@@ -317,9 +317,14 @@ def test_dense_mode_trains_the_weights(tmp_path, data):
 
 
 def test_dense_twin_starts_from_the_hidden_weights(data):
-    hidden = build_model(config())
+    hidden = build_model(
+        config(supermask=SupermaskConfig(density=0.5, seed=3, scale_by_density=False))
+    )
     dense = build_model(config(supermask=SupermaskConfig(mode="dense", seed=3)))
     assert torch.equal(hidden.net[1].weight, dense.net[1].weight)
+    # with the default scaled init the hidden weights are the dense ones / sqrt(density)
+    scaled = build_model(config())
+    assert torch.allclose(scaled.net[1].weight * 0.5**0.5, dense.net[1].weight, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- rebuild from seed

@@ -94,7 +94,11 @@ def _add_supermask_args(p: argparse.ArgumentParser) -> None:
         help="top-k per layer or one global threshold (default layer)",
     )
     g.add_argument(
-        "--scale-by-density", action="store_true", help="divide frozen weights by sqrt(density)"
+        "--scale-by-density",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="divide frozen weights by sqrt(density) so each layer keeps its signal "
+        "(default on; --no-scale-by-density for the unscaled init)",
     )
     g.add_argument("--keep-first-dense", action="store_true", help="first layer stays dense")
     g.add_argument("--keep-last-dense", action="store_true", help="last layer stays dense")

@@ -49,7 +49,9 @@ class SupermaskConfig:
     seed: model seed, 0 <= seed < 2**64; every frozen weight derives from it.
     mode: ``"hidden"`` (learned masks over frozen weights) or ``"dense"`` (the twin).
     scope: ``"layer"`` (each layer keeps ``density``) or ``"global"`` (one threshold).
-    scale_by_density: divide the frozen weights by sqrt(density) (edge-popup "scaled").
+    scale_by_density: divide the frozen weights by sqrt(density) (edge-popup's "scaled"
+      init; on by default: without it each layer's signal shrinks by density, which stalls
+      deep networks without batch norm, see BENCHMARKS.md).
     keep_first_dense / keep_last_dense: leave the first / last converted layer as a
       dense-mode twin (trained weights), as the edge-popup recipe often does.
     gain: initialisation gain (sqrt(2) for ReLU).
@@ -61,7 +63,7 @@ class SupermaskConfig:
     seed: int = 0
     mode: str = "hidden"
     scope: str = "layer"
-    scale_by_density: bool = False
+    scale_by_density: bool = True
     keep_first_dense: bool = False
     keep_last_dense: bool = False
     gain: float = RELU_GAIN

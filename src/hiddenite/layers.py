@@ -13,7 +13,8 @@ work in one of two modes:
   initialised from the same seed, and there are no scores.
 
 A bias, when the layer has one, is a learned per-channel parameter in both modes
-(initialised to zero in hidden mode).
+(initialised to zero in hidden mode). ``scale_by_density`` (divide the frozen weights by
+sqrt(density)) applies to hidden mode only: a dense layer keeps all its weights.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class SupermaskLayer:
             fan_in=math.prod(shape[1:]),
             gain=self.gain,
             density=self.density,
-            scale_by_density=self.scale_by_density,
+            # a dense layer keeps every weight: nothing to compensate
+            scale_by_density=self.scale_by_density and self.mode == "hidden",
             n_lanes=self.n_lanes,
             device=device,
         )
