@@ -49,6 +49,7 @@ from .convert import ConfigError, SupermaskConfig
 from .layers import SupermaskLayer
 from .masks import kept_count
 from .prng import PRNG_VERSION
+from .texttable import text_table
 
 FORMAT = "hiddenite-model"
 FORMAT_VERSION = 1
@@ -868,29 +869,15 @@ class ModelFileInfo:
                 f"{(t['binarized_bytes'] - 4 * t['param_values']) / 1e3:,.2f}",
             )
         )
-        widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
-
-        def fmt(row) -> str:
-            cells = [
-                str(c).ljust(w) if i < 3 or i == 5 else str(c).rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ]
-            return "  ".join(cells).rstrip()
-
         m = self.meta
         sm = self.config
-        rule = "-" * len(fmt(head))
         out = [
             f"{self.path}: {FORMAT} v{m['format_version']} (hiddenite {m['hiddenite_version']}), "
             f"{m['arch']['name']} {json.dumps(m['arch']['kwargs'], sort_keys=True)}",
             f"seed {sm.seed}, init {sm.init}, density {sm.density} ({sm.scope}), "
             f"PRNG v{m['prng_version']}, per-channel parameters {m['param_dtype']}",
             "",
-            fmt(head),
-            rule,
-            *map(fmt, lines[:-1]),
-            rule,
-            fmt(lines[-1]),
+            *text_table(head, lines[:-1], lines[-1], left=(0, 1, 2, 5)),
             "",
             f"file {t['file_bytes']:,} bytes = header {t['header_bytes']:,} + masks "
             f"{t['mask_bytes']:,} + dense weights {t['dense_weight_bytes']:,} + per-channel "

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from .layers import SupermaskLayer
+from .texttable import text_table
 
 SEED_BYTES = 8
 
@@ -98,17 +99,7 @@ class ModelSummary:
                 f"{t['hidden_bytes'] / 1e3:,.2f}",
             )
         )
-        widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
-
-        def fmt(row) -> str:
-            cells = [
-                str(c).ljust(w) if i < 3 else str(c).rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ]
-            return "  ".join(cells).rstrip()
-
-        rule = "-" * len(fmt(head))
-        out = [fmt(head), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1]), ""]
+        out = [*text_table(head, lines[:-1], lines[-1], left=(0, 1, 2)), ""]
         out.append(
             f"compression vs float32: int8 {t['ratio_int8']:.1f}x, binarized "
             f"{t['ratio_binarized']:.1f}x, hidden {t['ratio_hidden']:.1f}x "
