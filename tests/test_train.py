@@ -466,7 +466,7 @@ def test_adam_optimizer(data):
     "field, value",
     [
         ("model", "nope"),
-        ("model_kwargs", {"depth": 3}),  # reported as TrainConfig.model: ... depth
+        ("model_kwargs", {"depth": 3}),
         ("supermask", {"density": 0.5}),
         ("dataset", "imagenet"),
         ("epochs", 0),
@@ -501,10 +501,7 @@ def test_adam_optimizer(data):
     ],
 )
 def test_config_rejects_bad_field(field, value):
-    pattern = (
-        r"^TrainConfig\.model: .*depth" if field == "model_kwargs" else rf"^TrainConfig\.{field}: "
-    )
-    with pytest.raises(ConfigError, match=pattern):
+    with pytest.raises(ConfigError, match=rf"^TrainConfig\.{field}: "):
         config(**{field: value})
 
 

@@ -102,10 +102,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"must be true or false, got {getattr(self, name)!r}")
         try:
-            models.default_input_shape(self.model, **self.model_kwargs)
+            models.model_info(self.model)
         except ValueError as exc:
             fail("model", str(exc))
-        try:
+        try:  # names, types and values of the arguments, on the meta device
             models.check_arguments(self.model, **self.model_kwargs)
         except ValueError as exc:
             fail("model_kwargs", str(exc))
