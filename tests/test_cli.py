@@ -479,3 +479,14 @@ def test_python_dash_m_exit_codes_and_stderr(tmp_path):
     assert lines[0].startswith("hiddenite: error: ")
     assert "no such checkpoint" in lines[0]
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["run", "--epochs", "0"], "--epochs must be at least 1"),
+        (["run", "--train-subset", "-5"], "--train-subset must be >= 0"),
+    ],
+)
+def test_run_rejects_impossible_budgets(capsys, argv, words):
+    assert words in user_error(capsys, argv)

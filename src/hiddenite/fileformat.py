@@ -1140,7 +1140,9 @@ def _open(path: str | os.PathLike):
     try:
         return open(path, "rb")  # closed by the caller's with-block
     except FileNotFoundError:
-        raise ModelFormatError(f"{path}: no such model file") from None
+        raise ModelFormatError(
+            f"{path}: no such model file (write one with `hiddenite export CHECKPOINT -o FILE`)"
+        ) from None
     except IsADirectoryError:
         raise ModelFormatError(f"{path}: is a directory, not a model file") from None
     except OSError as exc:

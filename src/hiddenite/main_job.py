@@ -97,6 +97,10 @@ def run_main_job(args) -> int:
     """Run the main job with the CLI's ``run`` arguments; prints the report."""
     out = Path(args.out)
     quick = bool(getattr(args, "quick", False))
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.train_subset is not None and args.train_subset < 0:
+        raise ValueError(f"--train-subset must be >= 0 (0: all), got {args.train_subset}")
     epochs = args.epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     subset = args.train_subset
     if subset is None:
