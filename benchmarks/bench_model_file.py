@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 import hiddenite
 from bench_codecs import best_time  # the script's own folder is on sys.path
-from hiddenite import SupermaskConfig, codecs, fileformat, models, to_dense
+from hiddenite import SupermaskConfig, codecs, export, fileformat, models, to_dense
 from hiddenite.codecs import CODECS, decode, encode, entropy_bound_bits
 from hiddenite.init import frozen_weights
 
@@ -83,7 +83,7 @@ def train_mlps(densities: list[float], epochs: int, subset: int, data_dir) -> li
         acc = result.history[-1]["val_accuracy"]
         label = f"mlp k={k:g} ({epochs} epoch, {subset // 1000}k images, val acc {acc:.3f})"
         print(f"trained {label} in {time.perf_counter() - began:.0f} s", file=sys.stderr)
-        out.append((label, result.model.eval(), fileformat.arch_of(config), config.supermask))
+        out.append((label, result.model.eval(), export.arch_of(config), config.supermask))
     return out
 
 
@@ -94,7 +94,7 @@ def from_checkpoints(paths: list[str]) -> list:
     for path in paths:
         model, config = load_trained(path)
         label = f"{config.model} k={config.supermask.density:g} ({path})"
-        out.append((label, model, fileformat.arch_of(config), config.supermask))
+        out.append((label, model, export.arch_of(config), config.supermask))
     return out
 
 

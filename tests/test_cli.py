@@ -120,8 +120,8 @@ def test_train_options_reach_the_config(tmp_path, data_dir):
     argv += ["--optimizer", "adam", "--no-score-decay", "--warmup-epochs", "0.5"]
     argv += ["--label-smoothing", "0.1", "--augment", "--val-fraction", "0.2"]
     argv += ["--train-subset", "100", "--weight-decay", "0.001", "--momentum", "0.5"]
-    argv += ["--mode", "dense", "--init", "kaiming-normal", "--keep-first-dense"]
-    argv += ["--scope", "global", "--scale-by-density", "--keep-last-dense"]
+    argv += ["--method", "edge-popup", "--init", "kaiming-normal", "--keep-first-dense"]
+    argv += ["--method-arg", "scope=global", "--scale-by-density", "--keep-last-dense"]
     assert main(argv) == 0
     config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert config.optimizer == "adam" and config.lr == 0.01  # adam's default peak rate
@@ -130,7 +130,7 @@ def test_train_options_reach_the_config(tmp_path, data_dir):
     assert (config.val_fraction, config.train_subset) == (0.2, 100)
     assert (config.weight_decay, config.momentum) == (0.001, 0.5)
     sm = config.supermask
-    assert (sm.mode, sm.init, sm.scope) == ("dense", "kaiming-normal", "global")
+    assert (sm.method_name, sm.init, sm.method.scope) == ("edge-popup", "kaiming-normal", "global")
     assert sm.scale_by_density and sm.keep_first_dense and sm.keep_last_dense
     assert config.model_kwargs == {"hidden": [16]}
 
@@ -184,15 +184,15 @@ def test_summary_of_a_zoo_model(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["layer", "kind"]
-    assert lines[2].split()[:4] == ["net.1", "SupermaskLinear", "(hidden)", "16x784"]
-    assert lines[3].split()[:4] == ["net.3", "SupermaskLinear", "(hidden)", "10x16"]
+    assert lines[2].split()[:4] == ["net.1", "SupermaskLinear", "edge-popup", "16x784"]
+    assert lines[3].split()[:4] == ["net.3", "SupermaskLinear", "edge-popup", "10x16"]
     total = next(line for line in lines if line.startswith("total")).split()
     assert total[1:3] == ["12,704", "0.250"]
     assert lines[-1].startswith("compression vs float32:")
 
 
 def test_summary_json_of_a_zoo_model(capsys):
-    argv = ["summary", "--model", "conv2", "--model-arg", "width=0.125", "--mode", "dense"]
+    argv = ["summary", "--model", "conv2", "--model-arg", "width=0.125", "--method", "dense"]
     assert main([*argv, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [layer["name"] for layer in data["layers"]] == [
@@ -204,7 +204,8 @@ def test_summary_json_of_a_zoo_model(capsys):
     ]
     assert all(layer["kind"] in ("SupermaskConv2d", "SupermaskLinear") for layer in data["layers"])
     t = data["totals"]
-    assert t["density"] == 1.0 and t["learned_bits"] == 32 * t["weights"]
+    assert t["density"] == 1.0 and t["part_bytes"] == 4 * t["weights"]
+    assert all(layer["method"] == "dense" for layer in data["layers"])
     assert t["weights"] == 8 * 9 + 8 * 8 * 9 + 8 * 14 * 14 * 32 + 32 * 32 + 32 * 10
 
 
@@ -232,8 +233,8 @@ def test_run_quick_trains_both_and_rebuilds(tmp_path, data_dir, monkeypatch, cap
     assert report["rebuilt"]["predictions_identical"] is True
     assert report["data"] == {"train": 64, "val": 20, "test": 20}
     assert report["epochs"] == main_job.QUICK_EPOCHS
-    assert report["hidden"]["config"]["supermask"]["mode"] == "hidden"
-    assert report["dense"]["config"]["supermask"]["mode"] == "dense"
+    assert report["hidden"]["config"]["supermask"]["method"]["name"] == "edge-popup"
+    assert report["dense"]["config"]["supermask"]["method"]["name"] == "dense"
     assert report["rebuilt"]["test_accuracy"] == report["hidden"]["test_accuracy"]
     for label in ("hidden", "dense"):
         assert (out / label / "checkpoint.safetensors").is_file()

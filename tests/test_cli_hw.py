@@ -13,8 +13,10 @@ import torch
 from hiddenite import SupermaskConfig, models, save
 from hiddenite.checkpoint import Checkpoint, save_checkpoint
 from hiddenite.cli import main
+from hiddenite.export import export_checkpoint
 from hiddenite.fileformat import read_header
 from hiddenite.hw import compare, simulate
+from hiddenite.hw.workload import WorkloadError
 from hiddenite.train import TrainConfig, build_model
 
 ARCHS = ("hiddenite", "bnn", "int8")
@@ -91,46 +93,61 @@ def test_hnn_offchip_model_bytes_equal_the_files_model_data(fixture, request):
     t = info.totals()
     reports = compare(path)
     hid = reports["hiddenite"]
-    stored = t["mask_bytes"] + t["dense_weight_bytes"] + t["param_bytes"]
-    # the invariant: masks + dense weights + per-channel parameters as stored; the header
+    stored = t["mask_bytes"] + t["float_part_bytes"] + t["param_bytes"]
+    # the invariant: coded parts + float parts + per-channel parameters as stored; the header
     # (JSON metadata: architecture, seed, shapes) is not model data the chip loads
     assert hid.totals["model_bytes"] == stored == t["file_bytes"] - t["header_bytes"]
     assert hid.totals["offchip_model_bytes"] == stored
     assert hid.options["source"]["mask_bytes_source"] == "model-file"
-    # per layer: the real codec and coded size of the file
-    by_name = {layer["name"]: layer for layer in info.layers}
-    assert [r.layer for r in hid.rows] == [layer["name"] for layer in info.layers]
+    # per layer: the real codec and coded size of the file, charged by the method's cost
+    by_name = {e.name: e for e in info.entries}
+    assert [r.layer for r in hid.rows] == [e.name for e in info.entries]
     for r in hid.rows:
-        assert r.mask_codec == by_name[r.layer]["codec"]
-        assert r.dram_mask_read_bytes == by_name[r.layer]["bytes"]
-        assert r.density == pytest.approx(by_name[r.layer]["density"])
+        entry = by_name[r.layer]
+        if entry.method == "dense":  # stored weights: weight traffic, not a mask
+            assert (r.weight_source, r.op, r.mask_codec) == ("stored", "mac", "none")
+            assert r.dram_weight_read_bytes == entry.bytes and r.dram_mask_read_bytes == 0
+        else:
+            assert (r.weight_source, r.op, r.weight_bits) == ("prng", "add", 1)
+            assert r.mask_codec == entry.codec
+            assert r.dram_mask_read_bytes == entry.symbol_bytes
+            assert r.dram_weight_read_bytes == entry.float_bytes == 0
+            kept = entry.parts[0].counts[1]
+            assert r.density == pytest.approx(kept / entry.n)
     assert sum(r.dram_param_read_bytes for r in hid.rows) == t["param_bytes"]
     # BNN: exactly one bit per weight, plus the same parameters
     bnn = reports["bnn"]
-    weights = sum((layer["n"] + 7) // 8 for layer in info.layers)
+    weights = sum((e.n + 7) // 8 for e in info.entries)
     assert bnn.totals["dram_weight_read_bytes"] == weights
     assert bnn.totals["dram_param_read_bytes"] == t["param_bytes"]
+    assert {r.weight_source for r in bnn.rows} == {"dram"}
 
 
 def test_resnet_hnn_has_params_dense_layer_and_float16(resnet_hnn):
-    t = read_header(resnet_hnn).totals()
-    assert t["param_bytes"] > 0 and t["dense_weight_bytes"] > 0
+    info = read_header(resnet_hnn)
+    t = info.totals()
+    assert t["param_bytes"] > 0 and t["float_part_bytes"] > 0
     rep = simulate(resnet_hnn)
-    assert rep.rows[0].mask_codec == "float16" and rep.rows[0].density == 1.0
+    first = rep.rows[0]
+    n = info.entries[0].n
+    # the layer kept dense ships its float16 weights and does a full MAC per weight
+    assert (first.weight_source, first.op, first.density) == ("stored", "mac", 1.0)
+    assert first.dram_weight_read_bytes == 2 * n and first.prng_steps == 0
+    assert first.energy_compute_pj == pytest.approx(first.macs * (3.1 + 0.075))
     assert {r.mask_codec for r in rep.rows[1:]} == {"rle"}
+    assert rep.options["source"]["stored_layers"] == 1
 
 
 def test_checkpoint_source_uses_smallest_codec(checkpoint, tmp_path):
     rep = simulate(checkpoint, "hiddenite")
     assert rep.options["source"]["mask_bytes_source"] == "smallest-codec"
     assert [r.layer for r in rep.rows] == ["net.1", "net.3"]
-    # the same bytes as the model file export would store (auto codec = smallest per layer)
-    from hiddenite.fileformat import save_trained
-
-    info = save_trained(checkpoint, tmp_path / "m.hnn")
+    # the same bytes as the model file export would store (auto codec = smallest per part)
+    info = export_checkpoint(checkpoint, tmp_path / "m.hnn")
     t = info.totals()
+    assert rep.totals["model_bytes"] == t["file_bytes"] - t["header_bytes"]
     assert rep.totals["model_bytes"] == t["mask_bytes"] + t["param_bytes"]
-    assert [r.mask_codec for r in rep.rows] == [layer["codec"] for layer in info.layers]
+    assert [r.mask_codec for r in rep.rows] == [e.codec for e in info.entries]
     assert simulate(checkpoint / "checkpoint.safetensors").totals == rep.totals
 
 
@@ -141,8 +158,10 @@ def test_zoo_name_source():
     assert packed.options["source"]["mask_bytes_source"] == "packed-exact"
     assert ent.totals["offchip_model_bytes"] < packed.totals["offchip_model_bytes"]
     assert packed.totals["offchip_model_bytes"] == sum(-(-r.macs // 8) for r in packed.rows)
-    with pytest.raises(ValueError, match="density"):
+    with pytest.raises(WorkloadError, match="density"):
         simulate("mlp")
+    with pytest.raises(WorkloadError, match="no such model file"):
+        simulate("missing.hnn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +177,7 @@ def test_simulate_cli_writes_tables_csv_json_pngs(arch, conv2_hnn, tmp_path, cap
         assert f"arch: {a}" in stdout
     assert ("totals side by side" in stdout) == (arch == "all")
     assert "modelled" in stdout
-    n_layers = len(read_header(conv2_hnn).layers)
+    n_layers = len(read_header(conv2_hnn).entries)
     for a in shown:
         with open(out / f"{a}_layers.csv", newline="") as fh:
             rows = list(csv.reader(fh))
@@ -270,6 +289,8 @@ def test_user_errors_exit_2_with_one_line(conv2_hnn, tmp_path, capsys):
         ("sweep", hnn, "--grid", "density=0.1,,0.3", "--out", out),
         ("sweep", hnn, "--grid", "nonsense=1,2", "--out", out),
         ("sweep", hnn, "--grid", "num_pes=100,4096", "--out", out),
+        ("sweep", hnn, "--grid", "density=0.3,1.5", "--out", out),
+        ("sweep", hnn, "--grid", "codec=packed,zip", "--out", out),
         ("sweep", hnn, "--out", out),
         ("sweep", str(tmp_path / "missing.hnn"), "--grid", "density=0.1", "--out", out),
     ]

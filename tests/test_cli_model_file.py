@@ -78,7 +78,7 @@ def test_export_then_inspect(tmp_path, capsys, conv_checkpoint):
 
     code, table, err = run_cli(capsys, "inspect", str(out))
     assert code == 0, err
-    for word in ("features.0", "classifier.5", "entropy", "H(k)", "float32", "binarized"):
+    for word in ("features.0", "classifier.5", "entropy", "edge-popup", "float32", "binarized"):
         assert word in table
     assert f"file {out.stat().st_size:,} bytes" in table
 
@@ -96,6 +96,8 @@ def test_export_then_inspect(tmp_path, capsys, conv_checkpoint):
     }
     assert len(report["layers"]) == 7
     for row in report["layers"]:
+        assert [p["name"] for p in row["parts"]] == ["mask"]
+        assert row["parts"][0]["alphabet"] == 2 and sum(row["parts"][0]["counts"]) == row["weights"]
         assert row["bits_per_weight"] == pytest.approx(8 * row["bytes"] / row["weights"])
         assert row["float32_bytes"] == 4 * row["weights"]
         assert row["binarized_bytes"] == (row["weights"] + 7) // 8
@@ -122,9 +124,13 @@ def test_export_codec_and_param_dtype(tmp_path, capsys, resnet_checkpoint, codec
     assert code == 0, err
     info = fileformat.read_header(out)
     assert info.meta["param_dtype"] == dtype
-    hidden = [layer for layer in info.layers if layer["mode"] == "hidden"]
-    assert {layer["codec"] for layer in hidden} == {codec}
-    assert info.layers[0]["mode"] == "dense" and info.layers[0]["codec"] == dtype
+    hidden = [e for e in info.entries if e.method == "edge-popup"]
+    assert {e.codec for e in hidden} == {codec}
+    first = info.entries[0]
+    assert first.method == "dense" and first.codec == "-"
+    assert first.parts[0].alphabet is None and first.parts[0].bytes == first.n * (
+        2 if dtype == "float16" else 4
+    )
     original, _ = load_trained(resnet_checkpoint)
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from hiddenite import SupermaskConfig, supermask_, to_dense
-from hiddenite.convert import CONFIG_VERSION, SCOPES, ConfigError
+from hiddenite.convert import CONFIG_VERSION, ConfigError, LayerPlan, plan_layers
 from hiddenite.init import frozen_weights
 from hiddenite.layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear, is_supermask
 from hiddenite.masks import GlobalThreshold, kept_count
+from hiddenite.methods import DenseConfig, EdgePopupConfig, method_config
+from hiddenite.methods.edge_popup import SCOPES
 
 # named_modules() order of the five candidate layers of TinyNet
 ORDER = ["stem.0", "blocks.0", "blocks.1", "head.proj", "fc"]
@@ -64,6 +66,14 @@ def get(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
+def method_names(model: nn.Module) -> list[str]:
+    """The method name of each candidate layer of TinyNet, in ORDER."""
+    return [get(model, n).method.name for n in ORDER]
+
+
+GLOBAL = method_config("edge-popup", scope="global")
+
+
 def trained(model: nn.Module, steps: int = 2) -> nn.Module:
     """A couple of optimizer steps so masks, BN statistics and biases are not at init."""
     model.train()
@@ -89,7 +99,8 @@ def test_swaps_exactly_the_conv_and_linear_layers_in_order():
     assert [n for n, _ in converted] == ORDER
     assert [m.layer_index for _, m in converted] == [0, 1, 2, 3, 4]
     for _, m in converted:
-        assert m.hidden and m.seed == 7 and m.density == 0.3
+        assert m.method.name == "edge-popup" and m.seed == 7 and m.density == 0.3
+        assert m.method_config == EdgePopupConfig() and not m.trains_weights
     assert isinstance(get(model, "stem.0"), SupermaskConv2d)
     assert isinstance(get(model, "head.proj"), SupermaskLinear)
     # everything else is the very same object
@@ -139,7 +150,10 @@ def test_filter_fn_selects_and_renumbers():
         return isinstance(module, nn.Conv2d)
 
     model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=only_convs)
-    assert [name for _, name in seen] == ORDER  # called with (module, qualified name)
+    # called with (module, qualified name), in named_modules order (how many times each:
+    # test_filter_fn_is_called_once_per_candidate)
+    assert list(dict.fromkeys(name for _, name in seen)) == ORDER
+    assert all(kind in (nn.Conv2d, nn.Linear) for kind, _ in seen)
     assert [get(model, n).layer_index for n in ORDER[:3]] == [0, 1, 2]
     assert type(get(model, "head.proj")) is nn.Linear and type(model.fc) is nn.Linear
 
@@ -148,47 +162,79 @@ def test_filter_fn_selects_and_renumbers():
     assert [get(model, n).layer_index for n in ORDER[1:]] == [0, 1, 2, 3]
 
 
+def test_filter_fn_is_called_once_per_candidate():
+    seen = []
+
+    def only_convs(module, name):
+        seen.append(name)
+        return isinstance(module, nn.Conv2d)
+
+    supermask_(TinyNet(), SupermaskConfig(), filter_fn=only_convs)
+    assert seen == ORDER
+    # a filter with state (here: the first two candidates) must convert exactly those
+    calls = []
+
+    def first_two(module, name):
+        calls.append(name)
+        return len(calls) <= 2
+
+    model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=first_two)
+    assert [is_supermask(get(model, n)) for n in ORDER] == [True, True, False, False, False]
+
+
 def test_keep_first_and_last_dense():
     cfg = SupermaskConfig(keep_first_dense=True, keep_last_dense=True, seed=4)
     model = supermask_(TinyNet(), cfg)
-    modes = [get(model, n).mode for n in ORDER]
-    assert modes == ["dense", "hidden", "hidden", "hidden", "dense"]
+    assert method_names(model) == ["dense", "edge-popup", "edge-popup", "edge-popup", "dense"]
     first = get(model, "stem.0")
     assert isinstance(first, SupermaskConv2d) and isinstance(first.weight, nn.Parameter)
-    assert first.scores is None
+    assert first.trains_weights and first.method_config == DenseConfig()
+    assert not hasattr(first, "scores")
+    # a dense layer keeps every weight; the converted ones keep the configured density
+    assert first.density == 1.0 and model.fc.density == 1.0
+    assert all(get(model, n).density == 0.5 for n in ORDER[1:-1])
     hidden_twin = get(supermask_(TinyNet(), SupermaskConfig(seed=4)), "stem.0")
     unscaled = get(supermask_(TinyNet(), SupermaskConfig(seed=4, scale_by_density=False)), "stem.0")
     assert torch.equal(first.weight.detach(), unscaled.weight)  # same frozen init
     # the hidden layer divides by sqrt(density) (the default scaled init); dense layers do not
     assert torch.allclose(hidden_twin.weight * math.sqrt(0.5), first.weight.detach(), rtol=1e-6)
     only_first = supermask_(TinyNet(), SupermaskConfig(keep_first_dense=True))
-    assert [get(only_first, n).mode for n in ORDER] == ["dense"] + ["hidden"] * 4
+    assert method_names(only_first) == ["dense"] + ["edge-popup"] * 4
     only_last = supermask_(TinyNet(), SupermaskConfig(keep_last_dense=True))
-    assert [get(only_last, n).mode for n in ORDER] == ["hidden"] * 4 + ["dense"]
+    assert method_names(only_last) == ["edge-popup"] * 4 + ["dense"]
 
 
 def test_keep_dense_with_a_single_candidate():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     supermask_(model, SupermaskConfig(keep_first_dense=True, keep_last_dense=True))
-    assert model[1].mode == "dense"
+    assert model[1].method.name == "dense" and model[1].density == 1.0
 
 
-def test_dense_mode_config():
-    model = supermask_(TinyNet(), SupermaskConfig(mode="dense"))
-    assert all(get(model, n).mode == "dense" for n in ORDER)
+def test_dense_method_config():
+    model = supermask_(TinyNet(), SupermaskConfig(method="dense", density=0.3, seed=4))
+    assert method_names(model) == ["dense"] * len(ORDER)
+    assert all(get(model, n).trains_weights for n in ORDER)
+    # a dense layer keeps every weight (density 1.0) and is never scaled by the density
+    assert all(get(model, n).density == 1.0 for n in ORDER)
+    unscaled = supermask_(TinyNet(), SupermaskConfig(density=0.3, seed=4, scale_by_density=False))
+    for name in ORDER:
+        assert torch.equal(get(model, name).weight.detach(), get(unscaled, name).weight)
     assert not any(name.endswith("scores") for name, _ in model.named_parameters())
 
 
 def test_global_scope_shares_one_threshold():
-    cfg = SupermaskConfig(scope="global", density=0.3, keep_last_dense=True, seed=2)
+    cfg = SupermaskConfig(method=GLOBAL, density=0.3, keep_last_dense=True, seed=2)
     model = supermask_(TinyNet(), cfg)
     hidden = [get(model, n) for n in ORDER[:-1]]
-    groups = {id(layer._mask_group) for layer in hidden}
+    groups = {id(layer.mask_group) for layer in hidden}
     assert len(groups) == 1
-    group = hidden[0]._mask_group
+    group = hidden[0].mask_group
     assert isinstance(group, GlobalThreshold)
     assert group.layers == hidden
-    assert model.fc._mask_group is None  # the dense twin is not in the group
+    assert group.density == 0.3 and group.attribute == "scores"
+    # the dense twin is not in the group
+    assert model.fc.method.name == "dense" and model.fc not in group.layers
+    assert getattr(model.fc, "mask_group", None) is None
     total = sum(layer.scores.numel() for layer in hidden)
     kept = sum(int(layer.mask().sum()) for layer in hidden)
     assert kept == kept_count(total, 0.3)
@@ -199,7 +245,7 @@ def test_global_scope_shares_one_threshold():
     layer_scope = supermask_(TinyNet(), SupermaskConfig(density=0.3))
     for name in ORDER:
         layer = get(layer_scope, name)
-        assert layer._mask_group is None
+        assert layer.mask_group is None
         assert int(layer.mask().sum()) == kept_count(layer.weight.numel(), 0.3)
 
 
@@ -277,9 +323,9 @@ def test_shared_module_stays_shared():
 
 CONFIGS = [
     SupermaskConfig(density=0.3, seed=1),
-    SupermaskConfig(density=0.5, seed=2, scope="global", init="kaiming-uniform"),
+    SupermaskConfig(density=0.5, seed=2, method=GLOBAL, init="kaiming-uniform"),
     SupermaskConfig(density=0.1, seed=3, keep_first_dense=True, keep_last_dense=True),
-    SupermaskConfig(mode="dense", seed=4),
+    SupermaskConfig(method="dense", seed=4),
 ]
 
 
@@ -349,8 +395,8 @@ def test_to_dense_weights_are_sparse_with_exact_count():
         ("seed", 1.0),
         ("seed", "7"),
         ("init", "xavier"),
-        ("mode", "frozen"),
-        ("scope", "model"),
+        ("method", 3),
+        ("method", None),
         ("scale_by_density", 1),
         ("keep_first_dense", "yes"),
         ("keep_last_dense", None),
@@ -363,7 +409,7 @@ def test_to_dense_weights_are_sparse_with_exact_count():
         ("n_lanes", 4.0),
         ("n_lanes", True),
         ("prng_version", 2),
-        ("version", 2),
+        ("version", 3),
         ("version", 0),
         ("version", True),
     ],
@@ -377,19 +423,39 @@ def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
 
+def test_config_rejects_unknown_method_and_bad_method_arguments():
+    with pytest.raises(ConfigError, match=r"unknown supermask method 'nope'") as info:
+        SupermaskConfig(method="nope")
+    assert "edge-popup" in str(info.value) and "dense" in str(info.value)  # the choices
+    with pytest.raises(ConfigError, match=r"'edge-popup': scope"):
+        SupermaskConfig(method=method_config("edge-popup", scope="model"))
+    with pytest.raises(ConfigError, match=r"'edge-popup': scope"):
+        SupermaskConfig.from_dict({"method": {"name": "edge-popup", "scope": "model"}})
+    with pytest.raises(ConfigError, match="has no argument"):
+        SupermaskConfig.from_dict({"method": {"name": "dense", "scope": "global"}})
+
+
 def test_config_accepts_edges():
     SupermaskConfig(density=1.0, seed=0)
     SupermaskConfig(density=1, seed=2**64 - 1)
     SupermaskConfig(density=1e-9, gain=1, n_lanes=1)
     assert SCOPES == ("layer", "global")
+    for scope in SCOPES:
+        assert (
+            SupermaskConfig(method=method_config("edge-popup", scope=scope)).method.scope == scope
+        )
 
 
 def test_config_defaults_and_frozen():
     cfg = SupermaskConfig()
-    assert cfg.density == 0.5 and cfg.mode == "hidden" and cfg.scope == "layer"
-    assert cfg.n_lanes == 4096 and cfg.version == CONFIG_VERSION
+    assert cfg.density == 0.5 and cfg.method == EdgePopupConfig() and cfg.method.scope == "layer"
+    assert cfg.method_name == "edge-popup"
+    assert cfg.n_lanes == 4096 and cfg.version == CONFIG_VERSION == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.density = 0.1
+    # a method name becomes that method's typed config with its default arguments
+    assert SupermaskConfig(method="dense").method == DenseConfig()
+    assert SupermaskConfig(method="edge-popup") == cfg
 
 
 @pytest.mark.parametrize(
@@ -400,8 +466,7 @@ def test_config_defaults_and_frozen():
             density=0.3,
             init="kaiming-normal",
             seed=2**64 - 1,
-            mode="dense",
-            scope="global",
+            method="dense",
             scale_by_density=True,
             keep_first_dense=True,
             keep_last_dense=True,
@@ -409,6 +474,7 @@ def test_config_defaults_and_frozen():
             n_lanes=17,
         ),
         SupermaskConfig(density=0.1 + 0.2, gain=math.pi),
+        SupermaskConfig(density=0.2, method=GLOBAL, keep_last_dense=True, seed=5),
     ],
 )
 def test_config_json_round_trip(cfg):
@@ -419,6 +485,10 @@ def test_config_json_round_trip(cfg):
     assert set(data) == {f.name for f in dataclasses.fields(SupermaskConfig)}
     assert list(data) == sorted(data)
     assert data["density"] == cfg.density and data["seed"] == cfg.seed
+    assert data["version"] == 2
+    # the method is stored as its own versioned config dict
+    assert data["method"] == cfg.method.to_dict()
+    assert data["method"]["name"] == cfg.method_name
 
 
 def test_config_from_json_errors():
@@ -437,3 +507,146 @@ def test_config_from_json_errors():
         SupermaskConfig.from_json("[1, 2]")
     # missing keys take their defaults
     assert SupermaskConfig.from_json('{"density": 0.25}') == SupermaskConfig(density=0.25)
+
+
+# --------------------------------------------------------------------------- version 1 configs
+
+
+def _version_1(**fields) -> dict:
+    """A SupermaskConfig dict as version 1 wrote it (mode hidden/dense and scope)."""
+    base = {
+        "density": 0.3,
+        "init": "kaiming-normal",
+        "seed": 17,
+        "mode": "hidden",
+        "scope": "layer",
+        "scale_by_density": True,
+        "keep_first_dense": False,
+        "keep_last_dense": True,
+        "gain": 1.5,
+        "n_lanes": 64,
+        "prng_version": 1,
+        "version": 1,
+    }
+    base.update(fields)
+    return base
+
+
+def test_version_1_dense_mode_loads_as_the_dense_method():
+    cfg = SupermaskConfig.from_dict(_version_1(mode="dense"))
+    assert cfg == SupermaskConfig(
+        density=0.3,
+        init="kaiming-normal",
+        seed=17,
+        method=DenseConfig(),
+        scale_by_density=True,
+        keep_last_dense=True,
+        gain=1.5,
+        n_lanes=64,
+    )
+    assert cfg.version == 2 and cfg.method_name == "dense"
+    # and it survives a version-2 round trip unchanged
+    assert SupermaskConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_version_1_hidden_global_loads_as_global_edge_popup():
+    cfg = SupermaskConfig.from_dict(_version_1(mode="hidden", scope="global"))
+    assert cfg == SupermaskConfig(
+        density=0.3,
+        init="kaiming-normal",
+        seed=17,
+        method=method_config("edge-popup", scope="global"),
+        scale_by_density=True,
+        keep_last_dense=True,
+        gain=1.5,
+        n_lanes=64,
+    )
+    assert cfg.version == 2 and cfg.method == EdgePopupConfig(scope="global")
+    assert SupermaskConfig.from_json(json.dumps(_version_1(mode="hidden", scope="global"))) == cfg
+
+
+def test_version_1_defaults_and_errors():
+    # mode and scope may be missing: hidden, layer scope (version 1's defaults)
+    assert SupermaskConfig.from_dict({"density": 0.25, "version": 1}) == SupermaskConfig(
+        density=0.25
+    )
+    assert SupermaskConfig.from_dict({"mode": "hidden", "version": 1}).method == EdgePopupConfig()
+    with pytest.raises(ConfigError, match="frozen"):
+        SupermaskConfig.from_dict(_version_1(mode="frozen"))
+    with pytest.raises(ConfigError, match="scope"):
+        SupermaskConfig.from_dict(_version_1(scope="model"))
+    # version 2 has no mode/scope fields
+    with pytest.raises(ConfigError, match="unknown field"):
+        SupermaskConfig.from_dict({**_version_1(), "version": 2})
+
+
+# --------------------------------------------------------------------------- plan_layers
+
+
+def test_plan_layers_indices_names_methods_and_densities():
+    model = TinyNet()
+    plans = plan_layers(model, SupermaskConfig(density=0.3, seed=1))
+    assert all(isinstance(p, LayerPlan) for p in plans)
+    assert [p.name for p in plans] == ORDER
+    assert [p.names for p in plans] == [(n,) for n in ORDER]
+    assert [p.index for p in plans] == [0, 1, 2, 3, 4]
+    assert [p.shape for p in plans] == [tuple(get(model, n).weight.shape) for n in ORDER]
+    assert [p.n for p in plans] == [get(model, n).weight.numel() for n in ORDER]
+    assert all(p.config == EdgePopupConfig() and p.density == 0.3 for p in plans)
+    # planning converts nothing
+    assert not any(is_supermask(m) for m in model.modules())
+    # and it is exactly what supermask_ then does
+    supermask_(model, SupermaskConfig(density=0.3, seed=1))
+    for plan in plans:
+        layer = get(model, plan.name)
+        assert layer.layer_index == plan.index and layer.density == plan.density
+        assert layer.method_config == plan.config
+
+
+def test_plan_layers_keep_dense_and_method_configs():
+    cfg = SupermaskConfig(density=0.2, method=GLOBAL, keep_first_dense=True, keep_last_dense=True)
+    plans = plan_layers(TinyNet(), cfg)
+    first, *middle, last = plans
+    for dense in (first, last):
+        assert isinstance(dense.config, DenseConfig) and dense.density == 1.0
+    assert all(p.config == EdgePopupConfig(scope="global") and p.density == 0.2 for p in middle)
+    plans = plan_layers(TinyNet(), SupermaskConfig(density=0.2, keep_first_dense=True))
+    assert isinstance(plans[0].config, DenseConfig) and plans[0].density == 1.0
+    assert [p.density for p in plans[1:]] == [0.2] * 4
+    # the dense method keeps every weight in every layer
+    plans = plan_layers(TinyNet(), SupermaskConfig(density=0.2, method="dense"))
+    assert all(p.config == DenseConfig() and p.density == 1.0 for p in plans)
+
+
+def test_plan_layers_filter_shared_modules_and_second_call():
+    plans = plan_layers(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: n != "stem.0")
+    assert [p.name for p in plans] == ORDER[1:] and [p.index for p in plans] == [0, 1, 2, 3]
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = self.a
+            self.c = nn.Linear(4, 2)
+
+    plans = plan_layers(Tied(), SupermaskConfig())
+    assert [p.names for p in plans] == [("a", "b"), ("c",)] and [p.index for p in plans] == [0, 1]
+    # after a first conversion the numbering continues after the existing supermask layers
+    model = supermask_(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: n.startswith("stem"))
+    plans = plan_layers(model, SupermaskConfig())
+    assert [p.name for p in plans] == ORDER[1:] and [p.index for p in plans] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"no nn\.Conv2d or nn\.Linear"):
+        plan_layers(TinyNet(), SupermaskConfig(), filter_fn=lambda m, n: False)
+
+
+def test_plan_layers_on_a_meta_skeleton():
+    with torch.device("meta"):
+        skeleton = TinyNet()
+    assert skeleton.fc.weight.device.type == "meta"
+    cfg = SupermaskConfig(density=0.4, keep_first_dense=True)
+    plans = plan_layers(skeleton, cfg)
+    real = plan_layers(TinyNet(), cfg)
+    assert plans == real
+    assert [p.index for p in plans] == [0, 1, 2, 3, 4]
+    assert isinstance(plans[0].config, DenseConfig) and plans[0].density == 1.0
+    assert [p.density for p in plans[1:]] == [0.4] * 4

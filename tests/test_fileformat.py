@@ -23,15 +23,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import hiddenite
 from hiddenite import SupermaskConfig, codecs, fileformat, models
 from hiddenite.fileformat import UNEXPECTED, ModelFormatError, load, read_header, save
 from hiddenite.masks import kept_count, top_fraction_mask
+from hiddenite.methods import method_config
 
+GLOBAL = method_config("edge-popup", scope="global")
 TINY_ARCH = ("mlp", {"in_channels": 1, "image_size": 4, "num_classes": 3, "hidden": (8,)})
 ALL_CODECS = [None, *codecs.CODECS]
 
@@ -59,8 +63,22 @@ def masks_of(model) -> dict[str, torch.Tensor]:
     return {
         name: m.mask().bool()
         for name, m in model.named_modules()
-        if hiddenite.is_supermask(m) and m.hidden
+        if hiddenite.is_supermask(m) and not m.trains_weights
     }
+
+
+def codec_of(layer: dict) -> str:
+    """The mask codec of a one-mask layer of a version 2 header."""
+    return layer["parts"][0]["codec"]
+
+
+def kept_of(layer: dict) -> int:
+    """The kept count of an edge-popup layer of a version 2 header (its mask's ones)."""
+    return layer["parts"][0]["counts"][1]
+
+
+def mask_tensor(layer: dict) -> str:
+    return layer["parts"][0]["tensor"]
 
 
 def assert_same_model(original, loaded, x):
@@ -127,8 +145,9 @@ def rebuild(blob: bytes, replace: dict[str, bytes], edit=None) -> bytes:
             header[key]["shape"] = [len(part)]
         position += len(part)
     for layer in meta["layers"]:
-        if layer["tensor"] in replace and layer["mode"] == "hidden":
-            layer["bytes"] = len(replace[layer["tensor"]])
+        for part in layer["parts"]:
+            if part["tensor"] in replace and part["alphabet"] is not None:
+                part["bytes"] = len(replace[part["tensor"]])
     payload = b"".join(part for _, part in parts)
     meta["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     if edit is not None:
@@ -163,20 +182,20 @@ def test_every_codec_round_trips_through_the_file(tmp_path, codec, density):
     model = create(arch, SupermaskConfig(density=density, seed=3)).eval()
     info = save(model, tmp_path / "m.hnn", arch=arch, codec=codec)
     if codec is not None:
-        assert {layer["codec"] for layer in info.layers} == {codec}
+        assert {codec_of(layer) for layer in info.layers} == {codec}
     loaded = load(tmp_path / "m.hnn")
     assert_same_model(model, loaded, inputs(arch))
 
 
 def test_auto_codec_picks_the_smallest_per_layer(tmp_path):
     arch = ("conv4", {"width": 0.25})
-    model = create(arch, SupermaskConfig(density=0.1, seed=1, scope="global")).eval()
+    model = create(arch, SupermaskConfig(density=0.1, seed=1, method=GLOBAL)).eval()
     best = save(model, tmp_path / "best.hnn", arch=arch)
     for codec in codecs.CODECS:
         fixed = save(model, tmp_path / f"{codec}.hnn", arch=arch, codec=codec)
         for a, b in zip(best.layers, fixed.layers, strict=True):
-            assert a["bytes"] <= b["bytes"]
-    assert len({layer["codec"] for layer in best.layers}) > 1  # global: densities differ
+            assert a["parts"][0]["bytes"] <= b["parts"][0]["bytes"]
+    assert len({codec_of(layer) for layer in best.layers}) > 1  # global: densities differ
 
 
 def _trained_like(model, steps: int = 3, seed: int = 0):
@@ -202,7 +221,7 @@ CASES = {
     ),
     "conv2-global": (
         ("conv2", {"width": 0.25, "image_size": 8}),
-        SupermaskConfig(density=0.2, seed=6, scope="global"),
+        SupermaskConfig(density=0.2, seed=6, method=GLOBAL),
     ),
     "mlp-kaiming-scaled": (
         ("mlp", {"hidden": (16,), "image_size": 6}),
@@ -210,7 +229,7 @@ CASES = {
     ),
     "conv2-dense-mode": (
         ("conv2", {"width": 0.125, "image_size": 8}),
-        SupermaskConfig(mode="dense", init="kaiming-uniform"),
+        SupermaskConfig(method="dense", init="kaiming-uniform"),
     ),
     "resnet18-imagenet": (
         ("resnet18-imagenet", {"width": 0.0625, "image_size": 32, "num_classes": 5}),
@@ -287,7 +306,7 @@ def test_all_pruned_layer_round_trips(tmp_path):
     arch = ("mlp", {"image_size": 4, "hidden": (1,), "num_classes": 3})
     model = create(arch, SupermaskConfig(density=0.1, seed=1)).eval()
     info = save(model, tmp_path / "m.hnn", arch=arch)
-    assert [layer["kept"] for layer in info.layers] == [2, 0]
+    assert [kept_of(layer) for layer in info.layers] == [2, 0]
     assert_same_model(model, load(tmp_path / "m.hnn"), inputs(arch))
 
 
@@ -299,8 +318,8 @@ def test_global_scope_with_ties_round_trips(tmp_path):
             if hiddenite.is_supermask(m):
                 m.scores.fill_(0.5)  # every score tied: ties go to the earliest weights
     info = save(model, tmp_path / "m.hnn", arch=arch, config=config)
-    total = sum(layer["n"] for layer in info.layers)
-    assert sum(layer["kept"] for layer in info.layers) == kept_count(total, config.density)
+    total = sum(layer["parts"][0]["n"] for layer in info.layers)
+    assert sum(kept_of(layer) for layer in info.layers) == kept_count(total, config.density)
     assert_same_model(model, load(tmp_path / "m.hnn"), inputs(arch))
 
 
@@ -309,9 +328,10 @@ def test_file_is_a_valid_safetensors_container(tiny_file):
     tensors = safetensors.numpy.load_file(path)
     meta = meta_of(blob)
     for layer in meta["layers"]:
-        data = tensors[layer["tensor"]].tobytes()
-        bits = codecs.decode(data, layer["n"], layer["codec"])
-        assert int(bits.sum()) == layer["kept"]
+        (part,) = layer["parts"]
+        data = tensors[part["tensor"]].tobytes()
+        bits = codecs.decode(data, part["n"], part["codec"])
+        assert int(bits.sum()) == kept_of(layer)
     header, data = split(blob)
     assert hashlib.sha256(data).hexdigest() == meta["payload_sha256"]
     text = header["__metadata__"]["hiddenite"]
@@ -359,12 +379,12 @@ def test_read_header_reads_only_the_header(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- golden bytes
 
-GOLDEN = {
-    "mlp-sparse-auto": "8b9deb406b8c369b01bdf502f72233e6511e8d7deb413d979a3c61bc032e81c1",
-    "mlp-packed": "102e76fe1aee59144b70f24d9e6e6c482684023b0382725534efd7ec6e74af7f",
-    "mlp-rle": "f30c2b141fc38d25aeffe1c806c4748418ae4fa3cba7381653365a4b445fbe5d",
-    "mlp-entropy": "1a9bd8b5f911587a59dd49abee99f0e81f51502cb7a5b97cf63926fb167e7832",
-    "resnet20-float16": "327d38e7b516b88bc7b4d13d5905d0f691137c3bd1baad9b30d8b8a5fb844fb1",
+GOLDEN = {  # format version 2
+    "mlp-sparse-auto": "e6a4ed19fff77194a718ffc88fcd8ee66c2a8e79e2560852266a32db2920bf56",
+    "mlp-packed": "88cba8c8190aabe0f09e57e33fd030fb378f7958a6fcb57851d54d2433462ddc",
+    "mlp-rle": "c1fc1ac6c00b3b796d4f1e88a0f93710e977485456424882912dcb5e48160bfe",
+    "mlp-entropy": "fbcf4784c60ad1ea96baf9b696b686e24bf87e7b9c3ffee8c55afabff44ff545",
+    "resnet20-float16": "2fff3b07fc4b9657ba4412d139d2fdfa74616ac74e13fdf905d76d78d453d608",
 }
 
 
@@ -377,7 +397,7 @@ def _golden_files(tmp_path) -> dict[str, bytes]:
         out[f"mlp-{codec}"] = path.read_bytes()
     sparse = tiny_model(density=0.05, seed=7)  # sparse: auto mixes codecs
     info = save(sparse, tmp_path / "auto.hnn", arch=TINY_ARCH)
-    assert len({layer["codec"] for layer in info.layers}) == 2
+    assert len({codec_of(layer) for layer in info.layers}) == 2
     out["mlp-sparse-auto"] = (tmp_path / "auto.hnn").read_bytes()
     arch = ("resnet20", {"width": 0.0625, "image_size": 4, "num_classes": 2, "bn_affine": True})
     model = create(arch, SupermaskConfig(density=0.4, seed=12, scale_by_density=False)).eval()
@@ -407,7 +427,102 @@ def test_golden_packed_mask_layout(tmp_path):
     tensors = safetensors.numpy.load_file(path)
     for name, mask in masks_of(model).items():
         expected = np.packbits(mask.reshape(-1).numpy(), bitorder="little")
-        assert np.array_equal(tensors[f"mask.{name}"], expected)
+        assert np.array_equal(tensors[f"part.{name}.mask"], expected)
+
+
+# --------------------------------------------------------------------------- version 1 files
+
+V1_DIR = Path(__file__).parent / "data" / "v1"
+V1_FILES = {  # written by hiddenite 0.1.0 before the method seam (format version 1)
+    "mlp-packed": "edge-popup",
+    "mlp-rle-global": "edge-popup",
+    "mlp-entropy-keepdense": "dense",
+    "mlp-dense": "dense",
+    "resnet20-float16": "edge-popup",
+}
+
+
+@pytest.mark.parametrize("name", sorted(V1_FILES))
+def test_version_1_files_still_load_bit_identically(name):
+    """Files of format version 1 load, and compute exactly what they computed when written."""
+    recorded = safetensors.torch.load_file(V1_DIR / "outputs.safetensors")
+    info = read_header(V1_DIR / f"{name}.hnn")
+    assert info.format_version == 1
+    assert V1_FILES[name] in {e.method for e in info.entries}
+    model = load(V1_DIR / f"{name}.hnn")
+    x = recorded[f"{name}.input"].clone()  # an aligned copy: GEMM results depend on alignment
+    with torch.no_grad():
+        assert torch.equal(model(x), recorded[f"{name}.output"])
+    assert info.table()  # the header of an old file reads like a new one
+
+
+def test_version_1_global_scope_is_checked_as_a_whole():
+    info = read_header(V1_DIR / "mlp-rle-global.hnn")
+    assert info.config.method == method_config("edge-popup", scope="global")
+    kept = sum(e.parts[0].counts[1] for e in info.entries)
+    assert kept == kept_count(sum(e.n for e in info.entries), info.config.density)
+
+
+# --------------------------------------------------------------------------- any module
+
+
+class _UserNet(nn.Module):
+    """A module that is not in the zoo: two branches, one shared layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 16, bias=True)
+        self.shared = nn.Linear(16, 16, bias=False)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(16, 5, bias=False))
+        self.norm = nn.BatchNorm1d(16)
+
+    def forward(self, x):
+        h = torch.relu(self.norm(self.embed(x)))
+        return self.head(self.shared(self.shared(h)))
+
+
+def _user_net(seed: int = 4, **config):
+    torch.manual_seed(0)  # the plain layers' torch-random init is replaced anyway
+    config = SupermaskConfig(**{"density": 0.4, "seed": seed, **config})
+    model = hiddenite.supermask_(_UserNet(), config)
+    with torch.no_grad():
+        model(torch.randn(32, 12))  # train mode: batch-norm statistics move
+    return model.eval(), config
+
+
+def test_a_module_built_outside_the_zoo_round_trips(tmp_path):
+    model, _ = _user_net()
+    info = save(model, tmp_path / "u.hnn")
+    assert info.arch is None and [e.name for e in info.entries] == ["embed", "shared", "head.1"]
+    x = torch.randn(7, 12)
+    for target in (_user_net()[0], _UserNet()):  # converted as when saved, or plain
+        loaded = load(tmp_path / "u.hnn", model=target)
+        assert loaded is target
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ModelFormatError, match="'embed' has seed 99, the file's config says 4"):
+        load(tmp_path / "u.hnn", model=_user_net(seed=99)[0])
+    with pytest.raises(ModelFormatError, match=r"outside the zoo.*model="):
+        load(tmp_path / "u.hnn")
+
+
+def test_loading_into_a_module_names_the_first_layer_that_differs(tmp_path):
+    model, _ = _user_net()
+    save(model, tmp_path / "u.hnn")
+    wider = _UserNet()
+    wider.head[1] = nn.Linear(16, 6, bias=False)
+    with pytest.raises(ModelFormatError, match=r"'head.1' has shape \[5, 16\] in the file"):
+        load(tmp_path / "u.hnn", model=wider)
+    other, _ = _user_net(method="dense")
+    with pytest.raises(ModelFormatError, match="'embed' uses method edge-popup"):
+        load(tmp_path / "u.hnn", model=other)
+
+
+def test_a_ddp_style_wrapper_is_unwrapped(tmp_path):
+    model, _ = _user_net()
+    wrapped = nn.DataParallel(model)  # on the CPU it only wraps; DDP is unwrapped the same way
+    info = save(wrapped, tmp_path / "u.hnn")
+    assert [e.name for e in info.entries] == ["embed", "shared", "head.1"]
 
 
 # --------------------------------------------------------------------------- save errors
@@ -417,9 +532,8 @@ def test_save_refuses_what_it_could_not_rebuild(tmp_path):
     path = tmp_path / "m.hnn"
     model = tiny_model()
     assert model.hiddenite_arch[0] == TINY_ARCH[0]  # models.create remembers the architecture
-    del model.hiddenite_arch
     with pytest.raises(TypeError, match="arch"):
-        save(model, path)
+        save(model, path, arch="mlp")
     with pytest.raises(ValueError, match="shape"):
         save(model, path, arch=("mlp", {**TINY_ARCH[1], "hidden": (9,)}))
     with pytest.raises(ValueError, match="unknown model"):
@@ -439,7 +553,7 @@ def test_save_refuses_what_it_could_not_rebuild(tmp_path):
     plain = models.create("mlp", None, **TINY_ARCH[1])
     with pytest.raises(ValueError, match="no supermask layers"):
         save(plain, path, arch=TINY_ARCH)
-    with pytest.raises(ValueError, match="plain Linear"):
+    with pytest.raises(ValueError, match="no supermask layers"):
         save(plain, path, arch=TINY_ARCH, config=SupermaskConfig(density=0.3, seed=7))
     assert not path.exists()
 
@@ -502,7 +616,11 @@ def test_flipped_metadata_byte(tmp_path, tiny_file):
 def test_wrong_format_version_and_name(tmp_path, tiny_file):
     _, blob = tiny_file
     path = tmp_path / "v.hnn"
-    for value, pattern in [(2, "format version 2 is not supported.*upgrade"), (0, "version 0")]:
+    for value, pattern in [
+        (3, "format version 3 is not supported.*upgrade"),
+        (0, "version 0"),
+        (1, "lacks field|unknown field"),  # a version 2 header is no version 1 header
+    ]:
         path.write_bytes(resign(blob, lambda m, v=value: m.update(format_version=v)))
         expect_error(path, pattern)
     path.write_bytes(resign(blob, lambda m: m.update(format_version="1")))
@@ -571,40 +689,47 @@ def test_mask_decoding_to_the_wrong_length(tmp_path, tiny_file):
     _, blob = tiny_file
     meta = meta_of(blob)
     layer = meta["layers"][0]
-    n, key = layer["n"], layer["tensor"]
+    part = layer["parts"][0]
+    n, key, kept = part["n"], part["tensor"], kept_of(layer)
     path = tmp_path / "m.hnn"
     longer = np.zeros(n + 8, dtype=np.bool_)
-    longer[: layer["kept"] - 8] = True
+    longer[: kept - 8] = True
     longer[-8:] = True  # the bits past n matter: a decoder that stops at n leaves bytes over
     for codec in codecs.CODECS:
 
         def use(m, c=codec):
-            m["layers"][0]["codec"] = c
+            m["layers"][0]["parts"][0]["codec"] = c
 
         path.write_bytes(rebuild(blob, {key: codecs.encode(longer, codec)}, use))
-        expect_error(path, "does not decode|too many for 128 bits")
+        expect_error(path, "does not decode|too many for 128 symbols")
     shorter = np.ones(n - 9, dtype=np.bool_)
     path.write_bytes(rebuild(blob, {key: codecs.encode(shorter, "packed")}, lambda m: None))
     expect_error(path, "does not decode")
-    # right length, wrong number of kept weights
+    # right length, wrong number of kept weights: the header's counts disagree
     wrong = np.zeros(n, dtype=np.bool_)
-    wrong[: layer["kept"] + 1] = True
+    wrong[: kept + 1] = True
     path.write_bytes(rebuild(blob, {key: codecs.encode(wrong, "packed")}, lambda m: None))
-    expect_error(path, "keeps .* the header says")
+    expect_error(path, "symbol counts .* the header says")
 
 
 def test_kept_count_that_top_k_cannot_reselect(tmp_path, tiny_file):
     _, blob = tiny_file
     layer = meta_of(blob)["layers"][0]
-    bits = np.zeros(layer["n"], dtype=np.bool_)
-    bits[: layer["kept"] + 5] = True
+    part = layer["parts"][0]
+    kept = kept_of(layer) + 5
+    bits = np.zeros(part["n"], dtype=np.bool_)
+    bits[:kept] = True
 
     def edit(m):
-        m["layers"][0].update(kept=layer["kept"] + 5, density=(layer["kept"] + 5) / layer["n"])
+        m["layers"][0]["parts"][0]["counts"] = [part["n"] - kept, kept]
 
     path = tmp_path / "k.hnn"
-    path.write_bytes(rebuild(blob, {layer["tensor"]: codecs.encode(bits, "packed")}, edit))
+    path.write_bytes(rebuild(blob, {part["tensor"]: codecs.encode(bits, "packed")}, edit))
     expect_error(path, "keeps .* but density")
+
+
+def _part(m) -> dict:
+    return m["layers"][0]["parts"][0]
 
 
 @pytest.mark.parametrize(
@@ -615,16 +740,33 @@ def test_kept_count_that_top_k_cannot_reselect(tmp_path, tiny_file):
         (lambda m: m.update(seed=8), "differs from the supermask"),
         (lambda m: m.update(layers={}), "layers must be a list"),
         (lambda m: m.update(layers=[]), "no layers"),
-        (lambda m: m["layers"][0].update(n=str(m["layers"][0]["n"])), "n must be an integer"),
-        (lambda m: m["layers"][0].update(n=True), "n must be an integer"),
-        (lambda m: m["layers"][0].update(codec="zip"), "unknown mask codec"),
-        (lambda m: m["layers"][0].update(mode="frozen"), "mode"),
+        (lambda m: _part(m).update(n=str(_part(m)["n"])), "n must be an integer"),
+        (lambda m: _part(m).update(n=True), "n must be an integer"),
+        (lambda m: _part(m).update(n=127), "counts must be"),
+        (lambda m: _part(m).update(alphabet=3), "are not what method|counts must be"),
+        (lambda m: _part(m).update(alphabet=1), "alphabet .* out of range"),
+        (lambda m: _part(m).update(codec="zip"), "not a mask codec"),
+        (lambda m: _part(m).update(codec=None), "not a mask codec"),
+        (lambda m: _part(m).update(counts=[1, 2]), "counts must be"),
+        (lambda m: _part(m).update(counts=[-1, 129]), "out of range"),
+        (lambda m: _part(m).update(name="signs"), "are not what method"),
+        (lambda m: _part(m).update(tensor="mask.net.1"), "tensor of part"),
+        (lambda m: _part(m).update(bytes=10**9), "too many"),
+        (lambda m: m["layers"][0]["parts"].append(dict(_part(m))), "are not what method"),
+        (lambda m: m["layers"][0].update(parts=[]), "are not what method"),
+        (lambda m: m["layers"][0].update(method={"name": "frozenx"}), "unknown supermask method"),
+        (lambda m: m["layers"][0].update(method="edge-popup"), "method must be a JSON object"),
+        (lambda m: m["layers"][0]["method"].update(scope="galaxy"), "method config is invalid"),
+        (lambda m: m["layers"][0]["method"].update(version=9), "method config is invalid"),
+        (lambda m: m["layers"][0]["method"].update(name="dense"), "'dense' has no argument"),
         (lambda m: m["layers"][0].update(density=0.9), "density"),
+        (lambda m: m["layers"][0].update(density=1.5), "not in \\(0, 1\\]"),
         (lambda m: m["layers"][0].update(index=3), "index"),
-        (lambda m: m["layers"][0].update(shape=[8, 15]), "product of its shape"),
+        (lambda m: m["layers"][0].update(shape=[8, 15]), "are not what method"),
         (lambda m: m["layers"][0].update(extra=1), "unknown field"),
-        (lambda m: m["layers"][0].pop("kept"), "lacks field"),
-        (lambda m: m["layers"].reverse(), "index"),
+        (lambda m: m["layers"][0].pop("parts"), "lacks field"),
+        (lambda m: m["layers"].reverse(), "at its place"),
+        (lambda m: m.update(arch=None), "outside the zoo"),
         (lambda m: m["arch"].update(name="alexnet"), "unknown architecture 'alexnet'"),
         (lambda m: m["arch"].update(name=7), "architecture name must be a string"),
         (lambda m: m["arch"]["kwargs"].update(image_size=10**9), "image_size .* out of range"),
@@ -634,7 +776,7 @@ def test_kept_count_that_top_k_cannot_reselect(tmp_path, tiny_file):
         (lambda m: m["arch"]["kwargs"].update(hidden=[10**9]), "out of range"),
         (lambda m: m["arch"]["kwargs"].update(depth=3), "takes no argument"),
         (lambda m: m["arch"]["kwargs"].pop("num_classes"), "lack num_classes"),
-        (lambda m: m["arch"]["kwargs"].update(num_classes=4), "architecture 'mlp' has"),
+        (lambda m: m["arch"]["kwargs"].update(num_classes=4), "shape .* in the module"),
         (lambda m: m["arch"].update(kwargs=[1]), "kwargs must be a JSON object"),
         (lambda m: m["supermask"].update(density=2.0), "supermask config is invalid"),
         (lambda m: m["supermask"].update(init="zeros"), "supermask config is invalid"),

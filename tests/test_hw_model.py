@@ -12,6 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from hiddenite import SupermaskConfig, models, save, supermask_
+from hiddenite.codecs import entropy_bound_bits
+from hiddenite.errors import UserError
 from hiddenite.hw import (
     LayerWorkload,
     Report,
@@ -24,7 +27,12 @@ from hiddenite.hw import (
     workloads_from_module,
 )
 from hiddenite.hw.plots import plot_energy_breakdown, plot_offchip_comparison, plot_pareto
-from hiddenite.hw.workload import entropy_bits_per_weight, mask_bytes_for, resnet_workloads
+from hiddenite.hw.workload import (
+    WorkloadError,
+    entropy_bits_per_weight,
+    mask_bytes_for,
+    resnet_workloads,
+)
 
 # A 3x3 conv, 16 -> 16 channels, 4x4 output, padding 1: exactly one tile of the 16x4x4x16 array.
 SMALL = dict(
@@ -277,12 +285,15 @@ def test_workload_from_dict_and_validation():
 
 
 def test_mask_bytes_codecs():
-    assert entropy_bits_per_weight(0.3) == pytest.approx(0.881, abs=1e-3)
-    assert entropy_bits_per_weight(0.1) == pytest.approx(0.469, abs=1e-3)
+    assert entropy_bits_per_weight is entropy_bound_bits  # one definition, in hiddenite.codecs
+    assert entropy_bound_bits(0.3) == pytest.approx(0.881, abs=1e-3)
+    assert entropy_bound_bits(0.1) == pytest.approx(0.469, abs=1e-3)
     assert mask_bytes_for("packed", 1000, 0.3) == 125
-    assert mask_bytes_for("entropy", 8000, 0.3) == math.ceil(entropy_bits_per_weight(0.3) * 1000)
+    assert mask_bytes_for("packed", 1001, 0.3) == 126
+    assert mask_bytes_for("entropy", 8000, 0.3) == math.ceil(entropy_bound_bits(0.3) * 1000)
     assert mask_bytes_for("rle", 8000, 0.1) == mask_bytes_for("entropy", 8000, 0.1)
-    with pytest.raises(ValueError, match="codec"):
+    assert mask_bytes_for("none", 8000, 0.1) == 0
+    with pytest.raises(WorkloadError, match="codec"):
         mask_bytes_for("zip", 10, 0.5)
 
 
@@ -395,10 +406,12 @@ def test_simulate_sources_and_archs(tmp_path):
     assert reps["int8"].totals["offchip_model_bytes"] > reps["bnn"].totals["offchip_model_bytes"]
     rep = simulate(_TinyCNN(), "bnn", input_shape=(1, 3, 8, 8))
     assert [r.layer for r in rep.rows] == ["conv1", "conv2", "fc"]
-    with pytest.raises(ValueError, match="input_shape"):
+    with pytest.raises(WorkloadError, match="input_shape"):
         simulate(_TinyCNN(), "bnn")
-    with pytest.raises(FileNotFoundError, match=r"model\.hnn"):
+    with pytest.raises(WorkloadError, match=r"model\.hnn"):
         simulate("model.hnn")
+    with pytest.raises(WorkloadError, match="does not fit"):
+        simulate(_TinyCNN(), "bnn", input_shape=(1, 5, 8, 8))
 
 
 def test_report_csv_and_json(tmp_path):
@@ -480,6 +493,13 @@ def test_sweep_grid_rows_csv_and_pareto(tmp_path):
     assert (tmp_path / "p.png").exists()
     with pytest.raises(ValueError, match="unknown key"):
         sweep(wl, "hiddenite", {"sram": [1]})
+    # a layer with stored weights keeps them all whatever the swept density
+    stored = [dict(SMALL, weight_source="stored", weight_bits=8, op="mac"), dict(SMALL, name="h")]
+    rows = sweep(stored, "hiddenite", {"density": [0.1, 0.5], "codec": ["packed"]})
+    assert [r["offchip_model_bytes"] for r in rows] == [2304 + 128 + 288 + 128] * 2
+    assert rows[0]["mask_bytes_source"] == "given+packed-exact"
+    with pytest.raises(WorkloadError, match="codec"):
+        sweep(stored, "hiddenite", {"codec": ["zip"]})
 
 
 def test_sweep_throughput_thousands_of_points_per_minute():
@@ -497,3 +517,149 @@ def test_sweep_throughput_thousands_of_points_per_minute():
     dt = time.perf_counter() - t0
     assert len(rows) == 40
     assert dt / len(rows) < 0.03  # > 2,000 ResNet-50 points per minute
+
+
+# ---------------------------------------------------------------------------------------------
+# per-method cost: where a layer's weights come from and what its PEs do
+# ---------------------------------------------------------------------------------------------
+def test_stored_layer_on_hiddenite_by_hand():
+    # an INT8 layer stored in memory, run on the Hiddenite preset: weight traffic, full MACs,
+    # no PRNG, no decoder, and exactly the INT8 preset's numbers for the same layer
+    w = dict(SMALL, weight_source="stored", weight_bits=8, op="mac")
+    e = estimate_layer(w, "hiddenite")
+    _common_small_checks(e)
+    assert (e.weight_source, e.op, e.weight_bits) == ("stored", "mac", 8)
+    assert e.dram_weight_read_bytes == 2304 and e.dram_mask_read_bytes == 0
+    assert e.prng_steps == 0 and e.decoder_bits == 0
+    assert e.energy_compute_pj == pytest.approx(36864 * (0.2 + 0.075))
+    int8 = estimate_layer(SMALL, "int8")
+    assert e.energy_pj == pytest.approx(int8.energy_pj) == pytest.approx(757529.6)
+    assert e.offchip_bytes == int8.offchip_bytes == 2944
+    # a float32 weight: 4 B per weight and a 32-bit multiply (3.1 pJ) + 24-bit add (0.075 pJ)
+    e = estimate_layer(dict(SMALL, weight_source="stored", weight_bits=32, op="mac"), "hiddenite")
+    assert e.dram_weight_read_bytes == 4 * 2304 and e.filter_sram_read_bytes == 4 * 2304
+    assert e.energy_compute_pj == pytest.approx(36864 * 3.175)
+    # a binarized layer: 1 bit per weight from memory, an xnor/popcount add per weight
+    e = estimate_layer(dict(SMALL, weight_source="stored", op="xnor"), "hiddenite")
+    assert e.dram_weight_read_bytes == 288 and e.energy_compute_pj == pytest.approx(36864 * 0.075)
+    # the baselines ignore the layer's method: their own weights from DRAM, as before
+    bnn = estimate_layer(dict(SMALL, weight_source="stored", weight_bits=32, op="mac"), "bnn")
+    assert bnn.dram_weight_read_bytes == 288 and bnn.weight_source == "dram"
+    assert bnn.energy_pj == pytest.approx(estimate_layer(SMALL, "bnn").energy_pj)
+
+
+def test_shift_add_costs_an_add_at_operand_width():
+    # multicoat levels 0..3 (2 bits): a shift-add replaces the multiply, an add at
+    # max(act_bits, weight_bits) = 8 bits (0.03 pJ), then the 24-bit accumulate (0.075 pJ)
+    w = dict(SMALL, op="shift-add", weight_bits=2, decoded_bits=2 * 2304, mask_bytes=500)
+    e = estimate_layer(w, "hiddenite", skip_masked=False)
+    assert (e.weight_source, e.op, e.weight_bits) == ("prng", "shift-add", 2)
+    assert e.energy_compute_pj == pytest.approx(36864 * (0.03 + 0.075))
+    assert e.dram_mask_read_bytes == 500 and e.decoder_bits == 2 * 2304
+    assert e.filter_sram_read_bytes == 2 * 288  # two decoded bits per weight on chip
+    assert e.prng_steps == 2304  # the frozen weights are still regenerated
+
+
+def test_kept_count_is_the_masks_rule():
+    # 5 weights at k = 0.5: floor(2.5 + 0.5) = 3 kept (Python's round() would give 2)
+    w = LayerWorkload.from_dict(dict(kind="linear", in_channels=1, out_channels=5, density=0.5))
+    assert w.kept_weights == 3
+    assert estimate_layer(w, "hiddenite").kept_macs == 3
+
+
+def test_workload_errors_are_user_errors():
+    assert issubclass(WorkloadError, UserError) and issubclass(WorkloadError, ValueError)
+    for bad in (
+        dict(in_channels=3, out_channels=8, density=1.5),
+        dict(in_channels=3, out_channels=8, weight_source="flash"),
+        dict(in_channels=3, out_channels=8, op="multiply"),
+        dict(in_channels=3, out_channels=8, call=0),
+    ):
+        with pytest.raises(WorkloadError):
+            LayerWorkload.from_dict(bad)
+
+
+def _conv4(density, width=0.25, **config):
+    return models.create(
+        "conv4", SupermaskConfig(density=density, seed=1, **config), width=width
+    ).eval()
+
+
+def test_dense_kept_layer_is_charged_weight_bytes_and_mac_energy():
+    model = _conv4(0.3, keep_first_dense=True)
+    rep = simulate(model, "hiddenite")  # a zoo model: no input_shape needed
+    first, second = rep.rows[0], rep.rows[1]
+    n = model.features[0].weight.numel()
+    assert (first.weight_source, first.op, first.weight_bits) == ("stored", "mac", 32)
+    assert first.dram_weight_read_bytes == 4 * n and first.dram_mask_read_bytes == 0
+    assert first.prng_steps == 0 and first.decoder_bits == 0 and first.pe_ops == first.macs
+    assert first.energy_compute_pj == pytest.approx(first.macs * (3.1 + 0.075))
+    assert (second.weight_source, second.op) == ("prng", "add")
+    assert second.dram_mask_read_bytes > 0 and second.dram_weight_read_bytes == 0
+    assert second.energy_compute_pj == pytest.approx(second.kept_macs * 0.075)
+    assert rep.options["source"]["stored_layers"] == 1
+
+
+def test_module_honours_codec_and_matches_its_file(tmp_path):
+    model = _conv4(0.1)
+    packed = simulate(model, codec="packed").totals["model_bytes"]
+    entropy = simulate(model, codec="entropy")
+    sizes = [m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert packed == sum(-(-n // 8) for n in sizes)  # one bit per weight: the binarized size
+    assert entropy.totals["model_bytes"] < 0.55 * packed  # H(0.1) = 0.469 bit/weight
+    assert entropy.options["source"]["mask_bytes_source"] == "coded"
+    info = save(model, tmp_path / "c4.hnn", codec="entropy")
+    t = info.totals()
+    assert entropy.totals["model_bytes"] == t["mask_bytes"] == t["file_bytes"] - t["header_bytes"]
+    assert simulate(tmp_path / "c4.hnn").totals["model_bytes"] == entropy.totals["model_bytes"]
+
+
+def test_zoo_module_simulates_without_input_shape():
+    model = _conv4(0.3)
+    rep = simulate(model, "bnn")
+    assert rep.options["source"]["input_shape"] == [1, 1, 28, 28]
+    again = simulate(model, "bnn", input_shape=(1, 28, 28))  # C,H,W gets batch 1
+    assert again.totals == rep.totals
+    plain = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(WorkloadError, match="input_shape"):
+        simulate(plain)
+
+
+class _Folded(nn.Module):
+    """One linear layer run twice (a folded block), a batch norm per iteration."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        self.shared = nn.Linear(32, 32)
+        self.bn1 = nn.BatchNorm1d(32, affine=False)
+        self.bn2 = nn.BatchNorm1d(32, affine=False)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.inp(x))
+        x = torch.relu(self.bn1(self.shared(x)))
+        x = torch.relu(self.bn2(self.shared(x)))
+        return self.out(x)
+
+
+def test_repeated_calls_charge_model_bytes_once(tmp_path):
+    model = _Folded()
+    supermask_(model, SupermaskConfig(density=0.3, seed=2))
+    model.eval()
+    rep = simulate(model, "hiddenite", input_shape=(1, 8))
+    assert [r.layer for r in rep.rows] == ["inp", "shared", "shared#2", "out"]
+    shared, again = rep.rows[1], rep.rows[2]
+    assert shared.dram_mask_read_bytes == again.dram_mask_read_bytes > 0  # loaded per call
+    # its bias (32) and bn1 mean/var (64) are charged to the first call, bn2 to the second
+    assert shared.model_bytes == shared.dram_mask_read_bytes + 4 * (32 + 64)
+    assert again.model_bytes == 4 * 64  # bn2 only: mask and bias are stored once
+    info = save(model, tmp_path / "folded.hnn")
+    t = info.totals()
+    assert rep.totals["model_bytes"] == t["file_bytes"] - t["header_bytes"]
+    assert (
+        rep.totals["offchip_model_bytes"] == rep.totals["model_bytes"] + again.dram_mask_read_bytes
+    )
+    for arch in ("bnn", "int8"):  # a baseline also stores the shared weights once
+        rows = simulate(model, arch, input_shape=(1, 8)).rows
+        assert rows[2].model_bytes == 4 * 64 < rows[1].model_bytes

@@ -1,4 +1,5 @@
-"""Tests for hiddenite.layers: SupermaskConv2d / SupermaskLinear in hidden and dense mode.
+"""Tests for hiddenite.layers: SupermaskConv2d / SupermaskLinear with the edge-popup (hidden)
+and dense methods.
 
 References: ``F.conv2d`` / ``F.linear`` on ``weight * mask`` computed by hand, the frozen
 weights from :func:`hiddenite.init.frozen_weights`, the multi-lane words from numpy, and a
@@ -19,7 +20,8 @@ from torch import nn
 from hiddenite.init import frozen_weights
 from hiddenite.layers import SupermaskConv2d, SupermaskLinear, is_supermask
 from hiddenite.masks import GlobalThreshold, kept_count
-from hiddenite.prng import STREAM_SCORES, lanes_numpy
+from hiddenite.methods import DenseConfig, EdgePopupConfig, method_config
+from hiddenite.prng import STREAM_BIAS, STREAM_SCORES, lanes_numpy
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -66,13 +68,14 @@ def sort_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
 KINDS = ["conv", "linear"]
 
 
-# --------------------------------------------------------------------------- hidden mode
+# --------------------------------------------------------------------------- edge-popup (hidden)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_hidden_weight_is_a_buffer_and_scores_a_parameter(kind):
     layer = make(kind)
-    assert is_supermask(layer) and layer.hidden and layer.mode == "hidden"
+    assert is_supermask(layer) and layer.method.name == "edge-popup"
+    assert layer.method_config == EdgePopupConfig() and not layer.trains_weights
     assert isinstance(layer, nn.Conv2d if kind == "conv" else nn.Linear)
     params = dict(layer.named_parameters())
     assert set(params) == {"scores"}
@@ -216,17 +219,22 @@ def test_mask_follows_new_scores_parameter(kind):
     assert torch.equal(layer.mask(), sort_mask(layer.scores, 0.3))
 
 
-# --------------------------------------------------------------------------- dense mode
+# --------------------------------------------------------------------------- dense method
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dense_mode_trains_the_same_frozen_weights(kind):
-    dense = make(kind, mode="dense")
+def test_dense_method_trains_the_same_frozen_weights(kind):
+    dense = make(kind, method="dense")
     hidden = make(kind)
-    assert not dense.hidden and dense.mode == "dense"
+    assert dense.method.name == "dense" and dense.method_config == DenseConfig()
+    assert dense.trains_weights
     assert isinstance(dense.weight, nn.Parameter) and dense.weight.requires_grad
-    assert dense.scores is None
+    assert not hasattr(dense, "scores")
     assert torch.equal(dense.weight.detach(), hidden.weight)
+    # a dense layer is never scaled by the density, even when asked to
+    scaled = make(kind, method="dense", scale_by_density=True)
+    assert torch.equal(scaled.weight.detach(), hidden.weight)
+    assert not torch.equal(make(kind, scale_by_density=True).weight, hidden.weight)
     assert set(dense.state_dict()) == {"weight"}
     assert torch.equal(dense.mask(), torch.ones_like(dense.weight))
     x = x_for(kind)
@@ -239,12 +247,13 @@ def test_dense_mode_trains_the_same_frozen_weights(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_dense_bias_is_seeded_uniform(kind):
-    a = make(kind, mode="dense", bias=True)
-    b = make(kind, mode="dense", bias=True)
+    a = make(kind, method="dense", bias=True)
+    b = make(kind, method="dense", bias=True)
     assert torch.equal(a.bias, b.bias)
     bound = 1.0 / math.sqrt(a.fan_in)
     assert a.bias.abs().max() <= bound and a.bias.abs().max() > 0
-    words = lanes_numpy(11, 2, a.bias.numel(), 4096, 2).astype(np.float64)
+    assert STREAM_BIAS == 2
+    words = lanes_numpy(11, 2, a.bias.numel(), 4096, STREAM_BIAS).astype(np.float64)
     expected = (((words + 0.5) * 2.0**-32 * 2.0 - 1.0) * bound).astype(np.float32)
     assert np.array_equal(a.bias.detach().numpy(), expected)
     assert set(a.state_dict()) == {"weight", "bias"}
@@ -268,16 +277,16 @@ def test_no_bias_by_default():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", ["hidden", "dense"])
-def test_rebuild_and_load_state_dict_bit_identical(kind, mode):
-    layer = make(kind, mode=mode, bias=True, init="kaiming-normal")
+@pytest.mark.parametrize("method", ["edge-popup", "dense"])
+def test_rebuild_and_load_state_dict_bit_identical(kind, method):
+    layer = make(kind, method=method, bias=True, init="kaiming-normal")
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     for step in range(2):
         opt.zero_grad()
         layer(x_for(kind, step)).square().mean().backward()
         opt.step()
     state = {k: v.clone() for k, v in layer.state_dict().items()}
-    fresh = make(kind, mode=mode, bias=True, init="kaiming-normal")
+    fresh = make(kind, method=method, bias=True, init="kaiming-normal")
     assert not torch.equal(fresh(x_for(kind)), layer(x_for(kind)))
     fresh.load_state_dict(state)
     x = x_for(kind, 9)
@@ -307,7 +316,7 @@ def test_reset_parameters_redraws_from_the_seed(kind):
     layer.reset_parameters()
     assert torch.equal(layer.scores, scores)
     assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
-    dense = make(kind, mode="dense", bias=True)
+    dense = make(kind, method="dense", bias=True)
     w, b = dense.weight.detach().clone(), dense.bias.detach().clone()
     with torch.no_grad():
         dense.weight.zero_()
@@ -351,10 +360,10 @@ def test_layers_with_a_shared_global_threshold():
     a, b = conv(layer_index=0), linear(layer_index=1)
     with torch.no_grad():
         b.scores.abs_().add_(1.0)  # every linear score beats every conv score (< 0.14)
-    group = GlobalThreshold(0.5)
+    group = GlobalThreshold(0.5, attribute="scores")
     for layer in (a, b):
         group.register(layer)
-        layer.set_mask_group(group)
+        layer.mask_group = group
     total = a.scores.numel() + b.scores.numel()  # 540 + 240
     m = kept_count(total, 0.5)
     assert int(a.mask().sum() + b.mask().sum()) == m
@@ -363,9 +372,26 @@ def test_layers_with_a_shared_global_threshold():
     x = x_for("conv")
     assert torch.equal(a(x), reference_forward(a, x, a.weight * a.mask()))
     assert "global" in repr(a)
-    a.set_mask_group(None)
+    a.mask_group = None
     assert int(a.mask().sum()) == kept_count(a.scores.numel(), 0.3)
     assert "layer" in repr(a)
+
+
+def test_edge_popup_link_builds_the_global_group():
+    a, b = conv(layer_index=0), linear(layer_index=1)
+    assert a.mask_group is None and b.mask_group is None  # layer scope by default
+    config = method_config("edge-popup", scope="global")
+    a.method.link([a, b], config)
+    group = a.mask_group
+    assert isinstance(group, GlobalThreshold) and b.mask_group is group
+    assert group.layers == [a, b] and group.density == a.density
+    assert group.attribute == "scores"
+    total = a.scores.numel() + b.scores.numel()
+    assert int(a.mask().sum() + b.mask().sum()) == kept_count(total, 0.3)
+    # layer scope links nothing
+    c, d = conv(layer_index=0), linear(layer_index=1)
+    c.method.link([c, d], EdgePopupConfig())
+    assert c.mask_group is None and d.mask_group is None
 
 
 # --------------------------------------------------------------------------- validation
@@ -380,7 +406,9 @@ def test_layers_with_a_shared_global_threshold():
         dict(density=-0.2),
         dict(density=float("nan")),
         dict(init="xavier"),
-        dict(mode="frozen"),
+        dict(method="no-such-method"),
+        dict(method=3),
+        dict(method={"name": "edge-popup", "scope": "model"}),
     ],
 )
 def test_invalid_arguments(kind, kwargs):
@@ -388,9 +416,19 @@ def test_invalid_arguments(kind, kwargs):
         make(kind, **kwargs)
 
 
-def test_repr_mentions_mode_and_density():
-    assert "mode=hidden" in repr(conv()) and "density=0.3" in repr(conv())
-    assert "mode=dense" in repr(linear(mode="dense"))
+def test_method_accepts_a_name_a_config_or_a_dict():
+    by_name = linear(method="edge-popup")
+    by_config = linear(method=EdgePopupConfig())
+    by_dict = linear(method={"name": "edge-popup", "scope": "layer"})
+    for layer in (by_name, by_config, by_dict):
+        assert layer.method_config == EdgePopupConfig()
+        assert torch.equal(layer.scores, linear().scores)
+    assert linear(method=DenseConfig()).method.name == "dense"
+
+
+def test_repr_mentions_method_and_density():
+    assert "method=edge-popup" in repr(conv()) and "density=0.3" in repr(conv())
+    assert "method=dense" in repr(linear(method="dense"))
 
 
 @pytest.mark.gpu
@@ -408,9 +446,9 @@ def test_cuda_layer_matches_cpu(kind):
     assert torch.equal(moved.weight.cpu(), cpu.weight)
 
 
-def test_init_scores_false_leaves_zero_scores_and_the_same_weights():
+def test_init_state_false_leaves_zero_scores_and_the_same_weights():
     drawn = SupermaskLinear(20, 7, density=0.3, seed=4, layer_index=1)
-    blank = SupermaskLinear(20, 7, density=0.3, seed=4, layer_index=1, init_scores=False)
+    blank = SupermaskLinear(20, 7, density=0.3, seed=4, layer_index=1, init_state=False)
     assert torch.equal(blank.scores, torch.zeros(7, 20))
     assert torch.equal(blank.weight, drawn.weight)
     blank.load_state_dict(drawn.state_dict())

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from hiddenite import SupermaskConfig, is_supermask, models
+from hiddenite.errors import ConfigError
 from hiddenite.masks import kept_count
+from hiddenite.methods import method_config
 
 NAMES = list(models.MODELS)
 IMAGENET = {"resnet18-imagenet", "resnet50"}
@@ -60,6 +62,8 @@ def test_zoo_names():
         "conv8",
         "resnet20",
         "resnet18",
+        "resnet20-folded",
+        "resnet18-folded",
         "resnet18-imagenet",
         "resnet50",
     }
@@ -94,7 +98,7 @@ def test_every_model_hidden_runs_and_rebuilds_bit_identically(name):
     cfg = SupermaskConfig(density=0.3, seed=1234)
     model = models.create(name, cfg, **kw)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert layers and all(is_supermask(m) and m.hidden for m in layers)
+    assert layers and all(is_supermask(m) and m.method.name == "edge-popup" for m in layers)
     assert [m.layer_index for m in layers] == list(range(len(layers)))
     for m in layers:
         assert int(m.mask().sum()) == kept_count(m.weight.numel(), 0.3)
@@ -225,12 +229,49 @@ def test_image_too_small_for_conv8():
         models.create("conv8", image_size=8)
 
 
-def test_dense_mode_and_keep_dense_through_create():
-    model = models.create("mlp", SupermaskConfig(mode="dense", seed=5))
-    assert all(m.mode == "dense" for m in model.modules() if is_supermask(m))
+def test_dense_method_and_keep_dense_through_create():
+    model = models.create("mlp", SupermaskConfig(method="dense", seed=5))
+    layers = [m for m in model.modules() if is_supermask(m)]
+    assert layers and all(m.method.name == "dense" and m.trains_weights for m in layers)
+    assert all(m.density == 1.0 for m in layers)
     assert score_count(model) == 0
     model = models.create("resnet20", SupermaskConfig(keep_first_dense=True, keep_last_dense=True))
     layers = [m for m in model.modules() if is_supermask(m)]
-    assert layers[0].mode == "dense" and layers[-1].mode == "dense"
+    assert layers[0].method.name == "dense" and layers[-1].method.name == "dense"
+    assert layers[0].density == layers[-1].density == 1.0
     assert layers[-1] is model.fc
-    assert all(m.hidden for m in layers[1:-1])
+    assert all(m.method.name == "edge-popup" and not m.trains_weights for m in layers[1:-1])
+
+
+def test_global_scope_through_create():
+    cfg = SupermaskConfig(density=0.3, method=method_config("edge-popup", scope="global"))
+    model = models.create("mlp", cfg, hidden=(30, 10))
+    layers = [m for m in model.modules() if is_supermask(m)]
+    group = layers[0].mask_group
+    assert group is not None and all(m.mask_group is group for m in layers)
+    total = sum(m.weight.numel() for m in layers)
+    assert sum(int(m.mask().sum()) for m in layers) == kept_count(total, 0.3)
+
+
+def test_init_state_false_leaves_zero_scores():
+    cfg = SupermaskConfig(density=0.3, seed=2)
+    drawn = models.create("mlp", cfg, hidden=(30, 10))
+    blank = models.create("mlp", cfg, init_state=False, hidden=(30, 10))
+    for a, b in zip(drawn.modules(), blank.modules(), strict=True):
+        if is_supermask(a):
+            assert torch.equal(b.scores, torch.zeros_like(b.scores))
+            assert torch.equal(a.weight, b.weight)
+    blank.load_state_dict(drawn.state_dict())
+    x = batch("mlp", 3)
+    with torch.no_grad():
+        assert torch.equal(blank.eval()(x), drawn.eval()(x))
+
+
+def test_model_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="nope"):
+        models.model_info("nope")
+    with pytest.raises(ConfigError, match="width"):
+        models.check_arguments("mlp", width=2.0)
+    with pytest.raises(ConfigError, match="conv8"):
+        models.check_arguments("conv8", image_size=8)
+    models.check_arguments("conv8", image_size=32)  # fine: no error

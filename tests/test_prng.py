@@ -423,3 +423,88 @@ def test_lanes_torch_kernels_agree(kernel):
 def test_lanes_torch_rejects_unknown_kernel():
     with pytest.raises(ValueError, match="kernel"):
         lanes_torch(1, 0, 10, kernel="cuda")
+
+
+# --------------------------------------------------------------------------- named streams
+
+
+@pytest.fixture
+def scratch_streams(monkeypatch):
+    """A private copy of the stream registry, so a test's registrations do not leak."""
+    monkeypatch.setattr(prng, "_STREAMS", dict(prng._STREAMS))
+    return prng._STREAMS
+
+
+def test_version_1_streams_have_fixed_numbers():
+    assert prng.stream_id("weights") == 0 == STREAM_WEIGHTS
+    assert prng.stream_id("scores") == 1 == STREAM_SCORES
+    assert prng.stream_id("bias") == 2 == prng.STREAM_BIAS
+    registered = prng.streams()
+    assert {"weights": 0, "scores": 1, "bias": 2}.items() <= registered.items()
+    # one name per number
+    assert len(set(registered.values())) == len(registered)
+
+
+def test_streams_returns_a_copy():
+    registered = prng.streams()
+    registered["not-registered"] = 12345
+    with pytest.raises(ValueError):
+        prng.stream_id("not-registered")
+
+
+def test_register_stream_accepts_the_same_pair_again(scratch_streams):
+    number = 0xFFFF0001
+    assert prng.register_stream("test-stream", number) == number
+    assert prng.stream_id("test-stream") == number
+    assert prng.register_stream("test-stream", number) == number  # a no-op
+    assert prng.register_stream("scores", 1) == 1  # the built-in pairs too
+    assert prng.stream_id("test-stream") == number
+    assert list(prng.streams().values()).count(number) == 1
+
+
+def test_register_stream_refuses_a_name_rebound_to_another_number(scratch_streams):
+    prng.register_stream("test-stream", 0xFFFF0001)
+    with pytest.raises(ValueError, match="test-stream"):
+        prng.register_stream("test-stream", 0xFFFF0002)
+    with pytest.raises(ValueError, match="'scores'"):
+        prng.register_stream("scores", 0xFFFF0003)
+    # nothing changed
+    assert prng.stream_id("test-stream") == 0xFFFF0001
+    assert prng.stream_id("scores") == 1
+    assert 0xFFFF0002 not in prng.streams().values()
+
+
+def test_register_stream_refuses_a_number_taken_by_another_name(scratch_streams):
+    before = prng.streams()
+    with pytest.raises(ValueError, match="'weights'"):
+        prng.register_stream("my-weights", 0)
+    with pytest.raises(ValueError, match="'bias'"):
+        prng.register_stream("my-bias", 2)
+    prng.register_stream("test-stream", 0xFFFF0001)
+    with pytest.raises(ValueError, match="'test-stream'"):
+        prng.register_stream("other-stream", 0xFFFF0001)
+    assert prng.streams() == {**before, "test-stream": 0xFFFF0001}
+
+
+@pytest.mark.parametrize("name, number", [("", 5), (None, 5), (3, 5), ("x", -1), ("x", 2**32)])
+def test_register_stream_rejects_bad_names_and_numbers(scratch_streams, name, number):
+    before = prng.streams()
+    with pytest.raises(ValueError):
+        prng.register_stream(name, number)
+    assert prng.streams() == before
+
+
+def test_unknown_stream_names_the_registered_ones():
+    with pytest.raises(ValueError, match="no-such-stream") as info:
+        prng.stream_id("no-such-stream")
+    message = str(info.value)
+    for name in prng.streams():
+        assert name in message
+    assert "weights" in message and "scores" in message and "bias" in message
+
+
+def test_a_registered_stream_draws_its_own_words(scratch_streams):
+    number = prng.register_stream("test-stream", 0xFFFF0001)
+    words = lanes_numpy(5, 1, 1000, 64, prng.stream_id("test-stream"))
+    assert np.array_equal(words, lanes_numpy(5, 1, 1000, 64, number))
+    assert not np.array_equal(words, lanes_numpy(5, 1, 1000, 64, prng.stream_id("scores")))

@@ -20,6 +20,7 @@ from hiddenite.checkpoint import load_checkpoint
 from hiddenite.convert import ConfigError, SupermaskConfig
 from hiddenite.data import Dataset
 from hiddenite.layers import SupermaskLayer
+from hiddenite.methods import method_config
 from hiddenite.train import (
     TrainConfig,
     TrainResult,
@@ -33,6 +34,7 @@ from hiddenite.train import (
 
 COLUMNS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"]
 MLP_KWARGS = {"image_size": 8, "num_classes": 4, "hidden": [16]}
+GLOBAL = method_config("edge-popup", scope="global")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -82,12 +84,13 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def is_hidden(module) -> bool:
+    """An edge-popup supermask layer (frozen weights, learned scores)."""
+    return isinstance(module, SupermaskLayer) and module.method.name == "edge-popup"
+
+
 def scores_of(model) -> dict[str, torch.Tensor]:
-    return {
-        name: m.scores.detach().clone()
-        for name, m in model.named_modules()
-        if isinstance(m, SupermaskLayer) and m.hidden
-    }
+    return {name: m.scores.detach().clone() for name, m in model.named_modules() if is_hidden(m)}
 
 
 class Stop(Exception):
@@ -304,8 +307,8 @@ def test_checkpoint_holds_scores_not_frozen_weights(tmp_path, data):
         assert torch.equal(fh.get_tensor("model.net.5.weight"), dense.weight)
 
 
-def test_dense_mode_trains_the_weights(tmp_path, data):
-    cfg = config(epochs=2, supermask=SupermaskConfig(mode="dense", seed=3), lr=0.05)
+def test_dense_method_trains_the_weights(tmp_path, data):
+    cfg = config(epochs=2, supermask=SupermaskConfig(method="dense", seed=3), lr=0.05)
     result = run(cfg, data, tmp_path)
     fresh = build_model(cfg)
     for name, param in result.model.named_parameters():
@@ -320,8 +323,9 @@ def test_dense_twin_starts_from_the_hidden_weights(data):
     hidden = build_model(
         config(supermask=SupermaskConfig(density=0.5, seed=3, scale_by_density=False))
     )
-    dense = build_model(config(supermask=SupermaskConfig(mode="dense", seed=3)))
+    dense = build_model(config(supermask=SupermaskConfig(method="dense", seed=3)))
     assert torch.equal(hidden.net[1].weight, dense.net[1].weight)
+    assert dense.net[1].density == 1.0  # a dense layer keeps every weight, unscaled
     # with the default scaled init the hidden weights are the dense ones / sqrt(density)
     scaled = build_model(config())
     assert torch.allclose(scaled.net[1].weight * 0.5**0.5, dense.net[1].weight, rtol=1e-6)
@@ -334,7 +338,7 @@ def test_dense_twin_starts_from_the_hidden_weights(data):
     "model, kwargs, supermask",
     [
         ("mlp", MLP_KWARGS, SupermaskConfig(density=0.3, seed=11)),
-        ("mlp", MLP_KWARGS, SupermaskConfig(density=0.5, seed=2, scope="global")),
+        ("mlp", MLP_KWARGS, SupermaskConfig(density=0.5, seed=2, method=GLOBAL)),
         ("mlp", MLP_KWARGS, SupermaskConfig(density=0.5, seed=2, keep_first_dense=True)),
         (
             "conv2",
@@ -360,9 +364,10 @@ def test_load_trained_rebuilds_identical_outputs(tmp_path, data, model, kwargs, 
     ):
         if isinstance(a, SupermaskLayer):
             assert torch.equal(a.weight, b.weight), name
-            assert a.mode == b.mode
-            if a.hidden:
+            assert a.method_config == b.method_config and a.density == b.density
+            if is_hidden(a):
                 assert torch.equal(a.mask(), b.mask()), name
+                assert (a.mask_group is None) == (b.mask_group is None), name
 
 
 def test_load_trained_from_run_folder(tmp_path, data):
@@ -378,7 +383,7 @@ def test_build_model_uses_dataset_shape_and_overrides():
     assert model.net[1].in_features == 28 * 28 and model.net[-1].out_features == 10
     model = build_model(config())
     assert model.net[1].in_features == 64 and model.net[-1].out_features == 4
-    assert all(m.hidden for m in model.modules() if isinstance(m, SupermaskLayer))
+    assert all(is_hidden(m) for m in model.modules() if isinstance(m, SupermaskLayer))
 
 
 # --------------------------------------------------------------------------- learning rate
@@ -543,7 +548,7 @@ def test_config_defaults_and_seed_for_data():
 
 def test_config_json_round_trip():
     cfg = config(
-        supermask=SupermaskConfig(density=0.25, seed=7, scope="global", keep_first_dense=True),
+        supermask=SupermaskConfig(density=0.25, seed=7, method=GLOBAL, keep_first_dense=True),
         optimizer="adam",
         lr=0.003,
         score_decay=False,
@@ -570,3 +575,22 @@ def test_config_from_dict_rejects_unknown_and_non_object():
         TrainConfig.from_dict([1, 2])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"SupermaskConfig\.density"):
         TrainConfig.from_dict({"supermask": {"density": 2.0}})
+
+
+def test_config_from_dict_reads_a_version_1_supermask():
+    # run folders written before the method seam store mode/scope (SupermaskConfig version 1)
+    old = {
+        **config().to_dict(),
+        "supermask": {
+            "density": 0.25,
+            "seed": 7,
+            "mode": "hidden",
+            "scope": "global",
+            "version": 1,
+        },
+    }
+    cfg = TrainConfig.from_dict(json.loads(json.dumps(old)))
+    assert cfg.supermask == SupermaskConfig(density=0.25, seed=7, method=GLOBAL)
+    assert cfg.to_dict()["supermask"]["version"] == 2
+    dense = {**old, "supermask": {"mode": "dense", "seed": 7, "version": 1}}
+    assert TrainConfig.from_dict(dense).supermask == SupermaskConfig(method="dense", seed=7)

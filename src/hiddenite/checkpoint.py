@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
+from .errors import UserError
 
 FORMAT = "hiddenite-checkpoint"
 FORMAT_VERSION = 1
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint is missing, unreadable or inconsistent; the message says which and why."""
 
 

@@ -13,43 +13,33 @@ import sys
 from pathlib import Path
 
 from . import models
-from .checkpoint import CheckpointError
 from .codecs import CODECS
-from .convert import SCOPES, ConfigError, SupermaskConfig
-from .data import DATASETS, DatasetError, load_dataset
-from .fileformat import PARAM_DTYPES, ModelFormatError, read_header, save_trained
-from .hw.spec import SpecError
+from .convert import SupermaskConfig
+from .data import DATASETS, load_dataset
+from .errors import UserError
+from .export import export_checkpoint
+from .fileformat import PARAM_DTYPES, read_header
 from .init import INITS
-from .layers import MODES
+from .methods import METHODS, method_config
 from .summary import summary
 from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, resolve_device, train
 
-USER_ERRORS = (
-    ConfigError,
-    DatasetError,
-    CheckpointError,
-    ModelFormatError,
-    SpecError,
-    ValueError,
-    FileNotFoundError,
-)
 
-
-class UserError(Exception):
-    """An error in what the user asked for; printed as one line, exit code 2."""
-
-
-def _model_kwargs(pairs: list[str]) -> dict:
+def _key_values(pairs: list[str], flag: str, example: str) -> dict:
     kwargs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UserError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. width=0.5")
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {example}")
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
             kwargs[key] = value
     return kwargs
+
+
+def _model_kwargs(pairs: list[str]) -> dict:
+    return _key_values(pairs, "--model-arg", "width=0.5")
 
 
 def _add_supermask_args(p: argparse.ArgumentParser) -> None:
@@ -82,16 +72,19 @@ def _add_supermask_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="model seed (default 0)")
     g.add_argument(
-        "--mode",
-        default="hidden",
-        choices=MODES,
-        help="hidden (learned masks) or dense (the twin baseline)",
+        "--method",
+        default="edge-popup",
+        choices=list(METHODS),
+        metavar="NAME",
+        help=f"supermask method: {', '.join(METHODS)} (default edge-popup; dense = the twin "
+        "baseline)",
     )
     g.add_argument(
-        "--scope",
-        default="layer",
-        choices=SCOPES,
-        help="top-k per layer or one global threshold (default layer)",
+        "--method-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method argument, e.g. scope=global for edge-popup (repeatable)",
     )
     g.add_argument(
         "--scale-by-density",
@@ -109,8 +102,9 @@ def _supermask_config(args) -> SupermaskConfig:
         density=args.density,
         init=args.init,
         seed=args.seed,
-        mode=args.mode,
-        scope=args.scope,
+        method=method_config(
+            args.method, **_key_values(args.method_arg, "--method-arg", "scope=global")
+        ),
         scale_by_density=args.scale_by_density,
         keep_first_dense=args.keep_first_dense,
         keep_last_dense=args.keep_last_dense,
@@ -358,14 +352,16 @@ def _cmd_summary(args) -> int:
 def _cmd_export(args) -> int:
     codec = None if args.codec == "auto" else args.codec
     try:
-        info = save_trained(args.checkpoint, args.output, codec=codec, param_dtype=args.param_dtype)
+        info = export_checkpoint(
+            args.checkpoint, args.output, codec=codec, param_dtype=args.param_dtype
+        )
     except OSError as exc:
         raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     t = info.totals()
-    used = sorted({layer["codec"] for layer in info.layers})
+    used = sorted({p.codec for e in info.entries for p in e.parts if p.codec is not None})
     print(
         f"wrote {args.output}: {t['file_bytes']:,} bytes ({t['weights']:,} weights, "
-        f"{t['file_bits_per_weight']:.3f} bit/weight, codecs {', '.join(used)}); "
+        f"{t['file_bits_per_weight']:.3f} bit/weight, codecs {', '.join(used) or 'none'}); "
         f"float32 {t['float32_bytes']:,} bytes ({t['ratio_float32']:.1f}x), "
         f"binarized {t['binarized_bytes']:,} bytes ({t['ratio_binarized']:.2f}x)"
     )
@@ -374,7 +370,8 @@ def _cmd_export(args) -> int:
         from .onnx_export import export_onnx
 
         model = load(args.output)
-        shape = models.default_input_shape(info.meta["arch"]["name"], **info.meta["arch"]["kwargs"])
+        name, kwargs = info.arch
+        shape = models.default_input_shape(name, **kwargs)
         size = export_onnx(model, args.onnx, shape)
         dims = "x".join(map(str, shape))
         print(f"wrote {args.onnx}: {size:,} bytes (dense ONNX model, input batch x {dims})")
@@ -623,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (UserError, *USER_ERRORS) as exc:
+    except UserError as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"hiddenite: error: {message}", file=sys.stderr)
         return 2

@@ -23,46 +23,52 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import skip_init
 
+from .errors import ConfigError
 from .init import INITS, RELU_GAIN
-from .layers import MODES, SupermaskConv2d, SupermaskLayer, SupermaskLinear
-from .masks import GlobalThreshold
+from .layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear
+from .methods import DenseConfig, EdgePopupConfig, MethodConfig, get_method, method_config
 from .prng import DEFAULT_LANES, PRNG_VERSION
 
-CONFIG_VERSION = 1
-SCOPES = ("layer", "global")
+CONFIG_VERSION = 2
 
 FilterFn = Callable[[nn.Module, str], bool]
 
-__all__ = ["CONFIG_VERSION", "SCOPES", "ConfigError", "SupermaskConfig", "supermask_", "to_dense"]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
+__all__ = [
+    "CONFIG_VERSION",
+    "ConfigError",
+    "LayerPlan",
+    "SupermaskConfig",
+    "plan_layers",
+    "supermask_",
+    "to_dense",
+]
 
 
 @dataclass(frozen=True)
 class SupermaskConfig:
     """How to turn layers into supermask layers (versioned; round-trips through JSON).
 
-    density: fraction of weights KEPT, in (0, 1].
+    density: fraction of weights KEPT, in (0, 1], for every method.
     init: frozen-weight distribution, one of ``INITS``.
     seed: model seed, 0 <= seed < 2**64; every frozen weight derives from it.
-    mode: ``"hidden"`` (learned masks over frozen weights) or ``"dense"`` (the twin).
-    scope: ``"layer"`` (each layer keeps ``density``) or ``"global"`` (one threshold).
+    method: the supermask method: a name (``"edge-popup"``, ``"dense"``, ...; its default
+      arguments) or a typed config from :mod:`hiddenite.methods`, e.g.
+      ``method_config("edge-popup", scope="global")``. Stored as that config.
     scale_by_density: divide the frozen weights by sqrt(density) (edge-popup's "scaled"
       init; on by default: without it each layer's signal shrinks by density, which stalls
       deep networks without batch norm, see BENCHMARKS.md).
     keep_first_dense / keep_last_dense: leave the first / last converted layer as a
-      dense-mode twin (trained weights), as the edge-popup recipe often does.
+      ``dense`` twin (trained weights), as the edge-popup recipe often does.
     gain: initialisation gain (sqrt(2) for ReLU).
     n_lanes: Xorshift lanes per layer (PRNG version 1 default: 4096).
+
+    Version 1 dicts (``mode`` hidden/dense and ``scope``) are read as edge-popup / dense.
     """
 
     density: float = 0.5
     init: str = "signed-constant"
     seed: int = 0
-    mode: str = "hidden"
-    scope: str = "layer"
+    method: MethodConfig | str = "edge-popup"
     scale_by_density: bool = True
     keep_first_dense: bool = False
     keep_last_dense: bool = False
@@ -92,10 +98,12 @@ class SupermaskConfig:
             fail("init", f"unknown {self.init!r}; choose one of {', '.join(INITS)}")
         if not 0 <= self.seed < 2**64:
             fail("seed", f"must be in [0, 2**64), got {self.seed}")
-        if self.mode not in MODES:
-            fail("mode", f"unknown {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.scope not in SCOPES:
-            fail("scope", f"unknown {self.scope!r}; choose one of {', '.join(SCOPES)}")
+        if not isinstance(self.method, MethodConfig | str):
+            fail("method", f"must be a method name or config, got {self.method!r}")
+        try:
+            object.__setattr__(self, "method", method_config(self.method))
+        except ConfigError as exc:
+            fail("method", str(exc))
         if not (self.gain > 0 and math.isfinite(self.gain)):
             fail("gain", f"must be a positive finite number, got {self.gain}")
         if self.n_lanes < 1:
@@ -109,19 +117,33 @@ class SupermaskConfig:
         if self.version != CONFIG_VERSION:
             fail("version", f"{self.version} is not supported (this build: {CONFIG_VERSION})")
 
+    @property
+    def method_name(self) -> str:
+        return self.method.method
+
+    def replace(self, **changes: Any) -> SupermaskConfig:
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
+        """Plain JSON-ready dict of every field (the method as its own config dict)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["method"] = self.method.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SupermaskConfig:
-        """Build from :meth:`to_dict` output; unknown keys are an error."""
+        """Build from :meth:`to_dict` output (version 1 or 2); unknown keys are an error."""
         if not isinstance(data, dict):
             raise ConfigError(f"SupermaskConfig: expected a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        if data.get("version") == 1:
+            data = _from_version_1(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"SupermaskConfig: unknown field(s) {', '.join(unknown)}")
+        if isinstance(data.get("method"), dict):
+            data["method"] = method_config(data["method"])
         return cls(**data)
 
     def to_json(self) -> str:
@@ -134,6 +156,39 @@ class SupermaskConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"SupermaskConfig: not valid JSON ({exc})") from None
         return cls.from_dict(data)
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 dict (``mode`` hidden/dense, ``scope``) as version 2 fields."""
+    mode = data.pop("mode", "hidden")
+    scope = data.pop("scope", "layer")
+    if mode == "dense":
+        data["method"] = DenseConfig()
+    elif mode == "hidden":
+        data["method"] = EdgePopupConfig(scope=scope)
+    else:
+        raise ConfigError(f"SupermaskConfig (version 1): unknown mode {mode!r}")
+    data["version"] = CONFIG_VERSION
+    return data
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer that a conversion turns into a supermask layer (found without tensors)."""
+
+    names: tuple[str, ...]  # every qualified name the module is reachable by
+    index: int
+    shape: tuple[int, ...]
+    config: MethodConfig
+    density: float
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def n(self) -> int:
+        return math.prod(self.shape)
 
 
 def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[list[str], nn.Module]]:
@@ -155,6 +210,54 @@ def _candidates(model: nn.Module, filter_fn: FilterFn | None) -> list[tuple[list
     return list(found.values())
 
 
+def plan_layers(
+    model: nn.Module, config: SupermaskConfig, filter_fn: FilterFn | None = None
+) -> list[LayerPlan]:
+    """Which layers of ``model`` :func:`supermask_` converts, their indices, methods, densities.
+
+    The one planning rule behind conversion, the model file and the hardware model: plain
+    ``nn.Conv2d``/``nn.Linear`` layers that ``filter_fn`` accepts, in ``named_modules`` order,
+    numbered after any supermask layers already in the model; the first / last kept dense on
+    request; the method's :meth:`~hiddenite.methods.Method.layer_configs` gives each of the
+    others its config and density. Works on the ``meta`` device (no memory).
+    """
+    return _plan(model, config, _candidates(model, filter_fn))
+
+
+def _plan(
+    model: nn.Module, config: SupermaskConfig, found: list[tuple[list[str], nn.Module]]
+) -> list[LayerPlan]:
+    if not found:
+        raise ValueError("supermask_: no nn.Conv2d or nn.Linear layer matched")
+    # a second call continues the numbering, so no two layers share a weight stream
+    existing = [m.layer_index for m in model.modules() if isinstance(m, SupermaskLayer)]
+    first_index = max(existing) + 1 if existing else 0
+    last = len(found) - 1
+    dense = [
+        (position == 0 and config.keep_first_dense) or (position == last and config.keep_last_dense)
+        for position in range(len(found))
+    ]
+    converted = [i for i in range(len(found)) if not dense[i]]
+    shapes = [tuple(found[i][1].weight.shape) for i in converted]
+    method = get_method(config.method_name)
+    chosen = dict(
+        zip(converted, method.layer_configs(shapes, config.method, config.density), strict=True)
+    )
+    plans = []
+    for position, (names, module) in enumerate(found):
+        layer_config, density = chosen.get(position, (DenseConfig(), 1.0))
+        plans.append(
+            LayerPlan(
+                tuple(names),
+                first_index + position,
+                tuple(module.weight.shape),
+                layer_config,
+                float(density),
+            )
+        )
+    return plans
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -162,18 +265,18 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _twin(
-    module: nn.Module, config: SupermaskConfig, index: int, mode: str, init_scores: bool = True
+    module: nn.Module, config: SupermaskConfig, plan: LayerPlan, init_state: bool = True
 ) -> nn.Module:
     common = dict(
-        density=config.density,
+        density=plan.density,
         init=config.init,
         seed=config.seed,
-        layer_index=index,
-        mode=mode,
+        layer_index=plan.index,
+        method=plan.config,
         scale_by_density=config.scale_by_density,
         gain=config.gain,
         n_lanes=config.n_lanes,
-        init_scores=init_scores,
+        init_state=init_state,
         device=module.weight.device,
     )
     if isinstance(module, nn.Conv2d):
@@ -186,9 +289,16 @@ def _shape_args(module: nn.Module) -> tuple:
     has_bias = module.bias is not None
     if isinstance(module, nn.Conv2d):
         return (
-            module.in_channels, module.out_channels, module.kernel_size, module.stride,
-            module.padding, module.dilation, module.groups, has_bias, module.padding_mode,
-        )  # fmt: skip
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            has_bias,
+            module.padding_mode,
+        )
     return (module.in_features, module.out_features, has_bias)
 
 
@@ -197,37 +307,30 @@ def supermask_(
     config: SupermaskConfig,
     filter_fn: FilterFn | None = None,
     *,
-    init_scores: bool = True,
+    init_state: bool = True,
 ) -> nn.Module:
     """Swap matching ``nn.Conv2d``/``nn.Linear`` layers of ``model`` for supermask twins.
 
     ``filter_fn(module, qualified_name)`` selects layers (default: all). Works in place and
     returns ``model``. Layers already converted are left alone; a later call numbers its
     layers after the existing ones. A layer reachable under several names is converted once
-    and stays shared. ``init_scores=False`` leaves the scores at zero instead of drawing
-    them from the seed (for a caller that loads them right after).
+    and stays shared. ``init_state=False`` leaves the learned state at zero instead of
+    drawing it from the seed (for a caller that loads it right after).
     """
     if not isinstance(config, SupermaskConfig):
         raise TypeError(f"config must be a SupermaskConfig, got {type(config).__name__}")
-    found = _candidates(model, filter_fn)
-    if not found:
-        raise ValueError("supermask_: no nn.Conv2d or nn.Linear layer matched")
-    # a second call continues the numbering, so no two layers share a weight stream
-    existing = [m.layer_index for m in model.modules() if isinstance(m, SupermaskLayer)]
-    first_index = max(existing) + 1 if existing else 0
-    group = GlobalThreshold(config.density) if config.scope == "global" else None
-    last = len(found) - 1
-    for position, (names, module) in enumerate(found):
-        keep_dense = (position == 0 and config.keep_first_dense) or (
-            position == last and config.keep_last_dense
-        )
-        mode = "dense" if keep_dense or config.mode == "dense" else "hidden"
-        twin = _twin(module, config, first_index + position, mode, init_scores)
-        if group is not None and twin.hidden:
-            group.register(twin)
-            twin.set_mask_group(group)
-        for name in names:  # a module shared under several names stays shared
+    found = _candidates(model, filter_fn)  # filter_fn runs once per candidate
+    plans = _plan(model, config, found)
+    modules = {names[0]: module for names, module in found}
+    linked = []
+    for plan in plans:
+        twin = _twin(modules[plan.name], config, plan, init_state)
+        twin.conversion = config
+        if twin.method.name == config.method_name:
+            linked.append(twin)
+        for name in plan.names:  # a module shared under several names stays shared
             _replace(model, name, twin)
+    get_method(config.method_name).link(linked, config.method)
     return model
 
 

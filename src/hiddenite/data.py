@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
+
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_DIR",
@@ -93,7 +95,7 @@ _CIFAR10_TEST = ("test_batch.bin",)
 _CIFAR_PIXELS = 3 * 32 * 32  # bytes of one image, CHW, R then G then B planes
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A data set is missing, unreadable or corrupt; the message is one line naming the fix."""
 
     def __init__(self, message: str) -> None:

@@ -1,29 +1,31 @@
-"""The compact model file (``.hnn``): seeds, compressed supermasks, per-channel parameters.
+"""The compact model file (``.hnn``): seeds, coded method parts, per-channel parameters.
 
 A hidden network's frozen weights are regenerated from its seed, so the file stores only
-what cannot be regenerated: the architecture (a zoo name and its keyword arguments), the
-:class:`~hiddenite.SupermaskConfig` (seed, init, density, ...), one compressed mask per
-hidden layer (:mod:`hiddenite.codecs`), the per-channel parameters (batch-norm statistics
-and affine terms, biases) and the weights of layers kept dense. ``docs/model-file.md``
-describes the layout byte by byte.
+what cannot be regenerated: the :class:`~hiddenite.SupermaskConfig` (seed, init, density,
+method, ...), for a zoo model its architecture (name and keyword arguments), and per
+supermask layer the *parts* its method declares (:mod:`hiddenite.methods`): symbol parts
+coded with a mask codec (:mod:`hiddenite.codecs`), real-valued parts as floats; then the
+per-channel parameters (batch-norm statistics and affine terms, biases).
+``docs/model-file.md`` describes the layout byte by byte.
 
-The container is safetensors (no pickle): masks are ``U8`` tensors, parameters ``F32`` or
+The container is safetensors (no pickle): coded parts are ``U8`` tensors, floats ``F32`` or
 ``F16``. The header metadata holds one JSON document under ``"hiddenite"`` and its sha256
-under ``"hiddenite_sha256"``; the JSON holds the sha256 of the data section.
+under ``"hiddenite_sha256"``; the JSON holds the sha256 of the data section. Format version 2
+(this one) stores parts; version 1 files (one mask per hidden layer, dense weights) still load.
 
 Python surface::
 
-    save(model, path, arch=("conv4", {...}), config=None, codec=None, param_dtype="float32")
-    save_trained(checkpoint_path, path, codec=None, param_dtype="float32")
-    load(path, device="cpu") -> eval-mode nn.Module, outputs bit-identical to the saved model's
+    save(model, path, arch=None, config=None, codec=None, param_dtype="float32")
+    load(path, device="cpu", model=None) -> eval-mode nn.Module, outputs bit-identical
     read_header(path) -> ModelFileInfo   (header only: what ``hiddenite inspect`` prints)
     ModelFormatError                     (the one exception for a bad or hostile file)
 
 Loading never unpickles or evaluates anything from the file. The header is parsed and
 checked here, with size limits, before any tensor data is read; every field is type- and
-range-checked; the architecture is first laid out on the ``meta`` device (no memory) and
-capped at ``max_weights`` weights; masks must decode to exactly the layer's weight count
-with exactly the stated number of kept weights. Every failure is a :class:`ModelFormatError`.
+range-checked; a zoo architecture is first laid out on the ``meta`` device (no memory) and
+capped at ``max_weights`` weights; every part must be exactly what the layer's method
+declares, decode to exactly its symbol counts, and pass the method's own check. Every
+failure is a :class:`ModelFormatError`.
 """
 
 from __future__ import annotations
@@ -45,20 +47,29 @@ from torch import nn
 
 from . import codecs, models
 from .atomic import atomic_write, write_chunks
-from .convert import ConfigError, SupermaskConfig
+from .convert import SupermaskConfig, supermask_
+from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
-from .masks import kept_count
+from .methods import LayerItem, MethodConfig, get_method, method_config
 from .prng import PRNG_VERSION
+from .storage import (
+    FLOAT_BYTES,
+    PARAM_DTYPES,
+    StoredPart,
+    decode_float,
+    encode_layer,
+    entropy_of_counts,
+)
 from .texttable import text_table
 
 FORMAT = "hiddenite-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 SUFFIX = ".hnn"
 META_KEY = "hiddenite"
 META_SHA_KEY = "hiddenite_sha256"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_WEIGHTS = 1 << 28
-PARAM_DTYPES = ("float32", "float16")
 
 _DTYPE_CODES = {"float32": "F32", "float16": "F16"}
 _NP_DTYPES = {"U8": np.dtype("uint8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
@@ -67,6 +78,7 @@ _MAX_DIMS = 8
 _MAX_DIM = 1 << 40
 _MAX_ENTRIES = 100_000
 _MAX_NAME = 512
+_MAX_PARTS = 16
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _META_FIELDS = {
     "format",
@@ -81,7 +93,7 @@ _META_FIELDS = {
     "params",
     "payload_sha256",
 }
-_LAYER_FIELDS = {
+_LAYER_FIELDS_V1 = {
     "index",
     "name",
     "mode",
@@ -93,6 +105,8 @@ _LAYER_FIELDS = {
     "tensor",
     "bytes",
 }
+_LAYER_FIELDS = {"index", "name", "shape", "method", "density", "parts"}
+_PART_FIELDS = {"name", "n", "alphabet", "codec", "tensor", "bytes", "counts"}
 _PARAM_FIELDS = {"name", "tensor", "shape"}
 # Bounds on the zoo's keyword arguments (any other argument: small scalars only).
 _KWARG_INT_BOUNDS = {
@@ -112,18 +126,19 @@ __all__ = [
     "FORMAT_VERSION",
     "PARAM_DTYPES",
     "SUFFIX",
+    "LayerEntry",
     "ModelFileInfo",
     "ModelFormatError",
-    "arch_of",
+    "PartEntry",
     "load",
     "read_header",
     "save",
-    "save_trained",
 ]
 
 
-class ModelFormatError(ValueError):
-    """A model file is missing, truncated, corrupt, inconsistent or hostile.
+class ModelFormatError(UserError, ValueError):
+    """A model file is missing, truncated, corrupt, inconsistent or hostile, or does not fit
+    the module it is loaded into.
 
     The only exception :func:`load` and :func:`read_header` raise for a bad file; the message
     names the file and the problem.
@@ -227,15 +242,6 @@ def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _max_mask_bytes(codec: str, n: int) -> int:
-    """The most bytes a valid ``codec`` stream of ``n`` bits can take (see docs/mask-codecs.md)."""
-    if codec == "packed":
-        return (n + 7) // 8
-    if codec == "rle":
-        return 1 + (n * 32 + 7) // 8
-    return 4 + (n * 24) // 8 + 64
-
-
 # --------------------------------------------------------------------------- architecture
 
 
@@ -321,94 +327,233 @@ def _full_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: _json_value(v, f"architecture argument {k}") for k, v in sorted(full.items())}
 
 
-def arch_of(config) -> tuple[str, dict[str, Any]]:
-    """The (zoo name, full keyword arguments) of a :class:`~hiddenite.train.TrainConfig`.
-
-    The same arguments :func:`hiddenite.train.build_model` passes: the data set's input
-    channels, image size and class count, then the config's ``model_kwargs``.
-    """
-    from .data import dataset_info
-
-    in_channels, image_size, num_classes = dataset_info(config.dataset)
-    kwargs = {
-        "in_channels": in_channels,
-        "image_size": image_size,
-        "num_classes": num_classes,
-        **config.model_kwargs,
-    }
-    return config.model, _full_kwargs(config.model, kwargs)
+# --------------------------------------------------------------------------- layers and parts
 
 
 @dataclass(frozen=True)
-class _LayerPlan:
+class PartEntry:
+    """One stored part of a layer, as the header lists it."""
+
     name: str
+    n: int
+    alphabet: int | None  # None: real values at the file's param_dtype
+    codec: str | None  # the mask codec of a symbol part; None for a float part
+    tensor: str
+    bytes: int
+    counts: tuple[int, ...] | None  # how often each symbol occurs (None for a float part)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n": self.n,
+            "alphabet": self.alphabet,
+            "codec": self.codec,
+            "tensor": self.tensor,
+            "bytes": self.bytes,
+            "counts": None if self.counts is None else list(self.counts),
+        }
+
+    @property
+    def entropy_bound_bits(self) -> float | None:
+        """n times the empirical entropy of the symbols (None for a float part)."""
+        if self.counts is None:
+            return None
+        return self.n * entropy_of_counts(self.counts)
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One supermask layer of the file: geometry, method, density and stored parts."""
+
     index: int
+    name: str
     shape: tuple[int, ...]
-    mode: str
+    config: MethodConfig
+    density: float
+    parts: tuple[PartEntry, ...]
 
     @property
     def n(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.parts)
+
+    @property
+    def symbol_bytes(self) -> int:
+        return sum(p.bytes for p in self.parts if p.alphabet is not None)
+
+    @property
+    def float_bytes(self) -> int:
+        return sum(p.bytes for p in self.parts if p.alphabet is None)
+
+    @property
+    def codec(self) -> str:
+        """The codecs of the layer's symbol parts joined by ``+`` (``-`` when it has none)."""
+        names = [p.codec for p in self.parts if p.codec is not None]
+        return "+".join(dict.fromkeys(names)) or "-"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "shape": list(self.shape),
+            "method": self.config.to_dict(),
+            "density": self.density,
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+
+def _check_part(part: Any, what: str, param_dtype: str) -> PartEntry:
+    _obj(part, what, _PART_FIELDS)
+    name = _str(part["name"], f"{what} name", 64)
+    what = f"{what} ({name})"
+    n = _int(part["n"], f"{what} n", 0, _MAX_DIM)
+    alphabet = part["alphabet"]
+    nbytes = _int(part["bytes"], f"{what} bytes", 0, _MAX_DIM * 8)
+    tensor = _str(part["tensor"], f"{what} tensor", _MAX_NAME + 80)
+    if alphabet is None:
+        if part["codec"] is not None or part["counts"] is not None:
+            raise ModelFormatError(f"{what}: a float part has no codec and no counts")
+        if nbytes != n * FLOAT_BYTES[param_dtype]:
+            raise ModelFormatError(f"{what}: {nbytes} bytes do not hold {n} {param_dtype} values")
+        return PartEntry(name, n, None, None, tensor, nbytes, None)
+    alphabet = _int(alphabet, f"{what} alphabet", 2, 256)
+    codec = part["codec"]
+    if codec not in codecs.CODECS or not codecs.supports(codec, alphabet):
+        raise ModelFormatError(
+            f"{what}: {_show(codec)} is not a mask codec for {alphabet} symbols; known: "
+            f"{', '.join(c for c in codecs.CODECS if codecs.supports(c, alphabet))}"
+        )
+    if nbytes > codecs.max_bytes(codec, n, alphabet):
+        raise ModelFormatError(f"{what}: {nbytes} bytes is too many for {n} symbols ({codec})")
+    counts = tuple(
+        _int(c, f"{what} counts[{i}]", 0, n)
+        for i, c in enumerate(_list(part["counts"], f"{what} counts", alphabet))
+    )
+    if len(counts) != alphabet or sum(counts) != n:
+        raise ModelFormatError(f"{what}: counts must be {alphabet} numbers summing to n = {n}")
+    return PartEntry(name, n, alphabet, codec, tensor, nbytes, counts)
+
+
+def _check_layer(layer: Any, i: int, param_dtype: str) -> LayerEntry:
+    what = f"layers[{i}]"
+    _obj(layer, what, _LAYER_FIELDS)
+    _int(layer["index"], f"{what} index", 0, 2**32 - 1)
+    name = _str(layer["name"], f"{what} name")
+    what = f"layer {name!r}"
+    shape = _shape(layer["shape"], f"{what} shape")
+    if not isinstance(layer["method"], dict):
+        raise ModelFormatError(f"{what}: method must be a JSON object")
+    try:
+        config = method_config(layer["method"])
+    except (ConfigError, TypeError) as exc:
+        raise ModelFormatError(f"{what}: method config is invalid ({exc})") from None
+    density = _num(layer["density"], f"{what} density")
+    if not 0.0 < density <= 1.0:
+        raise ModelFormatError(f"{what}: density {density} is not in (0, 1]")
+    raw = _list(layer["parts"], f"{what} parts", _MAX_PARTS)
+    parts = tuple(_check_part(p, f"{what} part {j}", param_dtype) for j, p in enumerate(raw))
+    try:
+        declared = get_method(config.method).parts(shape, config, density)
+    except (ConfigError, ValueError) as exc:
+        raise ModelFormatError(f"{what}: {exc}") from None
+    have = [(p.name, p.n, p.alphabet) for p in parts]
+    want = [(p.name, p.n, p.alphabet) for p in declared]
+    if have != want:
+        raise ModelFormatError(
+            f"{what}: parts {have} are not what method {config.method!r} stores for shape "
+            f"{list(shape)}: {want}"
+        )
+    for p in parts:
+        if p.tensor != f"part.{name}.{p.name}":
+            raise ModelFormatError(
+                f"{what}: tensor of part {p.name!r} must be 'part.{name}.{p.name}'"
+            )
+    return LayerEntry(layer["index"], name, shape, config, float(density), parts)
+
+
+def _check_layer_v1(layer: Any, i: int, param_dtype: str, config: SupermaskConfig) -> LayerEntry:
+    """A version 1 layer (``mode`` hidden/dense, one mask or dense weight) as a v2 entry."""
+    what = f"layers[{i}]"
+    _obj(layer, what, _LAYER_FIELDS_V1)
+    _int(layer["index"], f"{what} index", i, i)
+    name = _str(layer["name"], f"{what} name")
+    what = f"layer {name!r}"
+    mode = layer["mode"]
+    if mode not in ("hidden", "dense"):
+        raise ModelFormatError(f"{what} mode must be 'hidden' or 'dense', got {_show(mode)}")
+    shape = _shape(layer["shape"], f"{what} shape")
+    n = _int(layer["n"], f"{what} n", 0, _MAX_DIM)
+    if n != math.prod(shape):
+        raise ModelFormatError(f"{what}: n = {n} is not the product of its shape {list(shape)}")
+    kept = _int(layer["kept"], f"{what} kept", 0, n)
+    density = _num(layer["density"], f"{what} density")
+    expected = kept / n if n else 0.0
+    if abs(density - expected) > 1e-9:
+        raise ModelFormatError(f"{what}: density {density} is not kept/n = {expected}")
+    nbytes = _int(layer["bytes"], f"{what} bytes", 0, _MAX_DIM * 4)
+    codec = layer["codec"]
+    if mode == "hidden":
+        if codec not in codecs.CODECS:
+            raise ModelFormatError(
+                f"{what}: unknown mask codec {_show(codec)}; known: {', '.join(codecs.CODECS)}"
+            )
+        if layer["tensor"] != f"mask.{name}":
+            raise ModelFormatError(f"{what}: tensor must be 'mask.{name}'")
+        if nbytes > codecs.max_bytes(codec, n):
+            raise ModelFormatError(
+                f"{what}: {nbytes} mask bytes is too many for {n} bits ({codec})"
+            )
+        part = PartEntry("mask", n, 2, codec, layer["tensor"], nbytes, (n - kept, kept))
+        return LayerEntry(i, name, shape, config.method, config.density, (part,))
+    if codec != param_dtype:
+        raise ModelFormatError(f"{what}: a dense layer's codec must be {param_dtype!r}")
+    if layer["tensor"] != f"weight.{name}":
+        raise ModelFormatError(f"{what}: tensor must be 'weight.{name}'")
+    if kept != n:
+        raise ModelFormatError(f"{what}: a dense layer keeps all its weights")
+    if nbytes != n * FLOAT_BYTES[param_dtype]:
+        raise ModelFormatError(f"{what}: {nbytes} bytes do not hold {n} {param_dtype} weights")
+    part = PartEntry("weight", n, None, None, layer["tensor"], nbytes, None)
+    return LayerEntry(i, name, shape, method_config("dense"), 1.0, (part,))
+
+
+# --------------------------------------------------------------------------- layout
+
 
 @dataclass(frozen=True)
-class _Plan:
-    """What a (name, kwargs, config) model holds, found on the meta device (no memory)."""
+class _Layout:
+    """What a converted module holds, read from the module alone (works on ``meta``)."""
 
-    layers: tuple[_LayerPlan, ...]
+    layers: tuple[tuple[str, SupermaskLayer], ...]
     params: dict[str, tuple[int, ...]]
 
     @property
     def weights(self) -> int:
-        return sum(layer.n for layer in self.layers)
-
-
-def _plan(name: str, kwargs: dict[str, Any], config: SupermaskConfig) -> _Plan:
-    """Lay the architecture out on the meta device: layer order, shapes, modes, parameters.
-
-    Mirrors :func:`hiddenite.supermask_`: candidates in ``named_modules`` order are numbered
-    0.., the first/last kept dense on request. Raises ModelFormatError if the builder fails.
-    """
-    builder = models.MODELS[name].builder
-    try:
-        with torch.device("meta"):
-            skeleton = builder(**kwargs)
-    except Exception as exc:  # the builder's own checks (any type): the arguments are bad
-        raise ModelFormatError(f"architecture {name!r} cannot be built ({_first(exc)})") from None
-    found = [(n, m) for n, m in skeleton.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    if not found:
-        raise ModelFormatError(f"architecture {name!r} has no convolution or linear layer")
-    last = len(found) - 1
-    layers = []
-    for index, (qual, module) in enumerate(found):
-        keep = (index == 0 and config.keep_first_dense) or (
-            index == last and config.keep_last_dense
-        )
-        mode = "dense" if keep or config.mode == "dense" else "hidden"
-        layers.append(_LayerPlan(qual, index, tuple(module.weight.shape), mode))
-    weight_keys = {f"{layer.name}.weight" for layer in layers}
-    params = {
-        key: tuple(value.shape)
-        for key, value in skeleton.state_dict().items()
-        if key not in weight_keys and not _is_counter(key)
-    }
-    return _Plan(tuple(layers), params)
-
-
-def _is_counter(key: str) -> bool:
-    return key.rpartition(".")[2] == "num_batches_tracked"
+        return sum(layer.weight.numel() for _, layer in self.layers)
 
 
 def _supermask_layers(model: nn.Module) -> list[tuple[str, SupermaskLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SupermaskLayer)]
 
 
+def _is_counter(key: str) -> bool:
+    return key.rpartition(".")[2] == "num_batches_tracked"
+
+
 def _per_channel(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's stored per-channel tensors (not scores, weights or batch counters)."""
+    """The model's stored per-channel tensors: its state minus what the methods export as
+    parts and the batch-norm counters."""
     skip = set()
-    for name, _ in _supermask_layers(model):
-        skip.add(f"{name}.weight")
-        skip.add(f"{name}.scores")
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, SupermaskLayer):
+            skip.update(f"{name}.{key}" for key in module.method.owned_state(module))
     return {
         key: value
         for key, value in model.state_dict(keep_vars=True).items()
@@ -416,77 +561,78 @@ def _per_channel(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _mismatch(model: nn.Module, plan: _Plan, config: SupermaskConfig) -> str | None:
-    """Why ``model`` is not the model ``plan`` + ``config`` describes (None: it is)."""
-    plain = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    if plain:
-        return f"layer {plain[0]!r} is a plain {type(model.get_submodule(plain[0])).__name__}"
+def _layout(model: nn.Module) -> _Layout:
     layers = _supermask_layers(model)
-    names = [n for n, _ in layers]
-    want = [layer.name for layer in plan.layers]
-    if names != want:
-        return f"its supermask layers {names[:4]}... are not the architecture's {want[:4]}..."
-    groups = set()
-    for (name, m), lp in zip(layers, plan.layers, strict=True):
-        if tuple(m.weight.shape) != lp.shape:
-            return f"layer {name!r} has shape {tuple(m.weight.shape)}, expected {lp.shape}"
-        if m.mode != lp.mode:
-            return f"layer {name!r} is in {m.mode} mode, the config makes it {lp.mode}"
-        checks = (
-            ("layer_index", m.layer_index, lp.index),
-            ("seed", m.seed, config.seed),
-            ("init", m.init, config.init),
-            ("gain", m.gain, config.gain),
-            ("n_lanes", m.n_lanes, config.n_lanes),
-            ("scale_by_density", m.scale_by_density, config.scale_by_density),
-            ("density", m.density, config.density),
-        )
-        for field, have, expected in checks:
-            if have != expected:
-                return f"layer {name!r} has {field} {have!r}, the config says {expected!r}"
-        if m.hidden:
-            group = m._mask_group
-            if (group is not None) != (config.scope == "global"):
-                return f"layer {name!r} does not use the config's {config.scope} mask scope"
-            groups.add(id(group))
-    if config.scope == "global" and len(groups) > 1:
-        return "its hidden layers do not share one global threshold"
     params = {k: tuple(v.shape) for k, v in _per_channel(model).items()}
-    if params != plan.params:
-        extra = sorted(set(params) - set(plan.params))
-        lacking = sorted(set(plan.params) - set(params))
-        differ = sorted(k for k in set(params) & set(plan.params) if params[k] != plan.params[k])
-        return (
-            f"its per-channel tensors differ (unexpected {extra[:3]}, missing {lacking[:3]}, "
-            f"other shape {differ[:3]})"
-        )
+    return _Layout(tuple(layers), params)
+
+
+def _skeleton(name: str, kwargs: dict[str, Any], config: SupermaskConfig) -> nn.Module:
+    """Zoo model ``name`` converted by ``config`` on the meta device (no memory, no PRNG)."""
+    try:
+        with torch.device("meta"):
+            return models.create(name, config, init_state=False, **kwargs)
+    except (ConfigError, ValueError) as exc:  # the method's own checks: the config is bad
+        raise ModelFormatError(
+            f"architecture {name!r} cannot be converted ({_first(exc)})"
+        ) from None
+    except Exception as exc:  # the builder's own checks (any type): the arguments are bad
+        raise ModelFormatError(f"architecture {name!r} cannot be built ({_first(exc)})") from None
+
+
+def _setting_mismatch(layer: SupermaskLayer, config: SupermaskConfig) -> str | None:
+    for field, have, want in (
+        ("seed", layer.seed, config.seed),
+        ("init", layer.init, config.init),
+        ("gain", layer.gain, config.gain),
+        ("n_lanes", layer.n_lanes, config.n_lanes),
+        ("scale_by_density", layer.scale_by_density, config.scale_by_density),
+    ):
+        if have != want:
+            return f"has {field} {have!r}, the file's config says {want!r}"
     return None
 
 
-def _check_kept(hidden: list[tuple[str, int, int]], config: SupermaskConfig) -> None:
-    """Check the kept counts (name, n, kept) are what the config's top-k rule selects.
-
-    Per-layer scope keeps exactly ``kept_count(n, density)`` weights in each layer; global
-    scope keeps exactly ``kept_count(total, density)`` over all hidden layers together.
-    """
-    if not hidden:
-        return
-    if config.scope == "layer":
-        for name, n, kept in hidden:
-            want = kept_count(n, config.density)
-            if kept != want:
-                raise ModelFormatError(
-                    f"layer {name!r} keeps {kept} of {n} weights, but density "
-                    f"{config.density} keeps {want}"
-                )
-        return
-    total = sum(n for _, n, _ in hidden)
-    kept = sum(k for _, _, k in hidden)
-    want = kept_count(total, config.density)
-    if kept != want:
+def _fit(layout: _Layout, entries: tuple[LayerEntry, ...], config: SupermaskConfig) -> None:
+    """Raise ModelFormatError naming the first layer of ``layout`` that the file does not fit."""
+    if len(layout.layers) != len(entries):
         raise ModelFormatError(
-            f"the hidden layers keep {kept} of {total} weights, but global density "
-            f"{config.density} keeps {want}"
+            f"the file lists {len(entries)} supermask layers, the module has {len(layout.layers)}"
+        )
+    for (name, layer), entry in zip(layout.layers, entries, strict=True):
+        what = f"layer {entry.index} {entry.name!r}"
+        shape = tuple(layer.weight.shape)
+        if name != entry.name:
+            raise ModelFormatError(f"{what}: the module has {name!r} in its place")
+        if shape != entry.shape:
+            raise ModelFormatError(
+                f"{what} has shape {list(entry.shape)} in the file, {list(shape)} in the module"
+            )
+        if layer.method_config != entry.config:
+            raise ModelFormatError(
+                f"{what} uses method {entry.config.describe()} in the file, "
+                f"{layer.method_config.describe()} in the module"
+            )
+        if layer.layer_index != entry.index or layer.density != entry.density:
+            raise ModelFormatError(
+                f"{what} has layer index {entry.index} and density {entry.density} in the file, "
+                f"{layer.layer_index} and {layer.density} in the module"
+            )
+        problem = _setting_mismatch(layer, config)
+        if problem:
+            raise ModelFormatError(f"{what} {problem}")
+
+
+def _fit_params(layout: _Layout, params: dict[str, tuple[int, ...]], what: str) -> None:
+    if params != layout.params:
+        extra = sorted(set(params) - set(layout.params))
+        lacking = sorted(set(layout.params) - set(params))
+        differ = sorted(
+            k for k in set(params) & set(layout.params) if params[k] != layout.params[k]
+        )
+        raise ModelFormatError(
+            f"per-channel tensors do not fit {what} (unexpected {extra[:3]}, missing "
+            f"{lacking[:3]}, other shape {differ[:3]})"
         )
 
 
@@ -497,6 +643,176 @@ def _hiddenite_version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _write_all(fh, data: bytes) -> None:
+    write_chunks(fh, data)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`hiddenite.atomic.atomic_write`."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            _write_all(fh, data)
+
+    atomic_write(path, write)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _infer_config(model: nn.Module) -> SupermaskConfig:
+    """The SupermaskConfig the model's layers were converted with (the same for all)."""
+    layers = [m for _, m in _supermask_layers(model)]
+    if not layers:
+        raise ValueError("the model has no supermask layers: convert it with supermask_ first")
+    configs = {layer.conversion for layer in layers if layer.conversion is not None}
+    if len(configs) != 1 or any(layer.conversion is None for layer in layers):
+        raise ValueError(
+            "the model's supermask layers were not all converted by one supermask_ call: "
+            "pass config=SupermaskConfig(...) to save"
+        )
+    return configs.pop()
+
+
+def _float_bytes(tensor: torch.Tensor, param_dtype: str, what: str) -> bytes:
+    if not tensor.is_floating_point():
+        raise ValueError(f"{what} has dtype {tensor.dtype}; the model file stores float tensors")
+    dtype = torch.float32 if param_dtype == "float32" else torch.float16
+    array = tensor.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
+    return array.astype(_NP_DTYPES[_DTYPE_CODES[param_dtype]], copy=False).tobytes()
+
+
+def _layer_entry(name: str, layer: SupermaskLayer, stored: list[StoredPart]) -> LayerEntry:
+    parts = tuple(
+        PartEntry(
+            s.part.name,
+            s.part.n,
+            s.part.alphabet,
+            s.codec,
+            f"part.{name}.{s.part.name}",
+            s.nbytes,
+            s.counts,
+        )
+        for s in stored
+    )
+    shape = tuple(layer.weight.shape)
+    return LayerEntry(layer.layer_index, name, shape, layer.method_config, layer.density, parts)
+
+
+@torch.no_grad()
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    arch: tuple[str, dict[str, Any]] | None = None,
+    config: SupermaskConfig | None = None,
+    codec: str | None = None,
+    param_dtype: str = "float32",
+) -> ModelFileInfo:
+    """Write a converted ``model`` to ``path`` atomically; return its header.
+
+    model: any module converted with :func:`hiddenite.supermask_` (a DDP or DataParallel
+      wrapper is unwrapped).
+    arch: ``(zoo name, keyword arguments)`` when the model is a zoo model; None reads
+      ``model.hiddenite_arch`` (set by :func:`hiddenite.models.create`), else the file holds a
+      user-built module and :func:`load` needs ``model=`` to rebuild it.
+    config: its :class:`~hiddenite.SupermaskConfig` (None: the one its layers were converted
+      with).
+    codec: a mask codec for every symbol part (one that cannot code a part's alphabet falls
+      back to the smallest that can); None: the smallest per part.
+    param_dtype: ``"float32"`` (outputs after :func:`load` are bit-identical) or ``"float16"``
+      (per-channel parameters and float parts rounded to half precision: smaller, not exact).
+
+    A zoo model must be exactly ``models.create(name, config, **kwargs)`` with learned state:
+    anything else raises ValueError, so every file written can be loaded.
+    """
+    model = _unwrap(model)
+    if arch is None:
+        arch = getattr(model, "hiddenite_arch", None)
+    if arch is not None and not (
+        isinstance(arch, tuple | list) and len(arch) == 2 and isinstance(arch[1], dict)
+    ):
+        raise TypeError(f"arch must be a (name, kwargs dict) pair, got {_show(arch)}")
+    if param_dtype not in PARAM_DTYPES:
+        raise ValueError(
+            f"param_dtype must be one of {', '.join(PARAM_DTYPES)}, got {param_dtype!r}"
+        )
+    if codec is not None and codec not in codecs.CODECS:
+        raise ValueError(f"unknown mask codec {codec!r}; valid codecs: {', '.join(codecs.CODECS)}")
+    if config is None:
+        config = _infer_config(model)
+    if not isinstance(config, SupermaskConfig):
+        raise TypeError(f"config must be a SupermaskConfig, got {type(config).__name__}")
+    layers = _supermask_layers(model)
+    if not layers:
+        raise ValueError("the model has no supermask layers: convert it with supermask_ first")
+    stored = [encode_layer(layer, codec, param_dtype) for _, layer in layers]
+    entries = tuple(
+        _layer_entry(name, layer, parts)
+        for (name, layer), parts in zip(layers, stored, strict=True)
+    )
+    layout = _layout(model)
+    arch_meta = None
+    try:
+        if arch is not None:
+            name = arch[0]
+            kwargs = _full_kwargs(name, dict(arch[1]))
+            _check_arch(name, kwargs)
+            skeleton = _layout(_skeleton(name, kwargs, config))
+            _fit(skeleton, entries, config)
+            _fit_params(skeleton, layout.params, f"architecture {name!r}")
+            arch_meta = {"name": name, "kwargs": kwargs}
+        _fit(layout, entries, config)
+        groups: dict[str, list[LayerItem]] = {}
+        for entry, (_, layer) in zip(entries, layers, strict=True):
+            arrays = layer.method.export(layer)
+            groups.setdefault(entry.method, []).append(
+                LayerItem(entry.name, entry.shape, entry.config, entry.density, arrays)
+            )
+        for method_name, items in groups.items():
+            get_method(method_name).check(items)
+    except ModelFormatError as exc:
+        raise ValueError(f"the model cannot be saved so that it loads again: {exc}") from None
+
+    code = _DTYPE_CODES[param_dtype]
+    floats: list[tuple[str, str, tuple[int, ...], bytes]] = []
+    coded: list[tuple[str, str, tuple[int, ...], bytes]] = []
+    params_meta = []
+    for key, value in _per_channel(model).items():
+        tensor_key = f"param.{key}"
+        shape = tuple(value.shape)
+        floats.append((tensor_key, code, shape, _float_bytes(value, param_dtype, key)))
+        params_meta.append({"name": key, "tensor": tensor_key, "shape": list(shape)})
+    part_floats = []
+    for entry, parts in zip(entries, stored, strict=True):
+        for pe, s in zip(entry.parts, parts, strict=True):
+            if pe.alphabet is None:
+                part_floats.append((pe.tensor, code, (pe.n,), s.data))
+            else:
+                coded.append((pe.tensor, "U8", (pe.bytes,), s.data))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "hiddenite_version": _hiddenite_version(),
+        "arch": arch_meta,
+        "supermask": config.to_dict(),
+        "prng_version": PRNG_VERSION,
+        "seed": config.seed,
+        "param_dtype": param_dtype,
+        "layers": [e.to_dict() for e in entries],
+        "params": params_meta,
+    }
+    blob = _container(meta, floats + part_floats + coded)
+    path = Path(path)
+    _atomic_write(path, blob)
+    return _parse(blob[: 8 + int.from_bytes(blob[:8], "little")], len(blob), str(path))
 
 
 def _container(
@@ -529,188 +845,143 @@ def _container(
     return len(raw).to_bytes(8, "little") + raw + payload
 
 
-def _write_all(fh, data: bytes) -> None:
-    write_chunks(fh, data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`hiddenite.atomic.atomic_write`."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            _write_all(fh, data)
-
-    atomic_write(path, write)
-
-
-def _infer_config(model: nn.Module) -> SupermaskConfig:
-    """The SupermaskConfig a converted model was built with, read from its layers."""
-    layers = [m for _, m in _supermask_layers(model)]
-    if not layers:
-        raise ValueError("the model has no supermask layers: convert it with supermask_ first")
-    hidden = [m for m in layers if m.hidden]
-    ref = hidden[0] if hidden else layers[0]
-    return SupermaskConfig(
-        density=ref.density,
-        init=ref.init,
-        seed=ref.seed,
-        mode="hidden" if hidden else "dense",
-        scope="global" if any(m._mask_group is not None for m in hidden) else "layer",
-        scale_by_density=ref.scale_by_density,
-        keep_first_dense=bool(hidden) and not layers[0].hidden,
-        keep_last_dense=bool(hidden) and not layers[-1].hidden,
-        gain=ref.gain,
-        n_lanes=ref.n_lanes,
-    )
-
-
-def _float_bytes(tensor: torch.Tensor, param_dtype: str, what: str) -> bytes:
-    if not tensor.is_floating_point():
-        raise ValueError(f"{what} has dtype {tensor.dtype}; the model file stores float tensors")
-    dtype = torch.float32 if param_dtype == "float32" else torch.float16
-    array = tensor.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
-    return array.astype(_NP_DTYPES[_DTYPE_CODES[param_dtype]], copy=False).tobytes()
-
-
-@torch.no_grad()
-def save(
-    model: nn.Module,
-    path: str | os.PathLike,
-    *,
-    arch: tuple[str, dict[str, Any]] | None = None,
-    config: SupermaskConfig | None = None,
-    codec: str | None = None,
-    param_dtype: str = "float32",
-) -> ModelFileInfo:
-    """Write ``model`` (a hidden network from the zoo) to ``path`` atomically; return its header.
-
-    arch: ``(zoo name, keyword arguments)`` the model was built with by
-      :func:`hiddenite.models.create`; None reads ``model.hiddenite_arch``, which ``create``
-      sets. Missing arguments take the zoo defaults, and the file stores them all.
-    config: its :class:`~hiddenite.SupermaskConfig` (None: read from the model's layers).
-    codec: ``"packed"``, ``"rle"`` or ``"entropy"`` for every mask; None: the smallest per layer.
-    param_dtype: ``"float32"`` (outputs after :func:`load` are bit-identical) or ``"float16"``
-      (per-channel parameters and dense weights rounded to half precision: smaller, not exact).
-
-    The model must be exactly ``models.create(name, config, **kwargs)`` with learned scores and
-    per-channel state: anything else raises ValueError, so every file written can be loaded.
-    """
-    if arch is None:
-        arch = getattr(model, "hiddenite_arch", None)
-    if arch is None:
-        raise TypeError(
-            "save needs arch=(zoo name, keyword arguments), e.g. arch=('conv4', {'width': 0.5}), "
-            "for a model not built by hiddenite.models.create"
-        )
-    if not (isinstance(arch, tuple | list) and len(arch) == 2 and isinstance(arch[1], dict)):
-        raise TypeError(f"arch must be a (name, kwargs dict) pair, got {_show(arch)}")
-    if param_dtype not in PARAM_DTYPES:
-        raise ValueError(
-            f"param_dtype must be one of {', '.join(PARAM_DTYPES)}, got {param_dtype!r}"
-        )
-    if codec is not None and codec not in codecs.CODECS:
-        raise ValueError(f"unknown mask codec {codec!r}; valid codecs: {', '.join(codecs.CODECS)}")
-    if config is None:
-        config = _infer_config(model)
-    if not isinstance(config, SupermaskConfig):
-        raise TypeError(f"config must be a SupermaskConfig, got {type(config).__name__}")
-    name = arch[0]
-    try:
-        kwargs = _full_kwargs(name, dict(arch[1]))
-        _check_arch(name, kwargs)
-        plan = _plan(name, kwargs, config)
-    except ModelFormatError as exc:
-        raise ValueError(f"arch {name!r}: {exc}") from None
-    problem = _mismatch(model, plan, config)
-    if problem:
-        raise ValueError(f"the model is not {name} {kwargs} under this config: {problem}")
-
-    code = _DTYPE_CODES[param_dtype]
-    floats: list[tuple[str, str, tuple[int, ...], bytes]] = []
-    masks: list[tuple[str, str, tuple[int, ...], bytes]] = []
-    params_meta = []
-    for key, value in _per_channel(model).items():
-        tensor_key = f"param.{key}"
-        shape = tuple(value.shape)
-        floats.append((tensor_key, code, shape, _float_bytes(value, param_dtype, key)))
-        params_meta.append({"name": key, "tensor": tensor_key, "shape": list(shape)})
-    layers_meta = []
-    hidden_counts = []
-    for (qual, layer), lp in zip(_supermask_layers(model), plan.layers, strict=True):
-        entry: dict[str, Any] = {
-            "index": lp.index,
-            "name": qual,
-            "mode": lp.mode,
-            "shape": list(lp.shape),
-            "n": lp.n,
-        }
-        if layer.hidden:
-            bits = layer.mask().detach().to("cpu", torch.bool).reshape(-1).numpy()
-            kept = int(np.count_nonzero(bits))
-            if codec is None:
-                chosen, data = codecs.encode_best(bits)
-            else:
-                chosen, data = codec, codecs.encode(bits, codec)
-            tensor_key = f"mask.{qual}"
-            masks.append((tensor_key, "U8", (len(data),), data))
-            hidden_counts.append((qual, lp.n, kept))
-            entry.update(kept=kept, codec=chosen)
-        else:
-            tensor_key = f"weight.{qual}"
-            data = _float_bytes(layer.weight, param_dtype, f"{qual}.weight")
-            floats.append((tensor_key, code, lp.shape, data))
-            entry.update(kept=lp.n, codec=param_dtype)
-        entry.update(
-            density=entry["kept"] / lp.n if lp.n else 0.0, tensor=tensor_key, bytes=len(data)
-        )
-        layers_meta.append(entry)
-    try:
-        _check_kept(hidden_counts, config)
-    except ModelFormatError as exc:
-        raise ValueError(f"the model's masks cannot be rebuilt from a file: {exc}") from None
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "hiddenite_version": _hiddenite_version(),
-        "arch": {"name": name, "kwargs": kwargs},
-        "supermask": config.to_dict(),
-        "prng_version": PRNG_VERSION,
-        "seed": config.seed,
-        "param_dtype": param_dtype,
-        "layers": layers_meta,
-        "params": params_meta,
-    }
-    blob = _container(meta, floats + masks)
-    path = Path(path)
-    _atomic_write(path, blob)
-    return _parse(blob[: 8 + int.from_bytes(blob[:8], "little")], len(blob), str(path))
-
-
-def save_trained(
-    checkpoint: str | os.PathLike,
-    path: str | os.PathLike,
-    *,
-    codec: str | None = None,
-    param_dtype: str = "float32",
-) -> ModelFileInfo:
-    """Export a training checkpoint (file or run folder) to a model file; return its header.
-
-    The architecture and SupermaskConfig come from the checkpoint's TrainConfig.
-    """
-    from .train import load_trained
-
-    model, config = load_trained(checkpoint)
-    return save(
-        model,
-        path,
-        arch=arch_of(config),
-        config=config.supermask,
-        codec=codec,
-        param_dtype=param_dtype,
-    )
-
-
 # --------------------------------------------------------------------------- reading
+
+
+def _parse_meta(
+    metadata: dict[str, str],
+) -> tuple[dict[str, Any], SupermaskConfig, tuple[LayerEntry, ...]]:
+    """Check the hiddenite metadata document: format, version, checksum, every field."""
+    text = metadata[META_KEY]
+    meta = _json(text, "hiddenite metadata")
+    if not isinstance(meta, dict):
+        raise ModelFormatError("hiddenite metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise ModelFormatError(
+            f"not a hiddenite model file (format {_show(meta.get('format'))}, expected {FORMAT!r})"
+        )
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelFormatError(f"format_version must be an integer, got {_show(version)}")
+    if version not in READ_VERSIONS:
+        raise ModelFormatError(
+            f"format version {version} is not supported (this hiddenite reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}"
+            f"{'; upgrade hiddenite' if version > FORMAT_VERSION else ''})"
+        )
+    if _sha256(text.encode("utf-8")) != metadata[META_SHA_KEY]:
+        raise ModelFormatError(
+            "metadata checksum mismatch (hiddenite_sha256): the header is corrupted or was edited"
+        )
+    _obj(meta, "hiddenite metadata", _META_FIELDS)
+    _str(meta["hiddenite_version"], "hiddenite_version", 64)
+    if meta["arch"] is not None or version == 1:
+        arch = _obj(meta["arch"], "arch", {"name", "kwargs"})
+        _check_arch(arch["name"], arch["kwargs"])
+    if not isinstance(meta["supermask"], dict):
+        raise ModelFormatError(f"supermask must be a JSON object, got {_show(meta['supermask'])}")
+    try:
+        config = SupermaskConfig.from_dict(meta["supermask"])
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"supermask config is invalid ({exc})") from None
+    prng = _int(meta["prng_version"], "prng_version", 0, 1 << 31)
+    if prng != PRNG_VERSION or config.prng_version != prng:
+        raise ModelFormatError(
+            f"PRNG version {prng} is not supported (this hiddenite regenerates version "
+            f"{PRNG_VERSION})"
+        )
+    if _int(meta["seed"], "seed", 0, 2**64 - 1) != config.seed:
+        raise ModelFormatError(f"seed {meta['seed']} differs from the supermask config's")
+    param_dtype = meta["param_dtype"]
+    if param_dtype not in PARAM_DTYPES:
+        raise ModelFormatError(
+            f"param_dtype {_show(param_dtype)} is not one of {', '.join(PARAM_DTYPES)}"
+        )
+    sha = _str(meta["payload_sha256"], "payload_sha256", 64)
+    if not _HEX64.fullmatch(sha):
+        raise ModelFormatError("payload_sha256 is not 64 lowercase hex digits")
+    raw_layers = _list(meta["layers"], "layers", _MAX_ENTRIES)
+    if not raw_layers:
+        raise ModelFormatError("the file lists no layers")
+    if version == 1:
+        layers = tuple(_check_layer_v1(x, i, param_dtype, config) for i, x in enumerate(raw_layers))
+    else:
+        layers = tuple(_check_layer(x, i, param_dtype) for i, x in enumerate(raw_layers))
+    names = set()
+    for layer in layers:
+        if layer.name in names:
+            raise ModelFormatError(f"layer name {layer.name!r} appears twice")
+        names.add(layer.name)
+    params = _list(meta["params"], "params", _MAX_ENTRIES)
+    seen = set()
+    for i, param in enumerate(params):
+        what = f"params[{i}]"
+        _obj(param, what, _PARAM_FIELDS)
+        name = _str(param["name"], f"{what} name")
+        if param["tensor"] != f"param.{name}":
+            raise ModelFormatError(f"{what} tensor must be 'param.{name}'")
+        _shape(param["shape"], f"{what} shape")
+        if name in seen:
+            raise ModelFormatError(f"per-channel tensor {name!r} appears twice")
+        seen.add(name)
+    return meta, config, layers
+
+
+def _expected_tensors(
+    meta: dict[str, Any], layers: tuple[LayerEntry, ...]
+) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(key, dtype, shape) in data-section order.
+
+    Version 2: the params, then every float part (layer order), then every coded part.
+    Version 1: the params, then dense weights, then masks (the same rule: floats first).
+    """
+    code = _DTYPE_CODES[meta["param_dtype"]]
+    out = [(p["tensor"], code, tuple(p["shape"])) for p in meta["params"]]
+    floats, coded = [], []
+    for layer in layers:
+        for part in layer.parts:
+            if part.alphabet is None:
+                shape = layer.shape if meta["format_version"] == 1 else (part.n,)
+                floats.append((part.tensor, code, shape))
+            else:
+                coded.append((part.tensor, "U8", (part.bytes,)))
+    return out + floats + coded
+
+
+def _parse(head: bytes, file_bytes: int, path: str) -> ModelFileInfo:
+    entries, metadata = _parse_container(head, file_bytes)
+    meta, config, layers = _parse_meta(metadata)
+    expected = _expected_tensors(meta, layers)
+    keys = {key for key, _, _ in expected}
+    if len(keys) != len(expected):
+        raise ModelFormatError("two layers, parts or parameters share a tensor name")
+    if keys != set(entries):
+        extra = sorted(set(entries) - keys)
+        lacking = sorted(keys - set(entries))
+        raise ModelFormatError(
+            f"the container's tensors do not match the metadata "
+            f"(unexpected {extra[:3]}, missing {lacking[:3]})"
+        )
+    position = 0
+    for key, dtype, shape in expected:
+        e = entries[key]
+        if e.dtype != dtype or e.shape != shape:
+            raise ModelFormatError(
+                f"tensor {key!r} is {e.dtype} {list(e.shape)}, the metadata says {dtype} "
+                f"{list(shape)}"
+            )
+        if e.begin != position:
+            raise ModelFormatError(f"tensor {key!r} is not at its place in the data section")
+        position = e.end
+    return ModelFileInfo(
+        path=path,
+        file_bytes=file_bytes,
+        header_bytes=len(head),
+        meta=meta,
+        config=config,
+        entries=layers,
+        tensors=entries,
+    )
 
 
 @dataclass(frozen=True)
@@ -732,66 +1003,95 @@ class ModelFileInfo:
     header_bytes: int
     meta: dict[str, Any]
     config: SupermaskConfig
+    entries: tuple[LayerEntry, ...]
     tensors: dict[str, TensorEntry]
 
     @property
+    def format_version(self) -> int:
+        return self.meta["format_version"]
+
+    @property
+    def arch(self) -> tuple[str, dict[str, Any]] | None:
+        """(zoo name, keyword arguments), or None for a module the user built."""
+        arch = self.meta["arch"]
+        return None if arch is None else (arch["name"], arch["kwargs"])
+
+    @property
     def layers(self) -> list[dict[str, Any]]:
-        return self.meta["layers"]
+        """Per layer as in a version 2 header (a version 1 file is shown converted)."""
+        return [e.to_dict() for e in self.entries]
+
+    def param_bytes(self) -> dict[str, int]:
+        """Stored bytes of each per-channel tensor, keyed by ``state_dict`` name."""
+        return {
+            p["name"]: self.tensors[p["tensor"]].end - self.tensors[p["tensor"]].begin
+            for p in self.meta["params"]
+        }
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per weight layer: size in the file against the entropy bound and other formats."""
+        """Per layer: its parts in the file, against the entropy bound and other formats."""
         rows = []
-        for layer in self.layers:
-            n, kept, nbytes = layer["n"], layer["kept"], layer["bytes"]
-            hidden = layer["mode"] == "hidden"
-            bound = codecs.entropy_bound_bits(kept / n) if hidden and n else None
-            bpw = 8.0 * nbytes / n if n else 0.0
+        for e in self.entries:
+            n = e.n
+            bounds = [p.entropy_bound_bits for p in e.parts if p.alphabet is not None]
+            bound = sum(bounds) / n if bounds and n else None
+            bpw = 8.0 * e.bytes / n if n else 0.0
+            sym_bpw = 8.0 * e.symbol_bytes / n if n else 0.0
+            parts = []
+            for p in e.parts:
+                item = p.to_dict()
+                item["bits_per_symbol"] = 8.0 * p.bytes / p.n if p.n else 0.0
+                item["entropy_bound_bits"] = (
+                    None if p.counts is None else p.entropy_bound_bits / p.n if p.n else 0.0
+                )
+                parts.append(item)
             rows.append(
                 {
-                    "name": layer["name"],
-                    "mode": layer["mode"],
-                    "shape": list(layer["shape"]),
+                    "name": e.name,
+                    "method": e.method,
+                    "shape": list(e.shape),
                     "weights": n,
-                    "kept": kept,
-                    "density": layer["density"],
-                    "codec": layer["codec"],
-                    "bytes": nbytes,
+                    "density": e.density,
+                    "codec": e.codec,
+                    "bytes": e.bytes,
+                    "symbol_bytes": e.symbol_bytes,
+                    "float_bytes": e.float_bytes,
                     "bits_per_weight": bpw,
                     "entropy_bound_bits": bound,
-                    "ratio_to_bound": (bpw / bound) if bound else None,
+                    "ratio_to_bound": (sym_bpw / bound) if bound else None,
                     "float32_bytes": 4 * n,
                     "int8_bytes": n,
                     "binarized_bytes": (n + 7) // 8,
+                    "parts": parts,
                 }
             )
         return rows
 
     def totals(self) -> dict[str, Any]:
-        """Whole-file totals; float32/int8/binarized add the per-channel values at float32."""
+        """Whole-file totals; float32/int8/binarized add the per-channel values at float32.
+
+        ``mask_bytes`` are the coded symbol parts of every layer (masks, signs, levels, ...),
+        ``float_part_bytes`` the real-valued parts (a dense layer's weights, scales).
+        """
         rows = self.rows()
         weights = sum(r["weights"] for r in rows)
-        hidden = [r for r in rows if r["mode"] == "hidden"]
-        hidden_n = sum(r["weights"] for r in hidden)
-        kept = sum(r["kept"] for r in hidden)
         values = sum(math.prod(p["shape"]) for p in self.meta["params"])
-        param_bytes = sum(
-            self.tensors[p["tensor"]].end - self.tensors[p["tensor"]].begin
-            for p in self.meta["params"]
+        param_bytes = sum(self.param_bytes().values())
+        bound_bytes = sum(
+            p.entropy_bound_bits / 8 for e in self.entries for p in e.parts if p.alphabet
         )
-        bound_bytes = sum(r["weights"] * r["entropy_bound_bits"] / 8 for r in hidden)
+        regenerated = sum(e.n for e in self.entries if not get_method(e.method).trains_weights)
         f32 = 4 * weights + 4 * values
         int8 = weights + 4 * values
         binarized = sum(r["binarized_bytes"] for r in rows) + 4 * values
         return {
             "layers": len(rows),
-            "hidden_layers": len(hidden),
             "weights": weights,
-            "hidden_weights": hidden_n,
-            "kept": kept,
-            "density": kept / hidden_n if hidden_n else None,
-            "mask_bytes": sum(r["bytes"] for r in hidden),
+            "regenerated_weights": regenerated,
+            "methods": sorted({e.method for e in self.entries}),
+            "mask_bytes": sum(r["symbol_bytes"] for r in rows),
             "entropy_bound_bytes": bound_bytes,
-            "dense_weight_bytes": sum(r["bytes"] for r in rows if r["mode"] == "dense"),
+            "float_part_bytes": sum(r["float_bytes"] for r in rows),
             "param_values": values,
             "param_bytes": param_bytes,
             "header_bytes": self.header_bytes,
@@ -812,7 +1112,7 @@ class ModelFileInfo:
             "format_version": self.meta["format_version"],
             "hiddenite_version": self.meta["hiddenite_version"],
             "arch": self.meta["arch"],
-            "supermask": self.meta["supermask"],
+            "supermask": self.config.to_dict(),
             "param_dtype": self.meta["param_dtype"],
             "layers": self.rows(),
             "totals": self.totals(),
@@ -824,67 +1124,85 @@ class ModelFileInfo:
     def table(self) -> str:
         """The per-layer table as text, then totals and the comparison with other formats."""
         head = (
-            "layer", "mode", "shape", "weights", "density", "codec", "bytes",
-            "bit/w", "H(k)", "xH(k)", "float32 kB", "int8 kB", "binary kB",
-        )  # fmt: skip
+            "layer",
+            "method",
+            "shape",
+            "weights",
+            "density",
+            "parts",
+            "codec",
+            "bytes",
+            "bit/w",
+            "H",
+            "xH",
+            "float32 kB",
+            "binary kB",
+        )
         lines = []
         for r in self.rows():
             bound = r["entropy_bound_bits"]
+            parts = "+".join(
+                p["name"] if p["alphabet"] is None else f"{p['name']}/{p['alphabet']}"
+                for p in r["parts"]
+            )
             lines.append(
                 (
                     r["name"],
-                    r["mode"],
+                    r["method"],
                     "x".join(map(str, r["shape"])),
                     f"{r['weights']:,}",
                     f"{r['density']:.4f}",
+                    parts,
                     r["codec"],
                     f"{r['bytes']:,}",
                     f"{r['bits_per_weight']:.4f}",
                     "-" if bound is None else f"{bound:.4f}",
                     "-" if not r["ratio_to_bound"] else f"{r['ratio_to_bound']:.3f}",
                     f"{r['float32_bytes'] / 1e3:,.2f}",
-                    f"{r['int8_bytes'] / 1e3:,.2f}",
                     f"{r['binarized_bytes'] / 1e3:,.2f}",
                 )
             )
         t = self.totals()
-        bound_bits = (
-            8 * t["entropy_bound_bytes"] / t["hidden_weights"] if t["hidden_weights"] else 0
-        )
-        mask_bits = 8 * t["mask_bytes"] / t["hidden_weights"] if t["hidden_weights"] else 0
+        weights = t["weights"]
         lines.append(
             (
                 "total",
                 "",
                 "",
-                f"{t['weights']:,}",
-                "-" if t["density"] is None else f"{t['density']:.4f}",
+                f"{weights:,}",
                 "",
-                f"{t['mask_bytes'] + t['dense_weight_bytes']:,}",
-                f"{mask_bits:.4f}" if t["hidden_weights"] else "-",
-                f"{bound_bits:.4f}" if t["hidden_weights"] else "-",
-                f"{mask_bits / bound_bits:.3f}" if bound_bits else "-",
-                f"{4 * t['weights'] / 1e3:,.2f}",
-                f"{t['weights'] / 1e3:,.2f}",
+                "",
+                "",
+                f"{t['mask_bytes'] + t['float_part_bytes']:,}",
+                f"{8 * (t['mask_bytes'] + t['float_part_bytes']) / weights:.4f}"
+                if weights
+                else "-",
+                f"{8 * t['entropy_bound_bytes'] / weights:.4f}" if weights else "-",
+                "",
+                f"{4 * weights / 1e3:,.2f}",
                 f"{(t['binarized_bytes'] - 4 * t['param_values']) / 1e3:,.2f}",
             )
         )
         m = self.meta
         sm = self.config
+        arch = self.arch
+        built = (
+            f"{arch[0]} {json.dumps(arch[1], sort_keys=True)}" if arch else "a user-built module"
+        )
         out = [
             f"{self.path}: {FORMAT} v{m['format_version']} (hiddenite {m['hiddenite_version']}), "
-            f"{m['arch']['name']} {json.dumps(m['arch']['kwargs'], sort_keys=True)}",
-            f"seed {sm.seed}, init {sm.init}, density {sm.density} ({sm.scope}), "
-            f"PRNG v{m['prng_version']}, per-channel parameters {m['param_dtype']}",
+            f"{built}",
+            f"seed {sm.seed}, init {sm.init}, density {sm.density}, method "
+            f"{sm.method.describe()}, PRNG v{m['prng_version']}, per-channel parameters "
+            f"{m['param_dtype']}",
             "",
-            *text_table(head, lines[:-1], lines[-1], left=(0, 1, 2, 5)),
+            *text_table(head, lines[:-1], lines[-1], left=(0, 1, 2, 5, 6)),
             "",
-            f"file {t['file_bytes']:,} bytes = header {t['header_bytes']:,} + masks "
-            f"{t['mask_bytes']:,} + dense weights {t['dense_weight_bytes']:,} + per-channel "
+            f"file {t['file_bytes']:,} bytes = header {t['header_bytes']:,} + coded parts "
+            f"{t['mask_bytes']:,} + float parts {t['float_part_bytes']:,} + per-channel "
             f"{t['param_bytes']:,} ({t['param_values']:,} values)",
-            f"masks: {mask_bits:.4f} bit/weight against the entropy bound {bound_bits:.4f}"
-            if t["hidden_weights"]
-            else "masks: none (no hidden layer)",
+            f"coded parts: {t['mask_bytes']:,} bytes against their empirical entropy "
+            f"{t['entropy_bound_bytes']:,.0f} bytes",
             f"same network as float32 {t['float32_bytes'] / 1e3:,.1f} kB "
             f"({t['ratio_float32']:.1f}x this file), INT8 {t['int8_bytes'] / 1e3:,.1f} kB "
             f"({t['ratio_int8']:.1f}x), binarized {t['binarized_bytes'] / 1e3:,.1f} kB "
@@ -950,163 +1268,6 @@ def _parse_container(head: bytes, file_bytes: int) -> tuple[dict[str, TensorEntr
             f"the tensors cover {position} data bytes but the file holds {data_bytes}"
         )
     return entries, metadata
-
-
-def _parse_meta(metadata: dict[str, str]) -> tuple[dict[str, Any], SupermaskConfig]:
-    """Check the hiddenite metadata document: format, version, checksum, every field."""
-    text = metadata[META_KEY]
-    meta = _json(text, "hiddenite metadata")
-    if not isinstance(meta, dict):
-        raise ModelFormatError("hiddenite metadata is not a JSON object")
-    if meta.get("format") != FORMAT:
-        raise ModelFormatError(
-            f"not a hiddenite model file (format {_show(meta.get('format'))}, expected {FORMAT!r})"
-        )
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ModelFormatError(f"format_version must be an integer, got {_show(version)}")
-    if version != FORMAT_VERSION:
-        raise ModelFormatError(
-            f"format version {version} is not supported (this hiddenite reads version "
-            f"{FORMAT_VERSION}{'; upgrade hiddenite' if version > FORMAT_VERSION else ''})"
-        )
-    if _sha256(text.encode("utf-8")) != metadata[META_SHA_KEY]:
-        raise ModelFormatError(
-            "metadata checksum mismatch (hiddenite_sha256): the header is corrupted or was edited"
-        )
-    _obj(meta, "hiddenite metadata", _META_FIELDS)
-    _str(meta["hiddenite_version"], "hiddenite_version", 64)
-    arch = _obj(meta["arch"], "arch", {"name", "kwargs"})
-    _check_arch(arch["name"], arch["kwargs"])
-    if not isinstance(meta["supermask"], dict):
-        raise ModelFormatError(f"supermask must be a JSON object, got {_show(meta['supermask'])}")
-    try:
-        config = SupermaskConfig.from_dict(meta["supermask"])
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise ModelFormatError(f"supermask config is invalid ({exc})") from None
-    prng = _int(meta["prng_version"], "prng_version", 0, 1 << 31)
-    if prng != PRNG_VERSION or config.prng_version != prng:
-        raise ModelFormatError(
-            f"PRNG version {prng} is not supported (this hiddenite regenerates version "
-            f"{PRNG_VERSION})"
-        )
-    if _int(meta["seed"], "seed", 0, 2**64 - 1) != config.seed:
-        raise ModelFormatError(f"seed {meta['seed']} differs from the supermask config's")
-    if meta["param_dtype"] not in PARAM_DTYPES:
-        raise ModelFormatError(
-            f"param_dtype {_show(meta['param_dtype'])} is not one of {', '.join(PARAM_DTYPES)}"
-        )
-    sha = _str(meta["payload_sha256"], "payload_sha256", 64)
-    if not _HEX64.fullmatch(sha):
-        raise ModelFormatError("payload_sha256 is not 64 lowercase hex digits")
-    layers = _list(meta["layers"], "layers", _MAX_ENTRIES)
-    if not layers:
-        raise ModelFormatError("the file lists no layers")
-    names = set()
-    for i, layer in enumerate(layers):
-        _check_layer(layer, i, meta["param_dtype"])
-        if layer["name"] in names:
-            raise ModelFormatError(f"layer name {layer['name']!r} appears twice")
-        names.add(layer["name"])
-    params = _list(meta["params"], "params", _MAX_ENTRIES)
-    seen = set()
-    for i, param in enumerate(params):
-        what = f"params[{i}]"
-        _obj(param, what, _PARAM_FIELDS)
-        name = _str(param["name"], f"{what} name")
-        if param["tensor"] != f"param.{name}":
-            raise ModelFormatError(f"{what} tensor must be 'param.{name}'")
-        _shape(param["shape"], f"{what} shape")
-        if name in seen:
-            raise ModelFormatError(f"per-channel tensor {name!r} appears twice")
-        seen.add(name)
-    return meta, config
-
-
-def _check_layer(layer: Any, i: int, param_dtype: str) -> None:
-    what = f"layers[{i}]"
-    _obj(layer, what, _LAYER_FIELDS)
-    _int(layer["index"], f"{what} index", i, i)
-    name = _str(layer["name"], f"{what} name")
-    what = f"layer {name!r}"
-    mode = layer["mode"]
-    if mode not in ("hidden", "dense"):
-        raise ModelFormatError(f"{what} mode must be 'hidden' or 'dense', got {_show(mode)}")
-    shape = _shape(layer["shape"], f"{what} shape")
-    n = _int(layer["n"], f"{what} n", 0, _MAX_DIM)
-    if n != math.prod(shape):
-        raise ModelFormatError(f"{what}: n = {n} is not the product of its shape {list(shape)}")
-    kept = _int(layer["kept"], f"{what} kept", 0, n)
-    density = _num(layer["density"], f"{what} density")
-    expected = kept / n if n else 0.0
-    if abs(density - expected) > 1e-9:
-        raise ModelFormatError(f"{what}: density {density} is not kept/n = {expected}")
-    nbytes = _int(layer["bytes"], f"{what} bytes", 0, _MAX_DIM * 4)
-    codec = layer["codec"]
-    if mode == "hidden":
-        if codec not in codecs.CODECS:
-            raise ModelFormatError(
-                f"{what}: unknown mask codec {_show(codec)}; known: {', '.join(codecs.CODECS)}"
-            )
-        if layer["tensor"] != f"mask.{name}":
-            raise ModelFormatError(f"{what}: tensor must be 'mask.{name}'")
-        if nbytes > _max_mask_bytes(codec, n):
-            raise ModelFormatError(
-                f"{what}: {nbytes} mask bytes is too many for {n} bits ({codec})"
-            )
-    else:
-        if codec != param_dtype:
-            raise ModelFormatError(f"{what}: a dense layer's codec must be {param_dtype!r}")
-        if layer["tensor"] != f"weight.{name}":
-            raise ModelFormatError(f"{what}: tensor must be 'weight.{name}'")
-        if kept != n:
-            raise ModelFormatError(f"{what}: a dense layer keeps all its weights")
-        if nbytes != n * _ITEMSIZE[_DTYPE_CODES[param_dtype]]:
-            raise ModelFormatError(f"{what}: {nbytes} bytes do not hold {n} {param_dtype} weights")
-
-
-def _expected_tensors(meta: dict[str, Any]) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(key, dtype, shape) in data-section order: params, dense weights, then masks."""
-    code = _DTYPE_CODES[meta["param_dtype"]]
-    out = [(p["tensor"], code, tuple(p["shape"])) for p in meta["params"]]
-    out += [(x["tensor"], code, tuple(x["shape"])) for x in meta["layers"] if x["mode"] == "dense"]
-    out += [(x["tensor"], "U8", (x["bytes"],)) for x in meta["layers"] if x["mode"] == "hidden"]
-    return out
-
-
-def _parse(head: bytes, file_bytes: int, path: str) -> ModelFileInfo:
-    entries, metadata = _parse_container(head, file_bytes)
-    meta, config = _parse_meta(metadata)
-    expected = _expected_tensors(meta)
-    keys = {key for key, _, _ in expected}
-    if len(keys) != len(expected):
-        raise ModelFormatError("two layers or parameters share a tensor name")
-    if keys != set(entries):
-        extra = sorted(set(entries) - keys)
-        lacking = sorted(keys - set(entries))
-        raise ModelFormatError(
-            f"the container's tensors do not match the metadata "
-            f"(unexpected {extra[:3]}, missing {lacking[:3]})"
-        )
-    position = 0
-    for key, dtype, shape in expected:
-        e = entries[key]
-        if e.dtype != dtype or e.shape != shape:
-            raise ModelFormatError(
-                f"tensor {key!r} is {e.dtype} {list(e.shape)}, the metadata says {dtype} "
-                f"{list(shape)}"
-            )
-        if e.begin != position:
-            raise ModelFormatError(f"tensor {key!r} is not at its place in the data section")
-        position = e.end
-    return ModelFileInfo(
-        path=path,
-        file_bytes=file_bytes,
-        header_bytes=len(head),
-        meta=meta,
-        config=config,
-        tensors=entries,
-    )
 
 
 def _read_head(fh, path: str) -> tuple[bytes, int]:
@@ -1175,96 +1336,129 @@ def read_header(path: str | os.PathLike) -> ModelFileInfo:
     """Read and check only the header of the model file at ``path`` (no tensor data, no model).
 
     Checks the container framing, the metadata checksum and every metadata field; the payload
-    checksum and the masks are checked by :func:`load`. Raises ModelFormatError.
+    checksum and the parts are checked by :func:`load`. Raises ModelFormatError.
     """
     with _open(path) as fh:
         return _guard(path, lambda: _parse(*_read_head(fh, str(path)), str(path)))
 
 
-def _load(fh, path: str, max_weights: int, check_masks: bool) -> tuple[nn.Module, ModelFileInfo]:
+def _decode_parts(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.ndarray]]:
+    """Every layer's parts decoded (symbols checked against the header's counts)."""
+    param_dtype = info.meta["param_dtype"]
+    out = []
+    for entry in info.entries:
+        arrays = {}
+        for part in entry.parts:
+            e = info.tensors[part.tensor]
+            raw = data[e.begin : e.end]
+            what = f"layer {entry.name!r} part {part.name!r}"
+            if part.alphabet is None:
+                arrays[part.name] = decode_float(raw, part.n, param_dtype)
+                continue
+            try:
+                symbols = codecs.decode(raw, part.n, part.codec, alphabet=part.alphabet)
+            except codecs.CodecError as exc:
+                raise ModelFormatError(f"{what} does not decode ({exc})") from None
+            counts = tuple(
+                int(c) for c in np.bincount(symbols.astype(np.int64), minlength=part.alphabet)
+            )
+            if counts != part.counts:
+                raise ModelFormatError(
+                    f"{what} holds symbol counts {list(counts)}, the header says "
+                    f"{list(part.counts)}"
+                )
+            arrays[part.name] = symbols
+        out.append(arrays)
+    groups: dict[str, list[LayerItem]] = {}
+    for entry, arrays in zip(info.entries, out, strict=True):
+        item = LayerItem(entry.name, entry.shape, entry.config, entry.density, arrays)
+        groups.setdefault(entry.method, []).append(item)
+    for name, items in groups.items():
+        try:
+            get_method(name).check(items)
+        except ValueError as exc:
+            raise ModelFormatError(f"method {name!r}: {exc}") from None
+    return out
+
+
+def _target(
+    info: ModelFileInfo, model: nn.Module | None, max_weights: int
+) -> tuple[nn.Module | None, _Layout]:
+    """The module to restore into (None: build the zoo model) and its layout, checked."""
+    config = info.config
+    if model is None:
+        if info.arch is None:
+            raise ModelFormatError(
+                "the file holds a module built outside the zoo: build it again and pass it, "
+                "as load(path, model=module)"
+            )
+        name, kwargs = info.arch
+        layout = _layout(_skeleton(name, kwargs, config))
+        what = f"architecture {name!r}"
+    else:
+        if not _supermask_layers(model):
+            names = {e.name for e in info.entries}
+            try:
+                supermask_(model, config, lambda _, qual: qual in names, init_state=False)
+            except (ConfigError, ValueError) as exc:
+                raise ModelFormatError(f"the module cannot be converted ({_first(exc)})") from None
+        layout = _layout(model)
+        what = "the module"
+    if layout.weights > max_weights:
+        raise ModelFormatError(
+            f"{what} has {layout.weights:,} weights, more than max_weights ({max_weights:,}); "
+            "pass a larger max_weights to load it"
+        )
+    _fit(layout, info.entries, config)
+    _fit_params(layout, {p["name"]: tuple(p["shape"]) for p in info.meta["params"]}, what)
+    return model, layout
+
+
+def _load(
+    fh, path: str, max_weights: int, check_parts: bool, model: nn.Module | None
+) -> tuple[nn.Module, ModelFileInfo]:
     head, file_bytes = _read_head(fh, path)
     info = _parse(head, file_bytes, path)
-    meta, config = info.meta, info.config
-    name, kwargs = meta["arch"]["name"], meta["arch"]["kwargs"]
-    plan = _plan(name, kwargs, config)
-    if plan.weights > max_weights:
-        raise ModelFormatError(
-            f"architecture {name!r} has {plan.weights:,} weights, more than max_weights "
-            f"({max_weights:,}); pass a larger max_weights to load it"
-        )
-    if len(plan.layers) != len(meta["layers"]):
-        raise ModelFormatError(
-            f"the file lists {len(meta['layers'])} layers, architecture {name!r} has "
-            f"{len(plan.layers)}"
-        )
-    for layer, lp in zip(meta["layers"], plan.layers, strict=True):
-        if (layer["name"], tuple(layer["shape"]), layer["mode"]) != (lp.name, lp.shape, lp.mode):
-            raise ModelFormatError(
-                f"layer {layer['index']} is {layer['name']!r} {layer['shape']} ({layer['mode']}), "
-                f"architecture {name!r} has {lp.name!r} {list(lp.shape)} ({lp.mode})"
-            )
-    params = {p["name"]: tuple(p["shape"]) for p in meta["params"]}
-    if params != plan.params:
-        extra = sorted(set(params) - set(plan.params))
-        lacking = sorted(set(plan.params) - set(params))
-        differ = sorted(k for k in set(params) & set(plan.params) if params[k] != plan.params[k])
-        raise ModelFormatError(
-            f"per-channel tensors do not fit architecture {name!r} (unexpected {extra[:3]}, "
-            f"missing {lacking[:3]}, other shape {differ[:3]})"
-        )
-    hidden = [x for x in meta["layers"] if x["mode"] == "hidden"]
-    _check_kept([(x["name"], x["n"], x["kept"]) for x in hidden], config)
-
+    model, _ = _target(info, model, max_weights)
     blob = head + fh.read(file_bytes - len(head))
     if len(blob) != file_bytes:
         raise ModelFormatError("file is truncated (shrank while being read)")
     data = memoryview(blob)[len(head) :]
-    if _sha256(data) != meta["payload_sha256"]:
+    if _sha256(data) != info.meta["payload_sha256"]:
         raise ModelFormatError(
             "payload checksum mismatch (payload_sha256): the tensor data is corrupted"
         )
-    masks = {}
-    for layer in hidden:
-        e = info.tensors[layer["tensor"]]
-        what = f"layer {layer['name']!r}"
+    decoded = _decode_parts(info, data)
+    if model is None:
+        name, kwargs = info.arch
         try:
-            bits = codecs.decode(data[e.begin : e.end], layer["n"], layer["codec"])
-        except codecs.CodecError as exc:
-            raise ModelFormatError(f"{what}: mask does not decode ({exc})") from None
-        ones = int(np.count_nonzero(bits))
-        if ones != layer["kept"]:
+            model = models.create(name, info.config, init_state=False, **kwargs)
+        except Exception as exc:  # the meta-device layout built, so this is memory or torch
             raise ModelFormatError(
-                f"{what}: mask keeps {ones} weights, the header says {layer['kept']}"
-            )
-        masks[layer["name"]] = bits
+                f"architecture {name!r} cannot be built ({_first(exc)})"
+            ) from None
+    _fit(_layout(model), info.entries, info.config)
 
     def tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         e = info.tensors[key]
         array = np.frombuffer(data[e.begin : e.end], dtype=_NP_DTYPES[e.dtype]).reshape(shape)
         return torch.from_numpy(array.astype(np.float32))
 
-    try:
-        model = models.create(name, config, init_scores=False, **kwargs)
-    except Exception as exc:  # the meta-device plan built, so this is memory or a torch error
-        raise ModelFormatError(f"architecture {name!r} cannot be built ({_first(exc)})") from None
-    problem = _mismatch(model, plan, config)
-    if problem:
-        raise ModelFormatError(f"internal: the rebuilt model does not fit the file ({problem})")
+    layers = _supermask_layers(model)
     with torch.no_grad():
         state = _per_channel(model)
-        for p in meta["params"]:
-            state[p["name"]].copy_(tensor(p["tensor"], tuple(p["shape"])))
-        for (qual, layer), entry in zip(_supermask_layers(model), meta["layers"], strict=True):
-            if layer.hidden:
-                bits = torch.from_numpy(masks[qual]).reshape(layer.scores.shape)
-                layer.scores.copy_(bits.to(layer.scores.dtype))
-            else:
-                layer.weight.copy_(tensor(entry["tensor"], tuple(entry["shape"])))
-        for qual, layer in _supermask_layers(model) if check_masks else ():
-            if layer.hidden and not torch.equal(
-                layer.mask().to(torch.bool).reshape(-1), torch.from_numpy(masks[qual])
-            ):
-                raise ModelFormatError(f"internal: layer {qual!r} does not reselect its mask")
+        for p in info.meta["params"]:
+            value = tensor(p["tensor"], tuple(p["shape"]))
+            state[p["name"]].copy_(value.to(state[p["name"]].device))
+        for (_, layer), arrays in zip(layers, decoded, strict=True):
+            layer.method.restore(layer, arrays)
+        for (qual, layer), arrays in zip(layers, decoded, strict=True) if check_parts else ():
+            again = layer.method.export(layer)
+            for key, want in arrays.items():
+                if not np.array_equal(np.asarray(again[key]), np.asarray(want)):
+                    raise ModelFormatError(
+                        f"internal: layer {qual!r} does not rebuild its part {key!r}"
+                    )
     return model.eval(), info
 
 
@@ -1272,23 +1466,32 @@ def load(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     *,
+    model: nn.Module | None = None,
     max_weights: int = DEFAULT_MAX_WEIGHTS,
     check_masks: bool = True,
 ) -> nn.Module:
     """Rebuild the hidden network stored at ``path``; an eval-mode module on ``device``.
 
-    Frozen weights are regenerated from the seed; each hidden layer's ``scores`` are set to its
-    stored mask as 0/1 values, which the layer's own top-k selection re-selects exactly (the
-    original scores are not in the file: resume training from the checkpoint instead). With
-    float32 parameters the outputs equal the saved model's bit for bit.
+    Frozen weights are regenerated from the seed; each layer's method restores its learned
+    state from the stored parts (an edge-popup layer's scores become its 0/1 mask, which its
+    own top-k selection re-selects exactly; the original scores are not in the file: resume
+    training from the checkpoint instead). With float32 parameters the outputs equal the saved
+    model's bit for bit.
 
-    ``max_weights`` caps the architecture's weight count (memory is about 9 bytes per weight
-    while building). ``check_masks`` runs every hidden layer's selection once to confirm it
-    re-selects the stored mask (about one forward pass of top-k work; False skips it).
-    Raises ModelFormatError for any bad, truncated or hostile file.
+    ``model``: restore into this module instead of building the zoo architecture the file
+    names (needed for a module built outside the zoo): a module converted with
+    :func:`hiddenite.supermask_` as when it was saved, or the same module unconverted (it is
+    converted here with the file's config, exactly the layers the file lists). The first layer
+    whose name, shape, method or density differs raises ModelFormatError.
+    ``max_weights`` caps the weight count (memory is about 9 bytes per weight while
+    building). ``check_masks`` exports every layer's parts once more to confirm the restored
+    layer gives exactly the stored parts (about one forward pass of top-k work; False skips
+    it). Raises ModelFormatError for any bad, truncated or hostile file.
     """
     if isinstance(max_weights, bool) or not isinstance(max_weights, int) or max_weights < 1:
         raise ValueError(f"max_weights must be a positive integer, got {max_weights!r}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     with _open(path) as fh:
-        model, _ = _guard(path, lambda: _load(fh, str(path), max_weights, check_masks))
+        model, _ = _guard(path, lambda: _load(fh, str(path), max_weights, check_masks, model))
     return model.to(device)

@@ -23,7 +23,9 @@ import torch
 from .atomic import atomic_write_text
 from .convert import SupermaskConfig
 from .data import load_dataset, train_val_split
-from .fileformat import load, save_trained
+from .errors import UserError
+from .export import export_checkpoint
+from .fileformat import load
 from .summary import summary
 from .train import TrainConfig, evaluate, load_trained, predict, resolve_device, train
 
@@ -55,7 +57,7 @@ def hidden_and_dense_configs(epochs: int, train_subset: int) -> tuple[TrainConfi
     )
     dense = dataclasses.replace(
         hidden,
-        supermask=SupermaskConfig(mode="dense", init="kaiming-normal", seed=0),
+        supermask=SupermaskConfig(method="dense", init="kaiming-normal", seed=0),
         lr=0.02,
         weight_decay=5e-4,
     )
@@ -98,9 +100,9 @@ def run_main_job(args) -> int:
     out = Path(args.out)
     quick = bool(getattr(args, "quick", False))
     if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     if args.train_subset is not None and args.train_subset < 0:
-        raise ValueError(f"--train-subset must be >= 0 (0: all), got {args.train_subset}")
+        raise UserError(f"--train-subset must be >= 0 (0: all), got {args.train_subset}")
     epochs = args.epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     subset = args.train_subset
     if subset is None:
@@ -123,8 +125,10 @@ def run_main_job(args) -> int:
     results = {}
     for label, cfg in (("hidden", hidden_cfg), ("dense", dense_cfg)):
         sm = cfg.supermask
-        print(f"\n== {label}: {cfg.model} {cfg.model_kwargs}, mode={sm.mode}, init={sm.init}"
-              + (f", density={sm.density}" if sm.mode == "hidden" else ""))  # fmt: skip
+        print(
+            f"\n== {label}: {cfg.model} {cfg.model_kwargs}, method={sm.method.describe()}, "
+            f"init={sm.init}, density={sm.density}"
+        )
         t0 = time.perf_counter()
         result = train(cfg, out / label, datasets=(train_set, val_set), device=device)
         results[label] = {
@@ -146,7 +150,7 @@ def run_main_job(args) -> int:
 
     print("\n== exporting the hidden network to a model file and loading it back")
     model_path = out / "model.hnn"
-    file_info = save_trained(out / "hidden" / "checkpoint.safetensors", model_path)
+    file_info = export_checkpoint(out / "hidden" / "checkpoint.safetensors", model_path)
     from_file = load(model_path, device)
     file_predictions = predict(from_file, test, device=device)
     file_test = evaluate(from_file, test, hidden_cfg.eval_batch_size, device)
@@ -155,8 +159,10 @@ def run_main_job(args) -> int:
         file_test["accuracy"] == results["hidden"]["test"]["accuracy"]
     )
     codecs_used = {}
-    for layer in file_info.layers:
-        codecs_used[layer["codec"]] = codecs_used.get(layer["codec"], 0) + 1
+    for entry in file_info.entries:
+        for part in entry.parts:
+            if part.codec is not None:
+                codecs_used[part.codec] = codecs_used.get(part.codec, 0) + 1
     print(
         f"{model_path}: {ft['file_bytes']:,} bytes ({ft['file_bits_per_weight']:.3f} bit/weight; "
         f"masks {ft['mask_bytes']:,} + header {ft['header_bytes']:,}; codecs "
@@ -206,7 +212,7 @@ def run_main_job(args) -> int:
         f"test accuracy {rebuilt_test['accuracy']:.4f}"
     )
     print(
-        f"model data: hidden {t['hidden_bytes'] / 1e3:.1f} kB, binarized "
+        f"model data: stored {t['stored_bytes'] / 1e3:.1f} kB, binarized "
         f"{t['binarized_bytes'] / 1e3:.1f} kB, float32 {t['float32_bytes'] / 1e3:.1f} kB"
     )
     print(

@@ -166,22 +166,29 @@ class GlobalThreshold:
     whenever :meth:`layer_mask` sees that some layer's scores changed version.
     """
 
-    def __init__(self, density: float) -> None:
+    def __init__(self, density: float, attribute: str = "scores") -> None:
         kept_count(1, density)  # validates
         self.density = density
+        self.attribute = attribute  # the name of each layer's score tensor
         self._layers: list = []
         self._key: tuple | None = None
         self._threshold: torch.Tensor | None = None
         self._tie_budget: dict[int, int] = {}
 
     def register(self, layer) -> None:
-        """Add a layer (anything with a ``scores`` tensor) to the group."""
+        """Add a layer (anything with a score tensor named ``attribute``) to the group."""
         self._layers.append(layer)
         self._key = None
 
     @property
     def layers(self) -> list:
         return list(self._layers)
+
+    def _scores(self, layer) -> torch.Tensor:
+        return getattr(layer, self.attribute)
+
+    def _versions(self) -> tuple:
+        return tuple((self._scores(x).data_ptr(), self._scores(x)._version) for x in self._layers)
 
     def is_first(self, layer) -> bool:
         return bool(self._layers) and self._layers[0] is layer
@@ -191,7 +198,7 @@ class GlobalThreshold:
         self._key = None
 
     def _refresh(self) -> None:
-        abs_scores = [layer.scores.detach().reshape(-1).abs() for layer in self._layers]
+        abs_scores = [self._scores(layer).detach().reshape(-1).abs() for layer in self._layers]
         flat = torch.cat(abs_scores)
         m = kept_count(flat.numel(), self.density)
         budgets: dict[int, int] = {}
@@ -207,24 +214,20 @@ class GlobalThreshold:
                 budgets[id(layer)] = min(tied, remaining)
                 remaining -= budgets[id(layer)]
         self._threshold, self._tie_budget = t, budgets
-        self._key = tuple(
-            (layer.scores.data_ptr(), layer.scores._version) for layer in self._layers
-        )
+        self._key = self._versions()
 
     def threshold(self) -> torch.Tensor | None:
         """The global threshold on |score|: None when all weights are kept, inf when none."""
-        key = tuple((lay.scores.data_ptr(), lay.scores._version) for lay in self._layers)
-        if key != self._key:
+        if self._versions() != self._key:
             self._refresh()
         t = self._threshold
         return None if t is not None and float(t) == -math.inf else t
 
     def layer_mask(self, layer, refresh: bool = False) -> torch.Tensor:
         """Boolean mask of ``layer`` under the group's selection."""
-        key = tuple((lay.scores.data_ptr(), lay.scores._version) for lay in self._layers)
-        if refresh or key != self._key:
+        if refresh or self._versions() != self._key:
             self._refresh()
-        values = layer.scores.detach().abs()
+        values = self._scores(layer).detach().abs()
         t = self._threshold.to(values.device)
         budget = self._tie_budget.get(id(layer), 0)
         if budget == 0:

@@ -30,7 +30,12 @@ different seeds, layers or streams::
 0xBF58476D1CE4E5B9 and 0x94D049BB133111EB, shifts 30, 27, 31) and ``fmix32`` MurmurHash3's
 32-bit finaliser (shifts 16, 13, 16; multipliers 0x85EBCA6B, 0xC2B2AE35). Both are
 bijections; the all-zero state (which would make Xorshift emit zeros forever) can never
-occur. Stream 0 draws the frozen weights, stream 1 the initial scores, stream 2 dense biases.
+occur.
+
+Streams are named: :func:`stream_id` maps a name to its number, and every number is taken by
+one name only (:func:`register_stream` refuses a collision). Version 1 fixes ``weights`` = 0
+(the frozen weights), ``scores`` = 1 (initial scores), ``bias`` = 2 (biases of trained
+layers); supermask methods register the streams they draw from (``hiddenite.methods``).
 """
 
 from __future__ import annotations
@@ -52,23 +57,63 @@ _ZERO_SEED_REPLACEMENT = 0x6D2B79F5
 
 STREAM_WEIGHTS = 0
 STREAM_SCORES = 1
+STREAM_BIAS = 2
+
+_STREAMS: dict[str, int] = {"weights": STREAM_WEIGHTS, "scores": STREAM_SCORES, "bias": STREAM_BIAS}
 
 __all__ = [
     "DEFAULT_LANES",
     "PRNG_VERSION",
+    "STREAM_BIAS",
     "STREAM_SCORES",
     "STREAM_WEIGHTS",
     "fmix32",
     "lane_seeds",
     "lanes_numpy",
     "lanes_torch",
+    "register_stream",
     "seeds_from_key",
     "splitmix64",
+    "stream_id",
     "stream_key",
+    "streams",
     "xorshift32",
     "xorshift64",
     "xorshift128",
 ]
+
+
+def register_stream(name: str, number: int) -> int:
+    """Give PRNG stream ``number`` the name ``name``; returns ``number``.
+
+    Registering the same pair again is a no-op; a name or a number already taken by another
+    pair raises ValueError, so no two uses of the generator can ever share a stream.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"stream name must be a non-empty string, got {name!r}")
+    number = _check_word(number, 32, "stream")
+    if _STREAMS.get(name, number) != number:
+        raise ValueError(f"PRNG stream {name!r} is already stream {_STREAMS[name]}, not {number}")
+    for other, taken in _STREAMS.items():
+        if taken == number and other != name:
+            raise ValueError(f"PRNG stream {number} is already taken by {other!r}")
+    _STREAMS[name] = number
+    return number
+
+
+def stream_id(name: str) -> int:
+    """The number of the registered PRNG stream ``name``."""
+    try:
+        return _STREAMS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown PRNG stream {name!r}; registered: {', '.join(sorted(_STREAMS))}"
+        ) from None
+
+
+def streams() -> dict[str, int]:
+    """Every registered stream: name -> number."""
+    return dict(_STREAMS)
 
 
 def _check_count(n: int) -> int:

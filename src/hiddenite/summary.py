@@ -1,11 +1,12 @@
 """Per-layer size table, in the spirit of larq's ``summary``.
 
-For every weight layer: its shape, weight count, density (kept fraction), learned bits and
-the bytes the layer's model data takes as float32, INT8, a binarized network (1 bit per
-weight) and a hidden network (1 mask bit per weight, packed; the weights come from the
-seed). Per-channel parameters (batch norm statistics and affine terms, biases) are stored as
-float32 by every format and are counted in each column. A dense-mode or plain layer stores
-float32 weights even in the "hidden" column. The hidden total adds 8 bytes for the seed.
+For every weight layer: its shape, weight count, method, density (the fraction of weights in
+use), the parts its method stores (:mod:`hiddenite.methods`) coded exactly as the model file
+codes them (:mod:`hiddenite.storage`), and the bytes the layer takes as float32, INT8, a
+binarized network (1 bit per weight) and as stored here. Per-channel parameters (batch norm
+statistics and affine terms, biases) are counted at float32 in every column. A plain
+``nn.Conv2d``/``nn.Linear`` stores float32 weights. The stored total adds 8 bytes for the seed.
+The ``part_bytes`` of a model equal the coded parts of its ``.hnn`` file with the same codec.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from .layers import SupermaskLayer
+from .storage import encode_layer
 from .texttable import text_table
 
 SEED_BYTES = 8
@@ -25,20 +27,33 @@ __all__ = ["LayerSize", "ModelSummary", "summary"]
 
 
 @dataclass(frozen=True)
+class PartSize:
+    """One stored part of a layer: symbols over ``alphabet`` (None: floats), coded bytes."""
+
+    name: str
+    n: int
+    alphabet: int | None
+    codec: str | None
+    bytes: int
+
+
+@dataclass(frozen=True)
 class LayerSize:
-    """One row of the summary; byte columns are bytes, bits are bits."""
+    """One row of the summary; byte columns are bytes."""
 
     name: str
     kind: str
+    method: str | None
     shape: tuple[int, ...]
     weights: int
     density: float
-    learned_bits: int
+    parts: tuple[PartSize, ...]
+    part_bytes: int
     param_count: int
     float32_bytes: float
     int8_bytes: float
     binarized_bytes: float
-    hidden_bytes: float
+    stored_bytes: float
 
 
 @dataclass(frozen=True)
@@ -59,29 +74,34 @@ class ModelSummary:
         head = (
             "layer",
             "kind",
+            "method",
             "shape",
             "weights",
             "density",
-            "learned bits",
+            "parts",
+            "part bytes",
             "float32 kB",
             "int8 kB",
             "binary kB",
-            "hidden kB",
+            "stored kB",
         )
         lines = []
         for r in self.rows:
+            parts = " ".join(f"{p.name}:{p.codec or 'float32'}" for p in r.parts)
             lines.append(
                 (
                     r.name,
                     r.kind,
+                    r.method or "-",
                     "x".join(map(str, r.shape)) or "-",
                     f"{r.weights:,}",
                     f"{r.density:.3f}" if r.weights else "-",
-                    f"{r.learned_bits:,}",
+                    parts or "-",
+                    f"{r.part_bytes:,}",
                     f"{r.float32_bytes / 1e3:,.2f}",
                     f"{r.int8_bytes / 1e3:,.2f}",
                     f"{r.binarized_bytes / 1e3:,.2f}",
-                    f"{r.hidden_bytes / 1e3:,.2f}",
+                    f"{r.stored_bytes / 1e3:,.2f}",
                 )
             )
         t = self.totals
@@ -90,20 +110,22 @@ class ModelSummary:
                 "total",
                 "",
                 "",
+                "",
                 f"{t['weights']:,}",
                 f"{t['density']:.3f}",
-                f"{t['learned_bits']:,}",
+                "",
+                f"{t['part_bytes']:,}",
                 f"{t['float32_bytes'] / 1e3:,.2f}",
                 f"{t['int8_bytes'] / 1e3:,.2f}",
                 f"{t['binarized_bytes'] / 1e3:,.2f}",
-                f"{t['hidden_bytes'] / 1e3:,.2f}",
+                f"{t['stored_bytes'] / 1e3:,.2f}",
             )
         )
-        out = [*text_table(head, lines[:-1], lines[-1], left=(0, 1, 2)), ""]
+        out = [*text_table(head, lines[:-1], lines[-1], left=(0, 1, 2, 3, 6)), ""]
         out.append(
             f"compression vs float32: int8 {t['ratio_int8']:.1f}x, binarized "
-            f"{t['ratio_binarized']:.1f}x, hidden {t['ratio_hidden']:.1f}x "
-            f"(hidden = packed mask bits + float32 per-channel parameters + {SEED_BYTES}-byte seed)"
+            f"{t['ratio_binarized']:.1f}x, stored {t['ratio_stored']:.1f}x "
+            f"(stored = coded parts + float32 per-channel parameters + {SEED_BYTES}-byte seed)"
         )
         return "\n".join(out)
 
@@ -112,76 +134,93 @@ class ModelSummary:
 
 
 def _stored_tensors(module: nn.Module) -> int:
-    """Per-channel values a module stores besides its weights (bias, BN stats and affine)."""
+    """Per-channel values a module stores besides its weights and its method's parts."""
+    owned: set[str] = {"weight"} if isinstance(module, (nn.Conv2d, nn.Linear)) else set()
+    if isinstance(module, SupermaskLayer):
+        owned |= set(module.method.owned_state(module))
     count = sum(
-        p.numel()
-        for name, p in module.named_parameters(recurse=False)
-        if name not in ("weight", "scores") or not isinstance(module, (nn.Conv2d, nn.Linear))
+        p.numel() for name, p in module.named_parameters(recurse=False) if name not in owned
     )
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
         count += module.running_mean.numel() + module.running_var.numel()
     return count
 
 
-def _row(name: str, module: nn.Module) -> LayerSize | None:
+def _row(name: str, module: nn.Module, codec: str | None) -> LayerSize | None:
     extra = _stored_tensors(module)
     extra_bytes = 4.0 * extra
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         n = module.weight.numel()
-        hidden = isinstance(module, SupermaskLayer) and module.hidden
-        density = float(module.mask().mean()) if hidden else 1.0
-        kind = type(module).__name__ + (" (hidden)" if hidden else "")
+        if isinstance(module, SupermaskLayer):
+            stored = encode_layer(module, codec)
+            parts = tuple(
+                PartSize(s.part.name, s.part.n, s.part.alphabet, s.codec, s.nbytes) for s in stored
+            )
+            density = float(module.support().float().mean()) if n else 1.0
+            method = module.method.name
+        else:
+            parts = (PartSize("weight", n, None, None, 4 * n),)
+            density, method = 1.0, None
+        part_bytes = sum(p.bytes for p in parts)
         return LayerSize(
             name=name,
-            kind=kind,
+            kind=type(module).__name__,
+            method=method,
             shape=tuple(module.weight.shape),
             weights=n,
             density=density,
-            learned_bits=(n if hidden else 32 * n) + 32 * extra,
+            parts=parts,
+            part_bytes=part_bytes,
             param_count=extra,
             float32_bytes=4.0 * n + extra_bytes,
             int8_bytes=1.0 * n + extra_bytes,
             binarized_bytes=math.ceil(n / 8) + extra_bytes,
-            hidden_bytes=(math.ceil(n / 8) if hidden else 4.0 * n) + extra_bytes,
+            stored_bytes=part_bytes + extra_bytes,
         )
     if extra == 0:
         return None
     return LayerSize(
         name=name,
         kind=type(module).__name__,
+        method=None,
         shape=(),
         weights=0,
         density=1.0,
-        learned_bits=32 * extra,
+        parts=(),
+        part_bytes=0,
         param_count=extra,
         float32_bytes=extra_bytes,
         int8_bytes=extra_bytes,
         binarized_bytes=extra_bytes,
-        hidden_bytes=extra_bytes,
+        stored_bytes=extra_bytes,
     )
 
 
-def summary(model: nn.Module, print_fn=print) -> ModelSummary:
+def summary(model: nn.Module, print_fn=print, *, codec: str | None = None) -> ModelSummary:
     """Per-layer sizes of ``model``; prints the table with ``print_fn`` (None: silent).
 
-    Returns a :class:`ModelSummary` (``.rows``, ``.totals``, ``.to_json()``).
+    ``codec``: the mask codec for every symbol part, as :func:`hiddenite.save` takes it (None:
+    the smallest per part). Returns a :class:`ModelSummary` (``.rows``, ``.totals``,
+    ``.to_json()``).
     """
-    rows = tuple(row for name, module in model.named_modules() if (row := _row(name, module)))
+    rows = tuple(
+        row for name, module in model.named_modules() if (row := _row(name, module, codec))
+    )
     weights = sum(r.weights for r in rows)
-    kept = sum(r.weights * r.density for r in rows)
+    used = sum(r.weights * r.density for r in rows)
     totals = {
         "layers": sum(1 for r in rows if r.weights),
         "weights": weights,
-        "kept_weights": round(kept),
-        "density": kept / weights if weights else 1.0,
-        "learned_bits": sum(r.learned_bits for r in rows),
+        "used_weights": round(used),
+        "density": used / weights if weights else 1.0,
+        "part_bytes": sum(r.part_bytes for r in rows),
         "param_count": sum(r.param_count for r in rows),
         "float32_bytes": sum(r.float32_bytes for r in rows),
         "int8_bytes": sum(r.int8_bytes for r in rows),
         "binarized_bytes": sum(r.binarized_bytes for r in rows),
-        "hidden_bytes": sum(r.hidden_bytes for r in rows) + SEED_BYTES,
+        "stored_bytes": sum(r.stored_bytes for r in rows) + SEED_BYTES,
     }
-    for key in ("int8", "binarized", "hidden"):
+    for key in ("int8", "binarized", "stored"):
         size = totals[f"{key}_bytes"]
         totals[f"ratio_{key}"] = totals["float32_bytes"] / size if size else math.inf
     result = ModelSummary(rows=rows, totals=totals)

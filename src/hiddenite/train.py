@@ -41,6 +41,8 @@ from .data import (
     resolve_name,
     train_val_split,
 )
+from .errors import UserError
+from .layers import SupermaskLayer
 
 TRAIN_CONFIG_VERSION = 1
 OPTIMIZERS = ("sgd", "adam")
@@ -209,11 +211,11 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(
+        raise UserError(
             f"--device {name!r} is not a device torch knows (use cpu, cuda or auto)"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: no CUDA device is available here; use --device cpu")
+        raise UserError(f"--device {name!r}: no CUDA device is available here; use --device cpu")
     return device
 
 
@@ -228,12 +230,18 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # the methods' learned state over frozen weights (scores, ...): decayed only on request
+    scores = {
+        id(getattr(module, key))
+        for module in model.modules()
+        if isinstance(module, SupermaskLayer) and not module.trains_weights
+        for key in module.method.owned_state(module)
+    }
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
-        is_score = name.endswith("scores")
-        (no_decay if is_score and not config.score_decay else decay).append(param)
+        (no_decay if id(param) in scores and not config.score_decay else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

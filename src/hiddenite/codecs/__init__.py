@@ -1,10 +1,16 @@
-"""Supermask codecs: a 1-D bool mask of ``n`` bits (True = weight kept) <-> bytes.
+"""Supermask codecs: ``n`` symbols over an alphabet of ``a`` values (2..256) <-> bytes.
 
-Three codecs, chosen per layer: ``packed`` (1 bit per weight), ``rle`` (fixed-width run
-lengths of the zeros between kept weights, a small-circuit decoder) and ``entropy`` (range
-coding with a Bernoulli model of the density, within 1 % of the entropy bound). The exact
-bit formats are in ``docs/mask-codecs.md``. ``n`` is never stored: the caller supplies it.
-Corrupt data raises :class:`CodecError` and nothing else.
+A binary mask (``alphabet=2``, the default) is a 1-D bool array of ``n`` bits, True = weight
+kept. Larger alphabets code per-weight symbols such as ternary keep/hide/invert signs
+(``a = 3``) or multicoat levels ``0..C`` (``a = C + 1``) as 1-D integer arrays.
+
+Three codecs, chosen per layer: ``packed`` (``ceil(log2 a)`` bits per symbol), ``rle``
+(binary only: fixed-width run lengths of the zeros between kept weights, a small-circuit
+decoder) and ``entropy`` (range coding with a Bernoulli model of the density for binary
+masks, a categorical model of the symbol frequencies otherwise; within 1 % of the entropy
+bound). The exact byte formats are in ``docs/mask-codecs.md``. ``n`` and ``a`` are never
+implied by the data alone: the caller supplies them. Corrupt data raises :class:`CodecError`
+and nothing else.
 """
 
 from __future__ import annotations
@@ -14,10 +20,21 @@ import math
 import numpy as np
 
 from . import entropy, packed, rle
-from ._common import as_bits, check_n
+from ._common import as_bits, as_symbols, check_alphabet, check_n, symbol_bits
 from .errors import CodecError
 
-__all__ = ["CODECS", "CodecError", "decode", "encode", "encode_best", "entropy_bound_bits"]
+__all__ = [
+    "CODECS",
+    "CodecError",
+    "decode",
+    "empirical_entropy_bits",
+    "encode",
+    "encode_best",
+    "entropy_bound_bits",
+    "max_bytes",
+    "supports",
+    "symbol_bits",
+]
 
 CODECS: tuple[str, ...] = ("packed", "rle", "entropy")
 _MODULES = {"packed": packed, "rle": rle, "entropy": entropy}
@@ -32,34 +49,91 @@ def _module(codec: str):
         ) from None
 
 
-def encode(bits: np.ndarray, codec: str) -> bytes:
-    """Encode a 1-D bool (or 0/1 uint8) mask of ``n`` bits with ``codec``; returns bytes."""
-    return _module(codec).encode(as_bits(bits))
+def supports(codec: str, alphabet: int) -> bool:
+    """Whether ``codec`` can code an alphabet of ``alphabet`` symbols.
+
+    ``packed`` and ``entropy`` support every alphabet of 2..256 symbols, ``rle`` only 2. An
+    integer alphabet outside 2..256 is supported by no codec (False); an unknown codec name is
+    a ValueError.
+    """
+    _module(codec)
+    try:
+        alphabet = check_alphabet(alphabet)
+    except ValueError:
+        return False
+    return alphabet == 2 or codec != "rle"
 
 
-def decode(data: bytes, n: int, codec: str) -> np.ndarray:
-    """Decode ``data`` into a 1-D bool mask of exactly ``n`` bits.
+def _checked(codec: str, alphabet: int):
+    """The codec's module and the alphabet size; ValueError for an unsupported pair."""
+    module = _module(codec)
+    alphabet = check_alphabet(alphabet)
+    if not supports(codec, alphabet):
+        able = ", ".join(c for c in CODECS if supports(c, alphabet))
+        raise ValueError(
+            f"mask codec {codec!r} does not support an alphabet of {alphabet} symbols; "
+            f"codecs that do: {able}"
+        )
+    return module, alphabet
+
+
+def encode(symbols: np.ndarray, codec: str, alphabet: int = 2) -> bytes:
+    """Encode ``n`` symbols with ``codec``; returns bytes.
+
+    ``alphabet=2``: a 1-D bool (or 0/1 uint8) mask. ``alphabet > 2``: a 1-D integer array
+    with values in ``[0, alphabet)``.
+    """
+    module, alphabet = _checked(codec, alphabet)
+    if alphabet == 2:
+        return module.encode(as_bits(symbols))
+    return module.encode_symbols(symbols, alphabet)
+
+
+def decode(data: bytes, n: int, codec: str, alphabet: int = 2) -> np.ndarray:
+    """Decode ``data`` into exactly ``n`` symbols: bool for ``alphabet=2``, else uint8.
 
     Raises :class:`CodecError` if ``data`` is corrupt, truncated, has trailing bytes or does
-    not describe exactly ``n`` bits; work and memory are bounded by ``n`` and ``len(data)``.
+    not describe exactly ``n`` symbols; work and memory are bounded by ``n`` and ``len(data)``.
     """
-    module = _module(codec)
-    return module.decode(data, check_n(n))
+    module, alphabet = _checked(codec, alphabet)
+    if alphabet == 2:
+        return module.decode(data, check_n(n))
+    return module.decode_symbols(data, check_n(n), alphabet)
 
 
-def encode_best(bits: np.ndarray) -> tuple[str, bytes]:
+def encode_best(symbols: np.ndarray, alphabet: int = 2) -> tuple[str, bytes]:
     """The smallest encoding as ``(codec_name, bytes)``; ties go to the simpler codec.
 
-    Simplicity order is ``CODECS``: packed < rle < entropy.
+    Only codecs that support the alphabet compete; simplicity order is ``CODECS``:
+    packed < rle < entropy.
     """
-    bits = as_bits(bits)
+    alphabet = check_alphabet(alphabet)
+    symbols = as_bits(symbols) if alphabet == 2 else as_symbols(symbols, alphabet)
     best: tuple[str, bytes] | None = None
     for name in CODECS:
-        data = _MODULES[name].encode(bits)
+        if not supports(name, alphabet):
+            continue
+        module = _MODULES[name]
+        data = module.encode(symbols) if alphabet == 2 else module.encode_symbols(symbols, alphabet)
         if best is None or len(data) < len(best[1]):
             best = (name, data)
     assert best is not None
     return best
+
+
+def max_bytes(codec: str, n: int, alphabet: int = 2) -> int:
+    """The most bytes a valid ``codec`` stream of ``n`` symbols can take.
+
+    A reader can reject anything longer before decoding. Binary masks: ``packed``
+    ``ceil(n / 8)``, ``rle`` ``1 + ceil(32 n / 8)``, ``entropy`` ``4 + floor(24 n / 8) + 64``.
+    ``alphabet = a > 2``: ``packed`` ``ceil(n * symbol_bits(a) / 8)`` (every stream has exactly
+    that size), ``entropy`` ``1 + 4 a + floor(24 n / 8) + 64``.
+    """
+    module, alphabet = _checked(codec, alphabet)
+    n = check_n(n)
+    if codec == "rle":
+        return 1 + (n * rle.MAX_WIDTH + 7) // 8
+    return module.max_bytes(n, alphabet)
 
 
 def entropy_bound_bits(k: float) -> float:
@@ -70,3 +144,22 @@ def entropy_bound_bits(k: float) -> float:
     if k in (0.0, 1.0):
         return 0.0
     return -k * math.log2(k) - (1.0 - k) * math.log2(1.0 - k)
+
+
+def empirical_entropy_bits(symbols: np.ndarray, alphabet: int = 2) -> float:
+    """Empirical (order-0) entropy of ``symbols`` in bits per symbol.
+
+    ``-sum p_s log2 p_s`` over the symbol values' relative frequencies ``p_s``; 0.0 for empty
+    or constant input. For a binary mask of density ``k`` it equals ``entropy_bound_bits(k)``.
+    """
+    alphabet = check_alphabet(alphabet)
+    if alphabet == 2:
+        bits = as_bits(symbols)
+        return entropy_bound_bits(np.count_nonzero(bits) / bits.size) if bits.size else 0.0
+    symbols = as_symbols(symbols, alphabet)
+    n = symbols.size
+    counts = np.bincount(symbols, minlength=alphabet)
+    counts = counts[counts > 0]
+    if counts.size <= 1:
+        return 0.0
+    return math.fsum(-(c / n) * math.log2(c / n) for c in counts.tolist())

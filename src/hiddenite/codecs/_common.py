@@ -6,7 +6,19 @@ import operator
 
 import numpy as np
 
-__all__ = ["as_bits", "as_buffer", "check_n"]
+__all__ = [
+    "MAX_ALPHABET",
+    "MIN_ALPHABET",
+    "as_bits",
+    "as_buffer",
+    "as_symbols",
+    "check_alphabet",
+    "check_n",
+    "symbol_bits",
+]
+
+MIN_ALPHABET = 2
+MAX_ALPHABET = 256
 
 
 def as_bits(bits: np.ndarray) -> np.ndarray:
@@ -47,3 +59,46 @@ def as_buffer(data: bytes | bytearray | memoryview) -> bytes:
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
     raise TypeError(f"encoded data must be bytes-like, got {type(data).__name__}")
+
+
+def check_alphabet(alphabet: int) -> int:
+    """Return the alphabet size as a Python int, checking it is in 2..256."""
+    if isinstance(alphabet, bool | np.bool_):
+        raise TypeError("alphabet must be an integer, not a bool")
+    try:
+        alphabet = operator.index(alphabet)
+    except TypeError:
+        raise TypeError(f"alphabet must be an integer, got {type(alphabet).__name__}") from None
+    if not MIN_ALPHABET <= alphabet <= MAX_ALPHABET:
+        raise ValueError(
+            f"alphabet must be in {MIN_ALPHABET}..{MAX_ALPHABET} symbols, got {alphabet}"
+        )
+    return alphabet
+
+
+def symbol_bits(alphabet: int) -> int:
+    """Bits per symbol of the ``packed`` codec: ``ceil(log2(alphabet))`` (1..8)."""
+    return (check_alphabet(alphabet) - 1).bit_length()
+
+
+def as_symbols(symbols: np.ndarray, alphabet: int) -> np.ndarray:
+    """Return ``symbols`` as a contiguous 1-D ``uint8`` array of values in ``[0, alphabet)``.
+
+    Accepts a 1-D array of any integer dtype (not bool, not float).
+    """
+    if not isinstance(symbols, np.ndarray):
+        raise TypeError(f"symbols must be a numpy array, got {type(symbols).__name__}")
+    if symbols.ndim != 1:
+        raise ValueError(f"symbols must be 1-D, got shape {symbols.shape}")
+    if symbols.dtype == np.bool_ or not np.issubdtype(symbols.dtype, np.integer):
+        raise TypeError(
+            f"symbols for an alphabet of {alphabet} must be an integer array, "
+            f"got dtype {symbols.dtype}"
+        )
+    if symbols.size:
+        lo, hi = int(symbols.min()), int(symbols.max())
+        if lo < 0 or hi >= alphabet:
+            raise ValueError(
+                f"symbol values must be in [0, {alphabet}), got values in [{lo}, {hi}]"
+            )
+    return np.ascontiguousarray(symbols, dtype=np.uint8)

@@ -1,17 +1,26 @@
-"""``packed`` codec: one bit per weight, LSB first.
+"""``packed`` codec: a fixed number of bits per symbol, LSB first.
 
-Format: exactly ``ceil(n / 8)`` bytes; mask bit ``i`` is bit ``i % 8`` (value ``1 << (i % 8)``)
-of byte ``i // 8``. The unused high bits of the last byte are zero. No header.
+Binary masks (alphabet 2): exactly ``ceil(n / 8)`` bytes; mask bit ``i`` is bit ``i % 8``
+(value ``1 << (i % 8)``) of byte ``i // 8``. The unused high bits of the last byte are zero.
+No header.
+
+Alphabet ``a`` (2..256): ``b = ceil(log2(a))`` bits per symbol; symbol ``i`` occupies bits
+``i*b .. i*b + b - 1`` of a little-endian bit stream (stream bit ``j`` is bit ``j % 8`` of
+byte ``j // 8``), its least significant bit first. Exactly ``ceil(n * b / 8)`` bytes, zero
+padding bits, no header; a symbol value ``>= a`` is rejected. For ``a = 2`` this is the binary
+format above.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._common import as_bits, as_buffer, check_n
+from ._common import as_bits, as_buffer, as_symbols, check_alphabet, check_n, symbol_bits
 from .errors import CodecError
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "decode_symbols", "encode", "encode_symbols", "max_bytes"]
+
+_CHUNK = 1 << 16  # symbols per vectorised step (a multiple of 8: chunks fill whole bytes)
 
 
 def encode(bits: np.ndarray) -> bytes:
@@ -31,3 +40,53 @@ def decode(data: bytes, n: int) -> np.ndarray:
     if n % 8 and int(buf[-1]) >> (n % 8):
         raise CodecError(f"packed mask has nonzero padding bits in its last byte (n={n})")
     return np.unpackbits(buf, count=n, bitorder="little").view(np.bool_)
+
+
+def max_bytes(n: int, alphabet: int = 2) -> int:
+    """The size of every ``packed`` stream of ``n`` symbols: ``ceil(n * b / 8)`` bytes."""
+    return (check_n(n) * symbol_bits(alphabet) + 7) // 8
+
+
+def encode_symbols(symbols: np.ndarray, alphabet: int) -> bytes:
+    """Encode 1-D integer symbols in ``[0, alphabet)`` at ``symbol_bits(alphabet)`` bits each."""
+    alphabet = check_alphabet(alphabet)
+    symbols = as_symbols(symbols, alphabet)
+    b = symbol_bits(alphabet)
+    if b == 8:
+        return symbols.tobytes()
+    out = []
+    for start in range(0, symbols.size, _CHUNK):
+        chunk = symbols[start : start + _CHUNK, None]
+        # row i: the low b bits of symbol i, least significant first
+        bits = np.unpackbits(chunk, axis=1, count=b, bitorder="little")
+        out.append(np.packbits(bits.ravel(), bitorder="little").tobytes())
+    return b"".join(out)
+
+
+def decode_symbols(data: bytes, n: int, alphabet: int) -> np.ndarray:
+    """Decode ``ceil(n * b / 8)`` bytes into ``n`` uint8 symbols; raise CodecError if corrupt."""
+    n = check_n(n)
+    alphabet = check_alphabet(alphabet)
+    data = as_buffer(data)
+    b = symbol_bits(alphabet)
+    want = (n * b + 7) // 8
+    if len(data) != want:
+        raise CodecError(
+            f"packed stream of {n} symbols at {b} bits each needs {want} bytes, got {len(data)}"
+        )
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if b == 8:
+        out = buf.copy()
+    else:
+        used = (n * b) % 8
+        if used and int(buf[-1]) >> used:
+            raise CodecError(f"packed stream has nonzero padding bits in its last byte (n={n})")
+        bits = np.unpackbits(buf, count=n * b, bitorder="little").reshape(n, b)
+        out = np.packbits(bits, axis=1, bitorder="little").reshape(n)
+    if alphabet < (1 << b) and out.size:
+        top = int(out.max())
+        if top >= alphabet:
+            raise CodecError(
+                f"packed stream holds symbol value {top}, outside the alphabet of {alphabet}"
+            )
+    return out

@@ -6,6 +6,12 @@ an adder tree and accumulated in the PE. Per layer the model picks, of three loo
 that moves the fewest off-chip bytes: ``oc_outer`` (oc-tile weights resident, outputs finished in
 the PEs), ``pixel_outer`` (input streamed once in bands, weights re-read per band) and
 ``weight_stream`` (every weight fetched once, partial sums parked in the output buffer).
+
+On a ``prng`` spec (Hiddenite) each layer is charged as its supermask method declares
+(:class:`~hiddenite.methods.LayerCost`, carried by the workload): a regenerated layer loads its
+coded parts and steps the PRNG, a stored layer (kept dense, binarized) loads its weights as
+weight traffic; the PE op energy follows the layer's ``op`` and ``weight_bits``. The baselines
+(``weight_source: dram``) model every layer as their own weights from DRAM.
 """
 
 from __future__ import annotations
@@ -19,8 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..masks import kept_count
 from .spec import ArchSpec, SpecError, _atomic_write_text, get_preset
-from .workload import LayerWorkload, MaskBytesFn, workloads_from_dicts, workloads_from_module
+from .workload import (
+    LayerWorkload,
+    MaskBytesFn,
+    WorkloadError,
+    workloads_from_dicts,
+    workloads_from_module,
+)
 
 __all__ = [
     "LayerEstimate",
@@ -49,6 +62,9 @@ class LayerEstimate:
     batch: int
     density: float
     mask_codec: str
+    weight_source: str  # "prng" (regenerated on chip), "stored" (from memory), "dram" (baseline)
+    op: str  # PE operation per kept weight: "add", "shift-add", "xnor" or "mac"
+    weight_bits: int  # weight operand width of the PE (bits)
     # mapping
     tiles_ic: int
     tiles_oh: int
@@ -73,7 +89,7 @@ class LayerEstimate:
     ifmap_sram_write_bytes: int
     ofmap_sram_read_bytes: int
     ofmap_sram_write_bytes: int
-    filter_sram_read_bytes: int  # weights (dram archs) or decoded mask bits (prng)
+    filter_sram_read_bytes: int  # weights (stored / dram) or decoded symbols (regenerated)
     filter_sram_write_bytes: int
     param_sram_read_bytes: int
     param_sram_write_bytes: int
@@ -83,8 +99,8 @@ class LayerEstimate:
     dram_param_read_bytes: int
     dram_ifmap_read_bytes: int
     dram_ofmap_write_bytes: int
-    model_bytes: int  # model data of the layer as stored (weights or masks, + params)
-    offchip_model_bytes: int  # model data moved (model_bytes x refetches)
+    model_bytes: int  # model data the layer adds to the stored model (parts once, + params)
+    offchip_model_bytes: int  # model data moved (what one call loads x refetches)
     offchip_bytes: int  # all off-chip traffic
     # model construction
     prng_steps: int
@@ -122,6 +138,14 @@ class _Costs:
     dram: float
     prng: float
     dec: float
+    ops: dict[tuple[str, int], float] = field(default_factory=dict)  # (op, bits) -> pJ
+
+    def op(self, spec: ArchSpec, op: str, bits: int) -> float:
+        """:func:`_op_pj`, memoised per (op, bits)."""
+        key = (op, bits)
+        if key not in self.ops:
+            self.ops[key] = _op_pj(spec, op, bits)
+        return self.ops[key]
 
     @classmethod
     def of(cls, spec: ArchSpec) -> _Costs:
@@ -169,6 +193,24 @@ def _bits_to_bytes(n: int, bits: int) -> int:
     return _ceil_div(n * bits, 8)
 
 
+def _op_pj(spec: ArchSpec, op: str, bits: int) -> float:
+    """Energy of one PE operation (pJ) on ``spec`` for a weight operand of ``bits`` bits.
+
+    ``add`` / ``xnor`` at 1 bit: an add of the activation into the accumulator
+    (``add(accum_bits)``); ``shift-add`` (a small integer multiple, multicoat levels): the
+    multiply becomes an add at the operand width, ``add(max(act_bits, bits)) + add(accum_bits)``;
+    ``mac`` (and ``add`` / ``xnor`` with wider weights): ``mult(max(act_bits, bits)) +
+    add(accum_bits)``.
+    """
+    e = spec.energy
+    if op in ("add", "xnor") and bits == 1:
+        return e.add(spec.accum_bits)
+    operand = max(spec.act_bits, bits)
+    if op == "shift-add":
+        return e.add(operand) + e.add(spec.accum_bits)
+    return e.mac(operand, spec.accum_bits)
+
+
 def _estimate(
     w: LayerWorkload,
     spec: ArchSpec,
@@ -191,21 +233,36 @@ def _estimate(
     weights = w.out_channels * cg * taps
     pix = batch * w.out_h * w.out_w
     macs = pix * weights
-    kept_macs = pix * round(w.density * weights)
+    kept_macs = pix * kept_count(weights, w.density)
     utilization = macs / (compute * spec.num_pes)
-    prng = spec.weight_source == "prng"
-    masked = prng and spec.mask_bits > 0
+    prng_spec = spec.weight_source == "prng"
+    masked = prng_spec and spec.mask_bits > 0
     pe_ops = kept_macs if (skip_masked and masked) else macs
 
-    # off-chip model data as stored
-    if prng:
-        weight_bytes = 0
+    # model data: what one call loads, and what the layer adds to the stored model
+    if prng_spec:
+        # Hiddenite-class: the layer's method says where its weights come from
+        regenerated = w.weight_source == "prng"
+        source, op = w.weight_source, w.op
+        bits = max(w.weight_bits, spec.weight_bits) if regenerated else w.weight_bits
+        if op in ("add", "xnor") and bits > 1:
+            op = "mac"
+        weight_bytes = w.weight_bytes
         mask_bytes = w.mask_bytes if masked else 0
+        decoded = w.decoded_bits if masked else 0
+        wb = (_ceil_div(decoded, weights) if decoded else 0) if regenerated else w.weight_bits
+        op_pj = c.op(spec, op, bits)
     else:
+        # a baseline: every layer's weights from DRAM at the spec's width
+        source, op, bits = "dram", ("mac" if spec.weight_bits > 1 else "xnor"), spec.weight_bits
         weight_bytes = _bits_to_bytes(weights, spec.weight_bits)
         mask_bytes = 0
+        decoded = 0
+        wb = spec.weight_bits
+        op_pj = c.pe_op
     param_bytes = w.param_bytes
-    model_bytes = weight_bytes + mask_bytes + param_bytes
+    load_bytes = weight_bytes + mask_bytes + param_bytes
+    model_bytes = param_bytes + (weight_bytes + mask_bytes if w.call == 1 else 0)
 
     # reuse: the loop order (of three) that moves the fewest off-chip bytes
     ab = spec.act_bits
@@ -217,7 +274,6 @@ def _estimate(
     )
     ifmap_bytes = _bits_to_bytes(batch * w.in_channels * touched, ab)
     ofmap_bytes = _bits_to_bytes(w.ofmap_elems, ab)
-    wb = spec.onchip_weight_bits
     wsram = spec.weight_sram_bytes
     filt_all = _bits_to_bytes(weights, wb)
     filt_slice = _bits_to_bytes(min(ocg, pe_oc) * cg * taps, wb)  # one oc tile of one group
@@ -228,19 +284,19 @@ def _estimate(
     # A oc_outer: oc-tile weights resident, outputs accumulate in the PEs
     f_model = 1 if filt_slice <= wsram else passes
     f_in = 1 if in_fits else t_oc
-    best = (model_bytes * f_model + in_dram * f_in, "oc_outer", f_model, f_in)
+    best = (load_bytes * f_model + in_dram * f_in, "oc_outer", f_model, f_in)
     # B pixel_outer: input streamed once in bands that fit; weights re-read per band
     bands = 1 if in_fits else min(passes, _ceil_div(ifmap_bytes, spec.act_in_sram_bytes))
     # (per band: oc tiles outer, so an oc slice must stay resident to serve the band's pixels)
     f_model = 1 if filt_all <= wsram else (bands if filt_slice <= wsram else passes)
-    cand = (model_bytes * f_model + in_dram, "pixel_outer", f_model, 1)
+    cand = (load_bytes * f_model + in_dram, "pixel_outer", f_model, 1)
     best = cand if cand[0] < best[0] else best
     # C weight_stream: each weight fetched once; partial sums of one oc tile over all pixels
     # wait in the output buffer between input-channel tiles
     psum_bytes = _bits_to_bytes(batch * w.out_h * w.out_w * min(ocg, pe_oc), spec.accum_bits)
     if filt_block <= wsram and psum_bytes <= spec.act_out_sram_bytes:
         cand = (
-            model_bytes + in_dram * (1 if in_fits else t_oc),
+            load_bytes + in_dram * (1 if in_fits else t_oc),
             "weight_stream",
             1,
             1 if in_fits else t_oc,
@@ -252,7 +308,7 @@ def _estimate(
     dram_mask = mask_bytes * f_model
     dram_param = param_bytes * f_model
     dram_in = in_dram * f_in
-    offchip_model = model_bytes * f_model
+    offchip_model = load_bytes * f_model
     offchip = offchip_model + dram_in + out_dram
 
     # on-chip buffers
@@ -273,9 +329,10 @@ def _estimate(
     param_w = param_bytes * f_model
 
     # model construction
-    prng_steps = _ceil_div(weight_uses, spec.weights_per_prng_step) if prng else 0
+    streams = w.prng_streams if prng_spec else 0
+    prng_steps = _ceil_div(weight_uses * streams, spec.weights_per_prng_step)
     prng_cycles = _ceil_div(prng_steps, spec.prng_lanes) if prng_steps else 0
-    decoder_bits = weights * f_model if masked else 0
+    decoder_bits = decoded * f_model
     decoder_cycles = math.ceil(decoder_bits / spec.decoder_bits_per_cycle) if decoder_bits else 0
     dram_cycles = math.ceil(offchip / spec.dram_bytes_per_cycle)
 
@@ -285,7 +342,7 @@ def _estimate(
         if cyc > total:
             total, bound = cyc, name
 
-    e_compute = pe_ops * c.pe_op
+    e_compute = pe_ops * op_pj
     e_sram = (
         ifmap_r * c.ifmap_r
         + ifmap_w * c.ifmap_w
@@ -307,6 +364,9 @@ def _estimate(
         batch=batch,
         density=w.density,
         mask_codec=w.mask_codec if masked else "none",
+        weight_source=source,
+        op=op,
+        weight_bits=bits,
         tiles_ic=t_ic,
         tiles_oh=t_oh,
         tiles_ow=t_ow,
@@ -579,21 +639,21 @@ def resolve_arch(arch: ArchSpec | str | os.PathLike[str]) -> ArchSpec:
     )
 
 
-def _per_channel_bytes(model: Any) -> dict[str, int]:
-    """Bytes of the per-channel tensors a model file stores for ``model`` at float32: every
-    ``state_dict`` entry except hidden-network weights/scores and batch counters."""
-    from ..layers import is_supermask
+def _per_channel_bytes(model: Any, bytes_per_value: int = 4) -> dict[str, int]:
+    """Bytes of the per-channel tensors a model file stores for ``model`` (at
+    ``bytes_per_value`` per value): every ``state_dict`` entry except what the supermask
+    layers' methods export as parts and the batch-norm counters."""
+    from ..layers import SupermaskLayer
 
     skip = set()
-    for name, m in model.named_modules():
-        if is_supermask(m):
-            skip.update({f"{name}.weight", f"{name}.scores"})
-    out = {}
-    for key, value in model.state_dict().items():
-        if key in skip or key.rpartition(".")[2] == "num_batches_tracked":
-            continue
-        out[key] = 4 * value.numel()
-    return out
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, SupermaskLayer):
+            skip.update(f"{name}.{key}" for key in m.method.owned_state(m))
+    return {
+        key: bytes_per_value * value.numel()
+        for key, value in model.state_dict().items()
+        if key not in skip and key.rpartition(".")[2] != "num_batches_tracked"
+    }
 
 
 def _batch_shape(shape: Sequence[int] | None, default: Sequence[int]) -> tuple[int, ...]:
@@ -601,75 +661,122 @@ def _batch_shape(shape: Sequence[int] | None, default: Sequence[int]) -> tuple[i
     return (1, *s) if len(s) == 3 else s
 
 
+def _module_input_shape(module: Any, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """``input_shape`` (batch first; C,H,W gets batch 1), else a zoo model's own input size."""
+    from .. import models
+
+    if input_shape is not None:
+        return _batch_shape(input_shape, ())
+    arch = getattr(module, "hiddenite_arch", None)
+    if arch is None:
+        raise WorkloadError(
+            "input_shape (batch first, e.g. (1, 3, 32, 32)) is required when simulating an "
+            "nn.Module built outside the zoo"
+        )
+    name, kwargs = arch
+    return _batch_shape(None, models.default_input_shape(name, **kwargs))
+
+
+def _source_counts(workloads: Sequence[LayerWorkload]) -> dict[str, Any]:
+    """How many layers regenerate their weights and how many store them (first calls)."""
+    first = [w for w in workloads if w.call == 1]
+    return {
+        "regenerated_layers": sum(w.weight_source == "prng" for w in first),
+        "stored_layers": sum(w.weight_source == "stored" for w in first),
+        "repeated_calls": len(workloads) - len(first),
+    }
+
+
+def _from_module(
+    module: Any,
+    input_shape: Sequence[int] | None,
+    *,
+    codec: str | None,
+    mask_bytes_fn: MaskBytesFn | None = None,
+) -> tuple[list[LayerWorkload], dict[str, Any]]:
+    from .. import codecs
+    from ..layers import SupermaskLayer
+
+    if codec is not None and codec not in codecs.CODECS:
+        raise WorkloadError(
+            f"codec: unknown mask codec {codec!r}; use {', '.join(codecs.CODECS)} (or None: the "
+            "smallest per part)"
+        )
+    shape = _module_input_shape(module, input_shape)
+    arch = getattr(module, "hiddenite_arch", None)
+    meta: dict[str, Any] = {
+        "kind": "module",
+        "model": arch[0] if arch else type(module).__name__,
+        "input_shape": list(shape),
+    }
+    if any(isinstance(m, SupermaskLayer) for m in module.modules()):
+        wl = workloads_from_module(
+            module,
+            shape,
+            codec=codec,
+            mask_bytes_fn=mask_bytes_fn,
+            param_bytes_of=_per_channel_bytes(module),
+        )
+        if codec is None:
+            meta["mask_bytes_source"] = "smallest-codec"
+        else:
+            meta.update(mask_bytes_source="coded", mask_codec=codec)
+    else:
+        wl = workloads_from_module(module, shape, mask_bytes_fn=mask_bytes_fn)
+        meta["mask_bytes_source"] = "plain-module"
+    meta.update(_source_counts(wl))
+    return wl, meta
+
+
 def _from_model_file(
-    path: str, input_shape: tuple[int, ...] | None
+    path: str, input_shape: Sequence[int] | None
 ) -> tuple[list[LayerWorkload], dict[str, Any]]:
     from .. import models
     from ..fileformat import load, read_header
+    from ..storage import FLOAT_BYTES
 
     info = read_header(path)
-    module = load(path, check_masks=False)  # shapes and densities only; sha256 still checked
-    arch = info.meta["arch"]
-    shape = _batch_shape(input_shape, models.default_input_shape(arch["name"], **arch["kwargs"]))
-    layers = {layer["name"]: layer for layer in info.layers}
-
-    def mask_bytes_fn(name: str, mask: Any) -> tuple[str, int]:
-        layer = layers[name.split("#", 1)[0]]
-        # hidden: the coded mask as stored; dense: its stored weights (the codec names the dtype)
-        return str(layer["codec"]), int(layer["bytes"])
-
-    param_bytes = {
-        p["name"]: info.tensors[p["tensor"]].end - info.tensors[p["tensor"]].begin
-        for p in info.meta["params"]
-    }
+    if info.arch is None:
+        raise WorkloadError(
+            f"{path}: the file holds a module built outside the zoo; rebuild it with "
+            "hiddenite.load(path, model=module) and simulate that module with its input_shape"
+        )
+    name, kwargs = info.arch
+    shape = _batch_shape(input_shape, models.default_input_shape(name, **kwargs))
+    module = load(path, check_masks=False)  # geometry and support; sha256 still checked
     wl = workloads_from_module(
-        module, shape, mask_bytes_fn=mask_bytes_fn, param_bytes_of=param_bytes
+        module,
+        shape,
+        stored_parts={e.name: e.parts for e in info.entries},
+        param_bytes_of=info.param_bytes(),
+        param_bytes_per_value=FLOAT_BYTES[info.meta["param_dtype"]],
     )
     t = info.totals()
     meta = {
         "kind": "model-file",
         "path": path,
-        "model": arch["name"],
+        "model": name,
         "mask_bytes_source": "model-file",
+        "methods": t["methods"],
         "file_bytes": t["file_bytes"],
         "header_bytes": t["header_bytes"],
         "file_mask_bytes": t["mask_bytes"],
-        "file_dense_weight_bytes": t["dense_weight_bytes"],
+        "file_float_part_bytes": t["float_part_bytes"],
         "file_param_bytes": t["param_bytes"],
         "input_shape": list(shape),
+        **_source_counts(wl),
     }
     return wl, meta
 
 
 def _from_checkpoint(
-    path: str, input_shape: tuple[int, ...] | None
+    path: str, input_shape: Sequence[int] | None
 ) -> tuple[list[LayerWorkload], dict[str, Any]]:
-    from .. import codecs, models
     from ..train import load_trained
 
     module, config = load_trained(path)
-    shape = _batch_shape(
-        input_shape, models.default_input_shape(config.model, **config.model_kwargs)
-    )
-    by_name = dict(module.named_modules())
-
-    def mask_bytes_fn(name: str, mask: Any) -> tuple[str, int]:
-        layer = by_name.get(name.split("#", 1)[0])
-        if layer is not None and not getattr(layer, "hidden", True):
-            return "float32", 4 * int(mask.size)  # a dense layer ships its weights
-        chosen, data = codecs.encode_best(mask.reshape(-1))
-        return chosen, len(data)
-
-    wl = workloads_from_module(
-        module, shape, mask_bytes_fn=mask_bytes_fn, param_bytes_of=_per_channel_bytes(module)
-    )
-    meta = {
-        "kind": "checkpoint",
-        "path": path,
-        "model": config.model,
-        "mask_bytes_source": "smallest-codec",
-        "input_shape": list(shape),
-    }
+    wl, meta = _from_module(module, input_shape, codec=None)
+    meta.update(kind="checkpoint", path=path, model=config.model)
     return wl, meta
 
 
@@ -679,11 +786,12 @@ def load_source(
     *,
     mask_bytes_fn: MaskBytesFn | None = None,
     density: float | None = None,
-    codec: str = "entropy",
+    codec: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[list[LayerWorkload], dict[str, Any]]:
-    """:func:`load_workloads` plus a description of the source (``kind``, ``mask_bytes_source``
-    and, for a model file, its byte counts)."""
+    """:func:`load_workloads` plus a description of the source (``kind``,
+    ``mask_bytes_source``, the counts of regenerated and stored layers and, for a model file,
+    its byte counts)."""
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
         if os.path.isdir(path) or (os.path.isfile(path) and not path.endswith(".hnn")):
@@ -694,12 +802,13 @@ def load_source(
 
         if isinstance(source, str) and source in models.MODELS:
             if density is None:
-                raise ValueError(
+                raise WorkloadError(
                     f"{source!r} is a zoo model name: give the density (kept fraction) of its "
                     "masks for an estimate of the untrained network, e.g. density=0.3"
                 )
             from .workload import zoo_workloads
 
+            codec = "entropy" if codec is None else codec
             wl = zoo_workloads(
                 source, density, codec=codec, input_shape=input_shape, **dict(model_kwargs or {})
             )
@@ -710,12 +819,24 @@ def load_source(
                 "density": float(density),
                 "mask_codec": codec,
                 "mask_bytes_source": how,
+                **_source_counts(wl),
             }
             return wl, meta
-        raise FileNotFoundError(
+        raise WorkloadError(
             f"{path}: no such model file, checkpoint or run folder (nor a zoo model name)"
         )
-    return load_workloads(source, input_shape, mask_bytes_fn=mask_bytes_fn), {"kind": "workloads"}
+    import torch
+
+    if isinstance(source, torch.nn.Module):
+        return _from_module(source, input_shape, codec=codec, mask_bytes_fn=mask_bytes_fn)
+    if isinstance(source, LayerWorkload | Mapping):
+        return workloads_from_dicts([source]), {"kind": "workloads"}
+    if isinstance(source, Iterable):
+        return workloads_from_dicts(source), {"kind": "workloads"}
+    raise TypeError(
+        f"cannot build workloads from {type(source).__name__}; pass a .hnn path, a checkpoint, "
+        "an nn.Module or a list of LayerWorkload"
+    )
 
 
 def load_workloads(
@@ -724,46 +845,38 @@ def load_workloads(
     *,
     mask_bytes_fn: MaskBytesFn | None = None,
     density: float | None = None,
-    codec: str = "entropy",
+    codec: str | None = None,
 ) -> list[LayerWorkload]:
-    """Workloads from a source:
+    """Workloads from a source; each layer's weight source, PE op and weight bits come from its
+    supermask method's declared cost (:meth:`hiddenite.methods.Method.cost`):
 
     - a ``.hnn`` model file (``str`` / ``PathLike``): rebuilt with :func:`hiddenite.load` and
       traced with the input size of its architecture (``in_channels``, ``image_size``) unless
-      ``input_shape`` is given; each layer's ``mask_bytes`` and ``mask_codec`` are the real coded
-      mask in the file (a layer kept dense: its stored weights, codec = the parameter dtype) and
-      ``param_bytes`` the per-channel tensors exactly as stored (float32 or float16). The file
-      header (architecture, seed, shapes: JSON metadata) is not model data the chip loads and is
-      not counted;
-    - a training checkpoint or run folder: rebuilt with :func:`hiddenite.train.load_trained`;
-      mask bytes = the smallest codec (:func:`hiddenite.codecs.encode_best`) on each layer's mask,
-      parameters 4 B per stored value;
-    - a zoo model name with ``density`` (an untrained network: mask bytes for ``codec``,
-      ``packed`` exact or the entropy bound; see :func:`~hiddenite.hw.workload.zoo_workloads`);
-    - a ``torch.nn.Module`` (needs ``input_shape``, batch first);
+      ``input_shape`` is given; each layer's parts are charged exactly as the file stores them
+      (a regenerated layer's coded symbol parts as ``mask_bytes``, a stored layer's parts as
+      ``weight_bytes``) and ``param_bytes`` are the per-channel tensors exactly as stored
+      (float32 or float16). The file header (architecture, seed, shapes: JSON metadata) is not
+      model data the chip loads and is not counted;
+    - a training checkpoint or run folder: rebuilt with :func:`hiddenite.train.load_trained`
+      and coded as ``hiddenite export`` writes it by default (the smallest codec per part,
+      per-channel parameters at float32);
+    - a zoo model name with ``density`` (an untrained network, every conv/linear layer hidden
+      with a 1-bit mask: ``codec`` ``packed`` exact or ``entropy`` (default) the entropy bound;
+      see :func:`~hiddenite.hw.workload.zoo_workloads`);
+    - a ``torch.nn.Module``: a converted model is coded as a model file would store it
+      (:func:`hiddenite.storage.encode_layer` with ``codec``; None: the smallest codec per
+      part); ``input_shape`` (batch first) is needed unless it is a zoo model
+      (``model.hiddenite_arch``), which knows its input size. In a plain module every
+      conv/linear layer counts as hidden with a 1-bit mask (see
+      :func:`~hiddenite.hw.workload.workloads_from_module`);
     - a list of :class:`LayerWorkload` / dicts.
+
+    User errors (a missing path, a zoo name without density, an input shape that does not fit)
+    raise :class:`~hiddenite.hw.workload.WorkloadError`.
     """
-    if isinstance(source, str | os.PathLike):
-        return load_source(source, input_shape, density=density, codec=codec)[0]
-    if isinstance(source, LayerWorkload | Mapping):
-        return workloads_from_dicts([source])
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(source, torch.nn.Module):
-        if input_shape is None:
-            raise ValueError(
-                "input_shape (batch first, e.g. (1, 3, 32, 32)) is required when "
-                "simulating an nn.Module"
-            )
-        return workloads_from_module(source, tuple(input_shape), mask_bytes_fn=mask_bytes_fn)
-    if isinstance(source, Iterable):
-        return workloads_from_dicts(source)
-    raise TypeError(
-        f"cannot build workloads from {type(source).__name__}; pass a .hnn path, a checkpoint, "
-        "an nn.Module (with input_shape) or a list of LayerWorkload"
-    )
+    return load_source(
+        source, input_shape, mask_bytes_fn=mask_bytes_fn, density=density, codec=codec
+    )[0]
 
 
 def simulate(
@@ -775,13 +888,14 @@ def simulate(
     activations_on_chip: bool = False,
     mask_bytes_fn: MaskBytesFn | None = None,
     density: float | None = None,
-    codec: str = "entropy",
+    codec: str | None = None,
 ) -> Report:
     """Estimate ``source`` on ``arch`` (``"hiddenite"`` | ``"bnn"`` | ``"int8"``, an
     :class:`ArchSpec`, or a YAML path). ``source``: a ``.hnn`` model file, a checkpoint or run
-    folder, a zoo model name with ``density``, an ``nn.Module`` with ``input_shape``, or a list of
-    workloads (see :func:`load_workloads`). ``report.options["source"]`` says where the mask
-    sizes came from."""
+    folder, a zoo model name with ``density``, an ``nn.Module`` (``input_shape`` unless a zoo
+    model), or a list of workloads (see :func:`load_workloads`). ``codec``: the mask codec of a
+    module's parts (None: the smallest per part) or of a zoo estimate (None: the entropy
+    bound). ``report.options["source"]`` says where the sizes came from."""
     workloads, meta = load_source(
         source, input_shape, mask_bytes_fn=mask_bytes_fn, density=density, codec=codec
     )
@@ -805,7 +919,7 @@ def compare(
         input_shape,
         mask_bytes_fn=options.pop("mask_bytes_fn", None),
         density=options.pop("density", None),
-        codec=options.pop("codec", "entropy"),
+        codec=options.pop("codec", None),
     )
     out: dict[str, Report] = {}
     for a in archs:

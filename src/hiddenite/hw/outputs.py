@@ -81,24 +81,40 @@ def totals_table(reports: Mapping[str, Report]) -> str:
 
 
 def mask_source_note(meta: Mapping[str, Any]) -> str:
-    """One line saying where the mask sizes come from."""
+    """One line saying where the model-data sizes come from (and, when some layers keep their
+    weights stored, how those layers are charged)."""
     how = meta.get("mask_bytes_source")
     if how == "model-file":
-        return (
-            f"mask sizes: the real coded masks in {meta.get('path')} (off-chip model bytes = "
-            "masks + dense weights + per-channel parameters as stored; the "
+        note = (
+            f"model data: the coded parts in {meta.get('path')} as stored (off-chip model bytes "
+            "= coded masks + stored weights + per-channel parameters; the "
             f"{meta.get('header_bytes', 0):,}-byte file header with the seed is not counted)"
         )
-    if how == "smallest-codec":
-        return "mask sizes: the smallest codec (packed, rle, entropy) on each layer's real mask"
-    if how == "entropy-bound":
-        return (
+    elif how == "smallest-codec":
+        note = (
+            "model data: each layer's parts coded with the smallest codec (packed, rle, "
+            "entropy), as a model file stores them"
+        )
+    elif how == "coded":
+        note = f"model data: each layer's parts coded with {meta.get('mask_codec')}"
+    elif how == "entropy-bound":
+        note = (
             f"mask sizes: ENTROPY BOUND ceil(H(k) n / 8) at k = {meta.get('density')} (no trained "
             "mask; a real code is a little larger)"
         )
-    if how == "packed-exact":
-        return f"mask sizes: PACKED ceil(n / 8) at k = {meta.get('density')} (no trained mask)"
-    return "mask sizes: as given by the workloads"
+    elif how == "packed-exact":
+        note = f"mask sizes: PACKED ceil(n / 8) at k = {meta.get('density')} (no trained mask)"
+    elif how == "plain-module":
+        note = "a plain module: every conv/linear layer counted as hidden with a packed 1-bit mask"
+    else:
+        note = "mask sizes: as given by the workloads"
+    stored = meta.get("stored_layers", 0)
+    if stored:
+        note += (
+            f"; {stored} layer(s) keep stored weights (their method says so): charged as "
+            "weight traffic and a full PE operation on Hiddenite too"
+        )
+    return note
 
 
 def summary_totals(report: Report) -> dict[str, Any]:

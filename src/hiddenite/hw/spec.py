@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = [
     "PRESETS",
     "ArchSpec",
@@ -30,7 +32,7 @@ __all__ = [
 WEIGHT_SOURCES = ("prng", "dram")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An impossible or malformed architecture spec; the message names the field and the fix."""
 
 

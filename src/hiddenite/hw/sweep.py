@@ -5,9 +5,11 @@ Grid keys (each maps to a list of values; the sweep runs their Cartesian product
 - ``arch``: preset name, :class:`ArchSpec` or YAML path (default: ``base_spec``);
 - any :class:`ArchSpec` field (``clock_mhz``, ``weight_sram_bytes``, ``pe_oc``, ...),
   ``pe_dims`` as ``(ic, oh, ow, oc)`` tuples, and ``energy.<field>`` energy-table entries;
-- ``density``: kept fraction of every layer (mask bytes are recomputed);
+- ``density``: kept fraction of every layer whose weights are regenerated (its mask becomes a
+  1-bit edge-popup mask whose bytes are recomputed); a layer with stored weights (kept dense,
+  binarized) keeps all of them and is unchanged;
 - ``codec``: ``packed`` (exact ceil(n / 8)), ``rle`` / ``entropy`` (the entropy bound
-  ceil(H(k) n / 8), not a real code: rows say ``mask_bytes_source = entropy-bound``);
+  ceil(H(k) n / 8), not a real code: rows say ``mask_bytes_source = entropy-bound``), ``none``;
 - ``skip_masked``, ``activations_on_chip``: model options.
 """
 
@@ -22,13 +24,12 @@ from typing import Any
 
 from .model import estimate, resolve_arch
 from .spec import ArchSpec, SpecError, _atomic_write_text
-from .workload import LayerWorkload, workloads_from_dicts
+from .workload import MASK_CODECS, LayerWorkload, WorkloadError, workloads_from_dicts
 
 __all__ = ["sweep", "write_rows_csv"]
 
 _WORKLOAD_KEYS = ("density", "codec")
 _OPTION_KEYS = ("skip_masked", "activations_on_chip")
-_KNOWN_CODECS = ("packed", "rle", "entropy", "none")
 _TOTAL_KEYS = (
     "cycles",
     "latency_s",
@@ -58,12 +59,26 @@ def _adjust(
     """Workloads at ``density`` / ``codec`` and how their mask bytes were obtained."""
     if density is None and codec is None:
         return list(workloads), "given"
+    if codec is not None and codec not in MASK_CODECS:
+        raise WorkloadError(
+            f"grid codec: unknown mask codec {codec!r}; use {', '.join(MASK_CODECS)}"
+        )
+    if density is not None and (
+        isinstance(density, bool)
+        or not isinstance(density, int | float)
+        or not 0.0 < float(density) <= 1.0
+    ):
+        raise WorkloadError(f"grid density: the kept fraction must be in (0, 1], got {density!r}")
     out = []
     sources = set()
     for w in workloads:
+        if w.weight_source == "stored":  # every weight stored: no mask to resize
+            out.append(w)
+            sources.add("given")
+            continue
         c = codec if codec is not None else w.mask_codec
-        if c not in _KNOWN_CODECS:
-            c = "entropy"  # a real codec without a real mask: fall back to the entropy bound
+        if c not in MASK_CODECS:
+            c = "entropy"  # e.g. "packed+entropy" of a multi-part layer: the bound of one mask
         k = w.density if density is None else float(density)
         out.append(w.with_density(k, c))
         sources.add("packed-exact" if c == "packed" else "none" if c == "none" else "entropy-bound")
@@ -93,7 +108,8 @@ def sweep(
     """Run the cost model on every point of ``grid`` (see module docstring for keys).
 
     Returns one dict per point: the grid values, the spec's PE dims and buffer sizes,
-    ``mask_bytes_source`` (``given`` | ``packed-exact`` | ``entropy-bound``), the report totals
+    ``mask_bytes_source`` (``given`` | ``packed-exact`` | ``entropy-bound``, joined by ``+``
+    when layers differ: a stored layer's bytes stay ``given``), the report totals
     (``latency_s``, ``energy_per_inference_pj``, ``offchip_model_bytes``, ``tops_per_watt``,
     ...) and ``pareto`` (True when no other point is both faster and cheaper in energy per
     inference). Optionally writes a CSV and a Pareto PNG (energy per inference vs latency).
@@ -104,10 +120,10 @@ def sweep(
     for k in keys:
         vals = grid[k]
         if isinstance(vals, str | bytes) or not isinstance(vals, Iterable):
-            raise ValueError(f"grid[{k!r}]: expected a list of values, got {vals!r}")
+            raise SpecError(f"grid[{k!r}]: expected a list of values, got {vals!r}")
         grid[k] = list(vals)
         if not grid[k]:
-            raise ValueError(f"grid[{k!r}]: empty list of values")
+            raise SpecError(f"grid[{k!r}]: empty list of values")
     base = resolve_arch(base_spec)
     spec_valid = set(ArchSpec.field_names()) | {"pe_dims", "arch"}
     for k in keys:

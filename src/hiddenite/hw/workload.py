@@ -3,29 +3,57 @@
 A :class:`LayerWorkload` is plain data (build it from a dict for tests and sweeps, or from a
 ``torch.nn.Module`` with :func:`workloads_from_module`). Linear layers are treated as 1x1
 convolutions whose spatial positions are the non-batch, non-feature dimensions of the input.
+
+What a layer stores and what its PEs do comes from its supermask method's declared
+:class:`~hiddenite.methods.LayerCost`: weights regenerated on chip (``weight_source="prng"``,
+only the coded symbol parts such as masks are loaded and decoded) or shipped from memory
+(``"stored"``: a dense or binarized layer), the PE operation (``add``, ``shift-add``, ``xnor``,
+``mac``) and its weight operand width. Coded sizes come from :mod:`hiddenite.storage`, the one
+place that codes a layer's parts, so a live module, its model file and the summary agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import codecs
+from ..codecs import entropy_bound_bits
+from ..errors import UserError
+from ..masks import kept_count
+
 __all__ = [
+    "OPS",
+    "WEIGHT_SOURCES",
     "LayerWorkload",
     "MaskBytesFn",
+    "WorkloadError",
     "entropy_bits_per_weight",
     "mask_bytes_for",
+    "method_fields",
     "workloads_from_module",
     "zoo_workloads",
 ]
 
 KINDS = ("conv", "linear")
+WEIGHT_SOURCES = ("prng", "stored")
+OPS = ("add", "shift-add", "xnor", "mac")
+MASK_CODECS = (*codecs.CODECS, "none")
 
 MaskBytesFn = Callable[[str, Any], tuple[str, int]]
 """``fn(layer_name, mask_bool_numpy) -> (codec_name, compressed_bytes)``."""
+
+#: Binary entropy ``H(k)`` in bits per weight (re-exported from :mod:`hiddenite.codecs`).
+entropy_bits_per_weight = entropy_bound_bits
+
+
+class WorkloadError(UserError, ValueError):
+    """A workload the user asked for cannot be built: an input shape that does not fit the
+    model, a bad density or codec, a zoo name without a density, a source that does not exist.
+    The message names the problem and the fix."""
 
 
 def _pair(name: str, value: Any) -> tuple[int, int]:
@@ -33,33 +61,63 @@ def _pair(name: str, value: Any) -> tuple[int, int]:
         return (int(value), int(value))
     if isinstance(value, list | tuple) and len(value) == 2:
         return (int(value[0]), int(value[1]))
-    raise ValueError(f"{name}: expected an int or an (h, w) pair, got {value!r}")
+    raise WorkloadError(f"{name}: expected an int or an (h, w) pair, got {value!r}")
 
 
 def _conv_out(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
     return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
-def entropy_bits_per_weight(density: float) -> float:
-    """Binary entropy ``H(k)`` (bits per weight): the lower bound for coding an unstructured mask
-    of density ``k``."""
-    if density <= 0.0 or density >= 1.0:
-        return 0.0
-    k = density
-    return -(k * math.log2(k) + (1.0 - k) * math.log2(1.0 - k))
-
-
 def mask_bytes_for(codec: str, weights: int, density: float) -> int:
-    """Mask size (bytes) for ``weights`` mask bits at ``density`` when no real mask is at hand:
-    ``packed`` = ceil(n / 8) exactly; ``rle`` and ``entropy`` = the entropy bound
-    ceil(H(k) n / 8) (a real run-length code is larger); ``none`` = 0."""
+    """Size (bytes) of a binary mask of ``weights`` bits at ``density`` when no real mask is at
+    hand: ``packed`` = ceil(n / 8) exactly (:func:`hiddenite.codecs.max_bytes`); ``rle`` and
+    ``entropy`` = the entropy bound ceil(H(k) n / 8) (:func:`hiddenite.codecs.entropy_bound_bits`;
+    a real code is a little larger); ``none`` = 0."""
     if codec == "packed":
-        return math.ceil(weights / 8)
+        return codecs.max_bytes("packed", weights)
     if codec in ("rle", "entropy"):
-        return math.ceil(entropy_bits_per_weight(density) * weights / 8)
+        if not 0.0 <= float(density) <= 1.0:
+            raise WorkloadError(f"density (kept fraction) must be in [0, 1], got {density!r}")
+        return math.ceil(entropy_bound_bits(density) * weights / 8)
     if codec == "none":
         return 0
-    raise ValueError(f"codec: unknown mask codec {codec!r}; use packed, rle, entropy or none")
+    raise WorkloadError(f"codec: unknown mask codec {codec!r}; use {', '.join(MASK_CODECS)}")
+
+
+def _part_facts(part: Any) -> tuple[int, int | None, str | None, int]:
+    """(n, alphabet, codec, bytes) of a stored part: a :class:`hiddenite.storage.StoredPart`
+    or a model file's :class:`hiddenite.fileformat.PartEntry`."""
+    if hasattr(part, "part"):  # StoredPart
+        return part.part.n, part.part.alphabet, part.codec, part.nbytes
+    return part.n, part.alphabet, part.codec, part.bytes
+
+
+def method_fields(cost: Any, parts: Iterable[Any]) -> dict[str, Any]:
+    """Workload fields of one supermask layer from its method's :class:`LayerCost` and its
+    coded parts (``StoredPart`` or ``PartEntry``).
+
+    A regenerated layer (``prng``) loads its coded symbol parts as ``mask_bytes`` (masks, signs,
+    levels; the decoder expands them into ``decoded_bits``) and its float parts (scales) as
+    ``weight_bytes``. A ``stored`` layer's parts *are* its weights: every part byte is
+    ``weight_bytes``, ``mask_bytes`` is 0 (coded symbol parts are still decoded on chip).
+    """
+    facts = [_part_facts(p) for p in parts]
+    symbol = [f for f in facts if f[1] is not None]
+    symbol_bytes = sum(f[3] for f in symbol)
+    float_bytes = sum(f[3] for f in facts if f[1] is None)
+    decoded = sum(f[0] * codecs.symbol_bits(f[1]) for f in symbol)
+    names = "+".join(dict.fromkeys(str(f[2]) for f in symbol)) or "none"
+    stored = cost.weight_source == "stored"
+    return {
+        "weight_source": cost.weight_source,
+        "weight_bits": int(cost.weight_bits),
+        "op": cost.op,
+        "mask_codec": names,
+        "mask_bytes": 0 if stored else symbol_bytes,
+        "weight_bytes": symbol_bytes + float_bytes if stored else float_bytes,
+        "decoded_bits": decoded,
+        "prng_streams": len(cost.prng_streams),
+    }
 
 
 @dataclass(frozen=True)
@@ -67,9 +125,28 @@ class LayerWorkload:
     """One conv or linear layer as the accelerator sees it (sizes in elements unless noted).
 
     ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs. ``density`` is the
-    kept fraction of weights (1.0 = dense); ``mask_bytes`` is the compressed supermask size (B)
-    under ``mask_codec``; ``param_bytes`` are the per-channel parameters (BN statistics, scales,
-    bias) in bytes. ``batch`` is the number of inputs (images) processed together.
+    kept fraction of weights (1.0 = dense). ``batch`` is the number of inputs processed together.
+
+    What the layer's method declares (:class:`~hiddenite.methods.LayerCost`):
+    ``weight_source`` ``"prng"`` (frozen weights regenerated on chip from the seed) or
+    ``"stored"`` (weights shipped from memory: a dense or binarized layer); ``weight_bits``, the
+    weight operand width of the PE; ``op``, what a PE does per kept weight (``add``,
+    ``shift-add``, ``xnor``, ``mac``).
+
+    Model data as stored (bytes): ``mask_bytes``, the coded symbol parts of a regenerated layer
+    (masks, signs, levels) under ``mask_codec``, decoded on chip into ``decoded_bits``;
+    ``weight_bytes``, stored weights (all parts of a ``stored`` layer, the float parts such as
+    scales of a regenerated one); ``param_bytes``, the per-channel parameters (batch-norm
+    statistics, biases). Defaults (-1): a regenerated layer has a packed 1-bit mask
+    (ceil(weights / 8) bytes, ``decoded_bits`` = weights) and no weight bytes; a stored layer has
+    no mask and ceil(weights x weight_bits / 8) weight bytes.
+
+    ``prng_streams``: how many PRNG streams the chip steps per weight use to build the layer
+    (the frozen weights, a frozen-position stream, a fixed topology, ...).
+
+    ``call``: 1 for the first execution of a layer, k for its k-th (a folded / shared layer that
+    runs several times, named ``name#k``): its weights and masks are stored once, so only the
+    first call counts them as stored model data (every call still loads them).
     """
 
     name: str
@@ -88,13 +165,20 @@ class LayerWorkload:
     batch: int = 1
     density: float = 1.0
     mask_codec: str = "packed"
-    mask_bytes: int = -1  # -1: packed size ceil(weights / 8)
+    mask_bytes: int = -1  # -1: packed 1-bit mask ceil(weights / 8) (prng), 0 (stored)
     param_bytes: int = 0
     dilation: int | tuple[int, int] = 1
+    weight_source: str = "prng"
+    weight_bits: int = 1
+    op: str = "add"
+    weight_bytes: int = -1  # -1: 0 (prng), ceil(weights * weight_bits / 8) (stored)
+    decoded_bits: int = -1  # -1: weights when a mask is loaded (prng), else 0
+    call: int = 1
+    prng_streams: int = -1  # -1: 1 (prng: the frozen weights), 0 (stored)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+            raise WorkloadError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
         for f in (
             "in_channels",
             "out_channels",
@@ -106,29 +190,57 @@ class LayerWorkload:
             "out_h",
             "out_w",
             "batch",
+            "weight_bits",
+            "call",
         ):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{self.name}: {f} must be a positive integer, got {v!r}")
+                raise WorkloadError(f"{self.name}: {f} must be a positive integer, got {v!r}")
         for f in ("stride", "dilation"):
             if min(_pair(f, getattr(self, f))) < 1:
-                raise ValueError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)!r}")
+                raise WorkloadError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)!r}")
         if min(_pair("padding", self.padding)) < 0:
-            raise ValueError(f"{self.name}: padding must be >= 0, got {self.padding!r}")
+            raise WorkloadError(f"{self.name}: padding must be >= 0, got {self.padding!r}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
+            raise WorkloadError(
                 f"{self.name}: in_channels ({self.in_channels}) and out_channels "
                 f"({self.out_channels}) must be divisible by groups ({self.groups})"
             )
-        if not 0.0 <= float(self.density) <= 1.0:
-            raise ValueError(
-                f"{self.name}: density (kept fraction) must be in [0, 1], got {self.density!r}"
+        density = self.density
+        if (
+            isinstance(density, bool)
+            or not isinstance(density, int | float)
+            or not 0.0 <= float(density) <= 1.0
+        ):
+            raise WorkloadError(
+                f"{self.name}: density (kept fraction) must be in [0, 1], got {density!r}"
             )
-        object.__setattr__(self, "density", float(self.density))
+        object.__setattr__(self, "density", float(density))
+        if self.weight_source not in WEIGHT_SOURCES:
+            raise WorkloadError(
+                f"{self.name}: weight_source must be one of {', '.join(WEIGHT_SOURCES)}, "
+                f"got {self.weight_source!r}"
+            )
+        if self.op not in OPS:
+            raise WorkloadError(f"{self.name}: op must be one of {', '.join(OPS)}, got {self.op!r}")
+        if self.weight_bits > 64:
+            raise WorkloadError(f"{self.name}: weight_bits must be <= 64, got {self.weight_bits}")
+        prng = self.weight_source == "prng"
         if self.mask_bytes == -1:
-            object.__setattr__(self, "mask_bytes", math.ceil(self.weights / 8))
-        if self.mask_bytes < 0 or self.param_bytes < 0:
-            raise ValueError(f"{self.name}: mask_bytes and param_bytes must be >= 0")
+            mask = codecs.max_bytes("packed", self.weights) if prng else 0
+            object.__setattr__(self, "mask_bytes", mask)
+        if self.weight_bytes == -1:
+            nbytes = 0 if prng else math.ceil(self.weights * self.weight_bits / 8)
+            object.__setattr__(self, "weight_bytes", nbytes)
+        if self.decoded_bits == -1:
+            decoded = self.weights if prng and self.mask_bytes > 0 else 0
+            object.__setattr__(self, "decoded_bits", decoded)
+        if self.prng_streams == -1:
+            object.__setattr__(self, "prng_streams", 1 if prng else 0)
+        for f in ("mask_bytes", "weight_bytes", "param_bytes", "decoded_bits", "prng_streams"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise WorkloadError(f"{self.name}: {f} must be an integer >= 0, got {v!r}")
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -158,13 +270,13 @@ class LayerWorkload:
 
     @property
     def weights(self) -> int:
-        """Number of weights (= mask bits) of the layer."""
+        """Number of weights of the layer."""
         return self.out_channels * self.in_channels_per_group * self.kernel_h * self.kernel_w
 
     @property
     def kept_weights(self) -> int:
-        """Weights kept by the mask: ``round(density * weights)``."""
-        return round(self.density * self.weights)
+        """Weights kept: :func:`hiddenite.masks.kept_count` (floor(density x weights + 0.5))."""
+        return kept_count(self.weights, self.density)
 
     @property
     def macs(self) -> int:
@@ -173,7 +285,7 @@ class LayerWorkload:
 
     @property
     def kept_macs(self) -> int:
-        """Multiply-accumulates whose weight is kept by the mask (whole batch)."""
+        """Multiply-accumulates whose weight is kept (whole batch)."""
         return self.batch * self.out_h * self.out_w * self.kept_weights
 
     @property
@@ -186,6 +298,13 @@ class LayerWorkload:
         """Output activations (elements, whole batch)."""
         return self.batch * self.out_channels * self.out_h * self.out_w
 
+    @property
+    def stored_bytes(self) -> int:
+        """Model data this layer adds to the stored model: masks and weights on its first call
+        only, plus its own per-channel parameters."""
+        first = self.mask_bytes + self.weight_bytes if self.call == 1 else 0
+        return first + self.param_bytes
+
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerWorkload:
@@ -196,7 +315,7 @@ class LayerWorkload:
         valid = {f.name for f in dataclasses.fields(cls)} | {"kernel", "in_hw", "out_hw"}
         unknown = sorted(set(d) - valid)
         if unknown:
-            raise ValueError(f"unknown workload field(s) {unknown}; valid: {sorted(valid)}")
+            raise WorkloadError(f"unknown workload field(s) {unknown}; valid: {sorted(valid)}")
         if "kernel" in d:
             d["kernel_h"], d["kernel_w"] = _pair("kernel", d.pop("kernel"))
         if "in_hw" in d:
@@ -224,11 +343,21 @@ class LayerWorkload:
         return dataclasses.asdict(self)
 
     def with_density(self, density: float, codec: str | None = None) -> LayerWorkload:
-        """Copy at another density; ``mask_bytes`` is recomputed for ``codec`` (default: this
-        layer's codec) with :func:`mask_bytes_for` (packed exact, rle/entropy = entropy bound)."""
+        """Copy of a regenerated layer at another density, its mask an edge-popup style 1-bit
+        mask whose ``mask_bytes`` follow :func:`mask_bytes_for` for ``codec`` (default: this
+        layer's codec; packed exact, rle/entropy the entropy bound). A ``stored`` layer keeps
+        every weight whatever the density: it is returned unchanged."""
+        if self.weight_source == "stored":
+            return self
         codec = self.mask_codec if codec is None else codec
         nbytes = mask_bytes_for(codec, self.weights, density)
-        return dataclasses.replace(self, density=density, mask_codec=codec, mask_bytes=nbytes)
+        return dataclasses.replace(
+            self,
+            density=density,
+            mask_codec=codec,
+            mask_bytes=nbytes,
+            decoded_bits=0 if codec == "none" else self.weights,
+        )
 
 
 def _bn_param_count(module: Any) -> int:
@@ -247,27 +376,45 @@ def workloads_from_module(
     input_shape: tuple[int, ...],
     *,
     mask_bytes_fn: MaskBytesFn | None = None,
+    codec: str | None = None,
     param_bytes_per_value: int = 4,
     param_bytes_of: Mapping[str, int] | None = None,
+    stored_parts: Mapping[str, Sequence[Any]] | None = None,
 ) -> list[LayerWorkload]:
     """Trace ``module`` once with a zero input of ``input_shape`` (batch first) and return one
-    workload per ``nn.Conv2d`` / ``nn.Linear`` call, in execution order.
+    workload per ``nn.Conv2d`` / ``nn.Linear`` call, in execution order. A layer called again
+    (a shared / folded layer) gives one workload per call, named ``name#2``, ``name#3``, ...
+    with ``call`` 2, 3, ...: its masks and weights count as stored model data once.
 
-    Density comes from the layer's ``mask()`` (a 0/1 tensor shaped like the weight; a ``mask``
-    tensor attribute also works), else 1.0. ``mask_bytes`` is the packed size ceil(n / 8) unless
-    ``mask_bytes_fn(name, mask_bool_numpy) -> (codec, nbytes)`` is given (called only for layers
-    with a mask). ``param_bytes`` = ``param_bytes_per_value`` x (bias values + the per-channel
-    values of BatchNorm layers run after the layer and before the next conv/linear).
+    A supermask layer (:mod:`hiddenite.layers`) is described by its method: the declared
+    :class:`~hiddenite.methods.LayerCost` (weight source, weight bits, PE op) and its parts as
+    coded bytes, from ``stored_parts[name]`` (e.g. a model file's
+    :attr:`~hiddenite.fileformat.LayerEntry.parts`) or else coded here exactly as a model file
+    codes them (:func:`hiddenite.storage.encode_layer` with ``codec``; None: the smallest codec
+    per part); its density is the fraction of its weights in use (``layer.support()``).
 
-    ``param_bytes_of``: stored byte counts of the model's per-channel tensors, keyed by
-    ``state_dict`` name (as a model file stores them). When given, it replaces the count above:
-    each tensor is charged to the conv/linear layer that owns it (a bias) or, for any other module
-    (BatchNorm, ...), to the last conv/linear layer executed before that module's first call (the
-    first layer if none ran before it, the last layer if the module never ran). Every byte is
-    charged to exactly one layer, so the layers' ``param_bytes`` sum to the mapping's total.
+    Any other layer counts as a hidden layer with a 1-bit mask: density from its ``mask()`` (a
+    0/1 tensor shaped like the weight; a ``mask`` tensor attribute also works), else 1.0;
+    ``mask_bytes`` the packed size ceil(n / 8) unless ``mask_bytes_fn(name, mask_bool_numpy) ->
+    (codec, nbytes)`` is given (called only for layers with a mask). When ``param_bytes_of``
+    holds its ``weight`` (a plain layer of a converted model, whose weights a model file stores
+    as a float tensor), it is a ``stored`` layer with a full MAC per weight instead.
+
+    ``param_bytes`` = ``param_bytes_per_value`` x (bias values + the per-channel values of
+    BatchNorm layers run after the layer and before the next conv/linear). ``param_bytes_of``:
+    stored byte counts of the model's per-channel tensors, keyed by ``state_dict`` name (as a
+    model file stores them). When given, it replaces that count: each tensor is charged to the
+    conv/linear layer that owns it (a bias; to its first call) or, for any other module
+    (BatchNorm, ...), to the last conv/linear call executed before that module's first call
+    (the first layer if none ran before it, the last layer if the module never ran). Every byte
+    is charged to exactly one workload, so their ``param_bytes`` sum to the mapping's total.
+
+    Raises :class:`WorkloadError` when ``input_shape`` does not fit the model.
     """
     import torch
     from torch import nn
+
+    from ..layers import SupermaskLayer
 
     conv_types = (nn.Conv2d, nn.Linear)
     bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -278,12 +425,13 @@ def workloads_from_module(
     def conv_hook(mod: Any, inputs: tuple[Any, ...], output: Any) -> None:
         name = names.get(id(mod), type(mod).__name__)
         seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            name = f"{name}#{seen[name]}"
+        call = seen[name]
         records.append(
             {
                 "mod": mod,
-                "name": name,
+                "name": name if call == 1 else f"{name}#{call}",
+                "base": name,
+                "call": call,
                 "in": tuple(inputs[0].shape),
                 "out": tuple(output.shape),
                 "extra": 0,
@@ -321,7 +469,7 @@ def workloads_from_module(
                     module(x)
                 except RuntimeError as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
-                    raise ValueError(
+                    raise WorkloadError(
                         f"input_shape {tuple(input_shape)} does not fit the model ({first})"
                     ) from None
         finally:
@@ -330,16 +478,25 @@ def workloads_from_module(
         for h in handles:
             h.remove()
 
+    first_record: dict[int, int] = {}
+    for i, rec in enumerate(records):
+        first_record.setdefault(id(rec["mod"]), i)
     charged: list[int] | None = None
+    stored_weight: dict[int, int] = {}  # id(plain layer) -> bytes of its stored weight tensor
     if param_bytes_of is not None:
         charged = [0] * len(records)
-        first_record = {}
-        for i, rec in enumerate(records):
-            first_record.setdefault(id(rec["mod"]), i)
         modules = dict(module.named_modules())
         for key, nbytes in param_bytes_of.items():
-            owner = key.rpartition(".")[0]
+            owner, _, leaf = key.rpartition(".")
             mod = modules.get(owner)
+            if (
+                leaf == "weight"
+                and isinstance(mod, conv_types)
+                and not isinstance(mod, SupermaskLayer)
+                and id(mod) in first_record
+            ):
+                stored_weight[id(mod)] = int(nbytes)
+                continue
             if mod is not None and id(mod) in first_record:
                 i = first_record[id(mod)]
             elif owner in first_call:
@@ -349,27 +506,51 @@ def workloads_from_module(
             if charged:
                 charged[i] += int(nbytes)
 
+    method_cache: dict[int, dict[str, Any]] = {}
+
+    def layer_fields(rec: dict[str, Any]) -> dict[str, Any]:
+        mod = rec["mod"]
+        if id(mod) in method_cache:
+            return method_cache[id(mod)]
+        if isinstance(mod, SupermaskLayer):
+            fields = _supermask_fields(mod, rec["base"], codec, param_bytes_per_value, stored_parts)
+        elif id(mod) in stored_weight:
+            nbytes = stored_weight[id(mod)]
+            n = mod.weight.numel()
+            fields = {
+                "density": 1.0,
+                "weight_source": "stored",
+                "weight_bits": max(1, 8 * nbytes // n) if n else 32,
+                "op": "mac",
+                "mask_codec": "none",
+                "mask_bytes": 0,
+                "weight_bytes": nbytes,
+                "decoded_bits": 0,
+            }
+        else:
+            fields = {"density": 1.0, "mask_codec": "packed", "mask_bytes": -1}
+            mask = _module_mask(mod)
+            if mask is not None:
+                mask_np = mask.detach().to("cpu").numpy().astype(bool)
+                fields["density"] = float(mask_np.mean()) if mask_np.size else 1.0
+                if mask_bytes_fn is not None:
+                    chosen, nbytes = mask_bytes_fn(rec["base"], mask_np)
+                    fields["mask_codec"], fields["mask_bytes"] = str(chosen), int(nbytes)
+        method_cache[id(mod)] = fields
+        return fields
+
     out: list[LayerWorkload] = []
     for idx, rec in enumerate(records):
         mod = rec["mod"]
-        density, codec, mbytes = 1.0, "packed", -1
-        mask = _module_mask(mod)
-        if mask is not None:
-            mask_np = mask.detach().to("cpu").numpy().astype(bool)
-            density = float(mask_np.mean()) if mask_np.size else 1.0
-            if mask_bytes_fn is not None:
-                codec, mbytes = mask_bytes_fn(rec["name"], mask_np)
-                mbytes = int(mbytes)
         bias = getattr(mod, "bias", None)
-        n_params = (bias.numel() if bias is not None else 0) + rec["extra"]
+        n_params = (bias.numel() if bias is not None and rec["call"] == 1 else 0) + rec["extra"]
         common = {
             "name": rec["name"],
-            "density": density,
-            "mask_codec": codec,
-            "mask_bytes": mbytes,
+            "call": rec["call"],
             "param_bytes": (
                 charged[idx] if charged is not None else param_bytes_per_value * n_params
             ),
+            **layer_fields(rec),
         }
         if isinstance(mod, nn.Conv2d):
             _, c, ih, iw = rec["in"][-4:] if len(rec["in"]) == 4 else (1, *rec["in"][-3:])
@@ -426,6 +607,32 @@ def workloads_from_module(
     return out
 
 
+def _supermask_fields(
+    layer: Any,
+    name: str,
+    codec: str | None,
+    param_bytes_per_value: int,
+    stored_parts: Mapping[str, Sequence[Any]] | None,
+) -> dict[str, Any]:
+    """Workload fields of a supermask layer: its method's cost, its coded parts, its density."""
+    import torch
+
+    from ..storage import encode_layer
+
+    shape = tuple(layer.weight.shape)
+    cost = layer.method.cost(shape, layer.method_config, layer.density)
+    if stored_parts is not None and name in stored_parts:
+        parts = stored_parts[name]
+    else:
+        dtype = "float16" if param_bytes_per_value == 2 else "float32"
+        parts = encode_layer(layer, codec, dtype)
+    with torch.no_grad():
+        support = layer.support()
+    n = support.numel()
+    density = float(support.count_nonzero()) / n if n else 1.0
+    return {"density": density, **method_fields(cost, parts)}
+
+
 def _squash(pair: tuple[int, ...]) -> int | tuple[int, int]:
     return int(pair[0]) if pair[0] == pair[1] else (int(pair[0]), int(pair[1]))
 
@@ -444,7 +651,7 @@ def _module_mask(mod: Any) -> Any | None:
     if not isinstance(m, torch.Tensor):
         return None
     if m.numel() != mod.weight.numel():
-        raise ValueError(
+        raise WorkloadError(
             f"{type(mod).__name__}.mask() has {m.numel()} elements but the weight has "
             f"{mod.weight.numel()}; mask() must be shaped like the weight"
         )
@@ -486,7 +693,7 @@ def resnet_workloads(
         152: ("bottleneck", [3, 8, 36, 3]),
     }
     if depth not in blocks:
-        raise ValueError(f"depth: unknown ResNet depth {depth}; use one of {sorted(blocks)}")
+        raise WorkloadError(f"depth: unknown ResNet depth {depth}; use one of {sorted(blocks)}")
     kind, counts = blocks[depth]
     expansion = 4 if kind == "bottleneck" else 1
     layers: list[LayerWorkload] = []
@@ -587,7 +794,7 @@ def zoo_workloads(
         if len(shape) == 3:
             shape = (batch, *shape)
     if not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"density: the kept fraction must be in (0, 1], got {density!r}")
+        raise WorkloadError(f"density: the kept fraction must be in (0, 1], got {density!r}")
     mask_bytes_for(codec, 8, 0.5)  # validates the codec name
     args = {**info.defaults, **kwargs}
     with torch.device("meta"):

@@ -10,6 +10,8 @@ name                      what                                         default i
 ``conv2/4/6/8``           Frankle/Ramanujan Conv-n, no BN, no bias     1 x 28 x 28
 ``resnet20``              CIFAR-style ResNet-20 (16/32/64)             1 x 28 x 28
 ``resnet18``              CIFAR-style ResNet-18 (64..512)              1 x 28 x 28
+``resnet20-folded``       ResNet-20, Hidden-Fold: shared blocks        1 x 28 x 28
+``resnet18-folded``       ResNet-18, Hidden-Fold: shared blocks        1 x 28 x 28
 ``resnet18-imagenet``     ImageNet ResNet-18                           3 x 224 x 224
 ``resnet50``              ImageNet ResNet-50                           3 x 224 x 224
 ========================  ===========================================  ===================
@@ -17,6 +19,13 @@ name                      what                                         default i
 Keyword arguments: ``in_channels``, ``image_size``, ``num_classes``, and ``width``
 (channel multiplier) for conv and ResNet models, ``bn_affine`` for ResNets, ``hidden``
 (tuple of layer widths) for the MLP.
+
+The ``-folded`` ResNets (Hidden-Fold Networks, BMVC 2021) keep each stage's first block and
+replace the other ``n - 1`` blocks by one block whose convolutions are shared and iterated,
+with a batch norm per iteration; a converted model stores each shared convolution's mask
+once. They take the ResNet arguments plus ``iterations`` (int >= 1, iterations of the shared
+block in every stage; None: the unfolded block count minus one, the unfolded depth: 2 for
+resnet20-folded, 1 for resnet18-folded, whose size then equals resnet18's).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import torch
 from torch import nn
 
 from ..convert import SupermaskConfig, supermask_
+from ..errors import ConfigError
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .small import CONV_PLANS, MLP, ConvNet
 
@@ -46,7 +56,33 @@ class ModelInfo:
     description: str
 
 
-def _resnet(block, blocks, planes, imagenet_stem):
+def _resnet(block, blocks, planes, imagenet_stem, folded=False):
+    if folded:
+
+        def build_folded(
+            in_channels: int,
+            image_size: int,
+            num_classes: int,
+            bn_affine: bool = False,
+            width: float = 1.0,
+            iterations: int | None = None,
+        ) -> nn.Module:
+            del image_size  # adaptive pooling: any size large enough for the strides
+            return ResNet(
+                block,
+                blocks,
+                planes,
+                in_channels=in_channels,
+                num_classes=num_classes,
+                imagenet_stem=imagenet_stem,
+                bn_affine=bn_affine,
+                width=width,
+                folded=True,
+                iterations=iterations,
+            )
+
+        return build_folded
+
     def build(
         in_channels: int,
         image_size: int,
@@ -101,6 +137,18 @@ MODELS: dict[str, ModelInfo] = {
         dict(_SMALL),
         "CIFAR-style ResNet-18",
     ),
+    "resnet20-folded": ModelInfo(
+        "resnet20-folded",
+        _resnet(BasicBlock, (3, 3, 3), (16, 32, 64), False, folded=True),
+        dict(_SMALL),
+        "CIFAR-style ResNet-20, folded (Hidden-Fold Network)",
+    ),
+    "resnet18-folded": ModelInfo(
+        "resnet18-folded",
+        _resnet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), False, folded=True),
+        dict(_SMALL),
+        "CIFAR-style ResNet-18, folded (Hidden-Fold Network)",
+    ),
     "resnet18-imagenet": ModelInfo(
         "resnet18-imagenet",
         _resnet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), True),
@@ -121,14 +169,14 @@ def model_info(name: str) -> ModelInfo:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
 
 
 def _arguments(info: ModelInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
     allowed = set(inspect.signature(info.builder).parameters)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"model {info.name!r} takes no argument(s) {', '.join(unknown)}; "
             f"it takes {', '.join(sorted(allowed))}"
         )
@@ -152,24 +200,24 @@ def check_arguments(name: str, **kwargs: Any) -> None:
     except (TypeError, ValueError, RuntimeError) as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} cannot be built with {given or 'defaults'}: {first}"
         ) from None
 
 
 def create(
-    name: str, config: SupermaskConfig | None = None, *, init_scores: bool = True, **kwargs: Any
+    name: str, config: SupermaskConfig | None = None, *, init_state: bool = True, **kwargs: Any
 ) -> nn.Module:
     """Build zoo model ``name``; with ``config``, convert it with :func:`supermask_`.
 
     The model remembers how it was built in ``model.hiddenite_arch = (name, kwargs)``, the
     full keyword arguments included, so :func:`hiddenite.save` can record it.
-    ``init_scores=False`` leaves hidden layers' scores at zero, for a caller that loads them.
+    ``init_state=False`` leaves the learned state at zero, for a caller that loads it.
     """
     info = model_info(name)
     args = _arguments(info, kwargs)
     model = info.builder(**args)
     if config is not None:
-        supermask_(model, config, init_scores=init_scores)
+        supermask_(model, config, init_state=init_state)
     model.hiddenite_arch = (name, dict(args))
     return model

@@ -1,0 +1,341 @@
+"""The method seam: what a supermask method learns, stores and costs.
+
+A *method* answers three questions for one layer of frozen seed-regenerated weights:
+
+- what is learned, and how the forward pass turns it into the effective weight (with its
+  straight-through gradient): :meth:`Method.setup`, :meth:`Method.initialize`,
+  :meth:`Method.weight`;
+- what is stored: a list of :class:`Part` (name, number of symbols, alphabet), known from the
+  layer's shape and config alone, so that the model file, the summary and the hardware model
+  can reason about it without tensors; :meth:`Method.export` gives the symbols and
+  :meth:`Method.restore` rebuilds the learned state from them;
+- what the hardware does with it: :meth:`Method.cost` (:class:`LayerCost`).
+
+Each method is one module with its own :class:`MethodConfig` subclass (a frozen, validated,
+versioned dataclass with a JSON round trip) and one :func:`register_method` call. Nothing
+outside ``hiddenite.methods`` knows a method by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+__all__ = [
+    "METHODS",
+    "LayerCost",
+    "LayerItem",
+    "Method",
+    "MethodConfig",
+    "Part",
+    "get_method",
+    "method_config",
+    "register_method",
+]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One stored part of a layer: ``n`` symbols over ``alphabet`` values.
+
+    ``alphabet`` is 2 for a bit, 3 for keep/hide/invert, C+1 for C coats, ...; ``None`` means
+    real values (stored as floats at the file's parameter dtype, e.g. a dense layer's weights).
+    """
+
+    name: str
+    n: int
+    alphabet: int | None
+
+    @property
+    def is_symbols(self) -> bool:
+        return self.alphabet is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "n": self.n, "alphabet": self.alphabet}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What the accelerator model needs to know about one layer's method.
+
+    weight_source: ``"prng"`` (frozen weights regenerated on chip from the seed) or
+      ``"stored"`` (weights shipped from memory, e.g. a dense or binarized layer).
+    weight_bits: bits of the weight operand each PE multiplies or adds (1: a sign, add/sub
+      only; more: a multiplier level or a stored weight).
+    op: what a PE does per kept weight: ``"add"`` (signed add of the activation),
+      ``"shift-add"`` (small integer multiple), ``"xnor"`` (binarized), ``"mac"`` (full multiply).
+    prng_streams: named PRNG streams the chip steps to build the layer.
+    """
+
+    weight_source: str
+    weight_bits: int
+    op: str
+    prng_streams: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.weight_source not in ("prng", "stored"):
+            raise ValueError(f"weight_source must be prng or stored, got {self.weight_source!r}")
+        if self.op not in ("add", "shift-add", "xnor", "mac"):
+            raise ValueError(f"op must be add, shift-add, xnor or mac, got {self.op!r}")
+        if self.weight_bits < 1:
+            raise ValueError(f"weight_bits must be >= 1, got {self.weight_bits}")
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    """``value`` from JSON as the dataclass field type ``hint`` (lists become tuples)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, what)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{what}: {value!r} is not a valid value")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{what}: expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(v, item, f"{what}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{what}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{what}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{what}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{what}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{what}: unsupported field type {hint!r}")  # a method's own bug
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's config: frozen, validated on construction, versioned.
+
+    Subclasses set the class variables ``method`` (the registered name) and ``VERSION``, add
+    their fields (each with a default, so ``--method NAME`` alone trains sensibly) and check
+    them in :meth:`check`, raising :class:`ConfigError` through :meth:`fail`.
+    """
+
+    method: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(value, _field_type(type(self), f.name), self._what(f.name))
+            object.__setattr__(self, f.name, coerced)
+        self.check()
+
+    def _what(self, field: str) -> str:
+        return f"method {self.method!r}: {field}"
+
+    def fail(self, field: str, problem: str) -> typing.NoReturn:
+        raise ConfigError(f"{self._what(field)} {problem}")
+
+    def check(self) -> None:
+        """Validate the fields (override; the types are already checked)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., "version": ..., **fields}``, JSON-ready."""
+        data: dict[str, Any] = {"name": self.method, "version": self.VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        """Build from :meth:`to_dict` output; unknown fields or another version are errors."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"method config must be a JSON object, got {data!r}")
+        data = dict(data)
+        name = data.pop("name", cls.method)
+        if name != cls.method:
+            raise ConfigError(f"method config names {name!r}, expected {cls.method!r}")
+        version = data.pop("version", cls.VERSION)
+        if version != cls.VERSION:
+            raise ConfigError(
+                f"method {cls.method!r}: config version {version!r} is not supported "
+                f"(this build: {cls.VERSION})"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"method {cls.method!r} has no argument(s) {', '.join(unknown)}; "
+                f"it takes {', '.join(sorted(known)) or 'none'}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> MethodConfig:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{self.method}({fields})"
+
+
+@dataclass(frozen=True)
+class LayerItem:
+    """One layer as the file reader sees it: geometry, method config, density, decoded parts."""
+
+    name: str
+    shape: tuple[int, ...]
+    config: MethodConfig
+    density: float
+    arrays: dict[str, np.ndarray]
+
+
+class Method:
+    """A supermask method (one instance per registered name; stateless).
+
+    The layer keeps geometry, seed, layer index, init, density and its method config; the
+    method registers and owns every learned tensor of the layer. Override what differs from
+    the defaults below.
+    """
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[MethodConfig]]
+    #: the layer's weights are a trained Parameter (dense, binarized), not a seed-regenerated
+    #: buffer; a trained layer's bias starts uniform from the "bias" stream, else at zero
+    trains_weights: ClassVar[bool] = False
+    #: PRNG streams the method draws from (besides the frozen weights' "weights")
+    streams: ClassVar[tuple[str, ...]] = ()
+
+    # -- planning ------------------------------------------------------------------------------
+    def layer_configs(
+        self, shapes: list[tuple[int, ...]], config: MethodConfig, density: float
+    ) -> list[tuple[MethodConfig, float]]:
+        """Per-layer (config, density) for layers converted together (default: all the same)."""
+        return [(config, density) for _ in shapes]
+
+    def scale_density(self, config: MethodConfig, density: float) -> float | None:
+        """The kept fraction the frozen weights are scaled by with ``scale_by_density``
+        (divided by its square root); None: never scaled."""
+        return density
+
+    def link(self, layers: list[Any], config: MethodConfig) -> None:
+        """Called once with every layer converted together under ``config`` (e.g. to share
+        one global threshold)."""
+
+    # -- the layer -----------------------------------------------------------------------------
+    def setup(self, layer: Any) -> None:
+        """Register the learned tensors on ``layer`` (zero-filled)."""
+
+    def initialize(self, layer: Any) -> None:
+        """Draw the learned tensors' initial values from the PRNG."""
+
+    def weight(self, layer: Any) -> torch.Tensor:
+        """The effective weight of the forward pass, with its straight-through gradient."""
+        raise NotImplementedError
+
+    def support(self, layer: Any) -> torch.Tensor:
+        """Boolean tensor (weight-shaped): positions whose effective weight is used."""
+        with torch.no_grad():
+            return self.weight(layer) != 0
+
+    def owned_state(self, layer: Any) -> tuple[str, ...]:
+        """Names of the layer's ``state_dict`` entries this method exports as parts."""
+        return ()
+
+    # -- storage -------------------------------------------------------------------------------
+    def parts(self, shape: tuple[int, ...], config: MethodConfig, density: float) -> list[Part]:
+        raise NotImplementedError
+
+    def export(self, layer: Any) -> dict[str, np.ndarray]:
+        """Every part as a 1-D array: uint8 symbols (bool for a binary part) or float32."""
+        raise NotImplementedError
+
+    def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Set the learned state so that :meth:`weight` gives what was exported."""
+        raise NotImplementedError
+
+    def check(self, items: list[LayerItem]) -> None:
+        """Raise ValueError if decoded parts cannot come from this method (counts, values).
+
+        Called once with every layer of the method in a file; the default checks each layer
+        with :meth:`check_layer`.
+        """
+        for item in items:
+            self.check_layer(item)
+
+    def check_layer(self, item: LayerItem) -> None:
+        """Per-layer check of decoded parts (override)."""
+
+    # -- hardware ------------------------------------------------------------------------------
+    def cost(self, shape: tuple[int, ...], config: MethodConfig, density: float) -> LayerCost:
+        raise NotImplementedError
+
+    def describe(self, layer: Any) -> str:
+        return f"method={layer.method_config.describe()}, density={layer.density:g}"
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Register ``method`` under ``method.name``; a second, different one is refused."""
+    name = method.name
+    if name in METHODS and type(METHODS[name]) is not type(method):
+        raise ValueError(f"a supermask method named {name!r} is already registered")
+    if method.config_type.method != name:
+        raise ValueError(f"{type(method).__name__}: config_type.method must be {name!r}")
+    METHODS[name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown supermask method {name!r}; choose one of {', '.join(METHODS)}"
+        ) from None
+
+
+def method_config(spec: str | MethodConfig | dict[str, Any], **args: Any) -> MethodConfig:
+    """A method config from a name (with ``args``), a config, or its :meth:`to_dict`."""
+    if isinstance(spec, MethodConfig):
+        return spec.replace(**args) if args else spec
+    if isinstance(spec, dict):
+        if args:
+            raise TypeError("method_config: give args or a dict, not both")
+        return get_method(spec.get("name")).config_type.from_dict(spec)
+    if isinstance(spec, str):
+        cls = get_method(spec).config_type
+        return cls.from_dict({"name": spec, **args})
+    raise ConfigError(f"method must be a name or a MethodConfig, got {spec!r}")
+
+
+def fan_in(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:])

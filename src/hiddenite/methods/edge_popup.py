@@ -1,0 +1,129 @@
+"""``edge-popup`` (Ramanujan et al., CVPR 2020): a learned score per frozen weight, top-k kept.
+
+Each weight has a real score; the forward pass keeps the ``kept_count(n, density)`` weights of
+largest ``|score|`` (per layer), or the top fraction over all layers converted together
+(``scope="global"``). The gradient reaches the scores straight through the mask. Stored: one
+binary part ``mask`` (n bits, exactly the kept count set). Hardware: 1-bit frozen weights
+regenerated from the seed, a signed add per kept weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..masks import GlobalThreshold, kept_count, masked_weight, top_fraction_mask
+from .base import LayerCost, LayerItem, Method, MethodConfig, Part, fan_in, register_method
+
+SCOPES = ("layer", "global")
+
+__all__ = ["SCOPES", "EdgePopup", "EdgePopupConfig", "initial_scores"]
+
+
+@dataclass(frozen=True)
+class EdgePopupConfig(MethodConfig):
+    """scope: ``"layer"`` (each layer keeps its density) or ``"global"`` (one threshold over
+    all layers converted together)."""
+
+    method = "edge-popup"
+    scope: str = "layer"
+
+    def check(self) -> None:
+        if self.scope not in SCOPES:
+            self.fail("scope", f"must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+
+
+def initial_scores(layer: Any, stream: str = "scores") -> torch.Tensor:
+    """edge-popup's kaiming_uniform(a=sqrt(5)) bound, 1/sqrt(fan_in), drawn from ``stream``."""
+    shape = tuple(layer.weight.shape)
+    return layer.uniform(shape, 1.0 / math.sqrt(fan_in(shape)), stream)
+
+
+class EdgePopup(Method):
+    name = "edge-popup"
+    config_type = EdgePopupConfig
+    streams = ("scores",)
+
+    def link(self, layers: list[Any], config: MethodConfig) -> None:
+        if config.scope == "global" and layers:
+            group = GlobalThreshold(layers[0].density, attribute="scores")
+            for layer in layers:
+                group.register(layer)
+                layer.mask_group = group
+
+    def setup(self, layer: Any) -> None:
+        layer.scores = nn.Parameter(torch.zeros_like(layer.weight))
+        layer.mask_group = None
+
+    def initialize(self, layer: Any) -> None:
+        with torch.no_grad():
+            layer.scores.copy_(initial_scores(layer))
+
+    def _mask(self, layer: Any, in_forward: bool = False) -> torch.Tensor:
+        group = layer.mask_group
+        if group is None:
+            return top_fraction_mask(layer.scores, layer.density)
+        # global scope: the first layer of the group refreshes the threshold once per pass
+        return group.layer_mask(layer, refresh=in_forward and group.is_first(layer))
+
+    def weight(self, layer: Any) -> torch.Tensor:
+        return masked_weight(layer.weight, layer.scores, self._mask(layer, True))
+
+    def support(self, layer: Any) -> torch.Tensor:
+        return self._mask(layer)
+
+    def owned_state(self, layer: Any) -> tuple[str, ...]:
+        return ("scores",)
+
+    def parts(self, shape, config, density) -> list[Part]:
+        return [Part("mask", math.prod(shape), 2)]
+
+    def export(self, layer: Any) -> dict[str, np.ndarray]:
+        return {"mask": self._mask(layer).detach().to("cpu").reshape(-1).numpy()}
+
+    def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
+        bits = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.bool_))
+        with torch.no_grad():  # the top-k selection re-selects exactly the ones
+            layer.scores.copy_(bits.reshape(layer.scores.shape).to(layer.scores))
+        if layer.mask_group is not None:
+            layer.mask_group.invalidate()
+
+    def check(self, items: list[LayerItem]) -> None:
+        if not items:
+            return
+        if items[0].config.scope == "layer":
+            super().check(items)
+            return
+        total = sum(math.prod(item.shape) for item in items)
+        kept = sum(int(np.count_nonzero(item.arrays["mask"])) for item in items)
+        want = kept_count(total, items[0].density)
+        if kept != want:
+            raise ValueError(
+                f"the edge-popup layers keep {kept} of {total} weights, but global density "
+                f"{items[0].density} keeps {want}"
+            )
+
+    def check_layer(self, item: LayerItem) -> None:
+        n = math.prod(item.shape)
+        kept = int(np.count_nonzero(item.arrays["mask"]))
+        want = kept_count(n, item.density)
+        if kept != want:
+            raise ValueError(
+                f"layer {item.name!r} keeps {kept} of {n} weights, but density "
+                f"{item.density} keeps {want}"
+            )
+
+    def cost(self, shape, config, density) -> LayerCost:
+        return LayerCost("prng", 1, "add", ("weights",))
+
+    def describe(self, layer: Any) -> str:
+        scope = "global" if layer.mask_group is not None else "layer"
+        return f"method=edge-popup, density={layer.density:g} ({scope})"
+
+
+register_method(EdgePopup())

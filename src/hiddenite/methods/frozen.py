@@ -1,0 +1,421 @@
+"""``frozen``: edge-popup inside a partially frozen random network (Otsuka et al., TMLR 2025).
+
+Per layer of ``n`` weights, a seed-derived random set of positions is frozen *pruned* (mask
+always 0) and another frozen *locked* (mask always 1); edge-popup learns a score for each of
+the remaining *free* positions and keeps the top ones. Only the free positions cost stored
+bits, so the model file shrinks by the frozen fraction (arXiv 2402.14029).
+
+Which positions are frozen (the rule the tests and any hardware decoder follow):
+  the layer's ``frozen`` PRNG stream (stream 3) gives one 32-bit word per position; the
+  positions are ranked by word, ascending, ties by position index; the first
+  ``kept_count(n, pruned)`` are frozen pruned, the next ``kept_count(n, locked)`` frozen
+  locked, the rest are free.
+
+``density`` is the layer's overall kept fraction: locked + kept among the free positions. Of
+the ``n_free`` free positions, ``kept_count(n, density) - n_locked`` are kept (the top
+``|score|``, ties by index); a density below the locked fraction or above the unfrozen
+fraction is a ConfigError.
+
+Per-layer ratios (:meth:`Frozen.layer_configs`) come from the global ``pruned``/``locked``
+targets through ``distribution``:
+
+- ``uniform``: every layer freezes ``pruned`` and locks ``locked`` (each rounded per layer).
+- ``erk``: the unfrozen fraction ``1 - pruned`` is spread by Erdős–Rényi-Kernel (per-layer
+  unfrozen density proportional to sum(shape) / prod(shape), layers that would exceed 1 fixed
+  at 1 and the rest re-scaled, as RigL does).
+- ``epl``: every layer gets the same number of unfrozen weights, capped at the layer size, the
+  excess shared among the other layers.
+
+For ``erk`` and ``epl`` the per-layer unfrozen counts are rounded (largest remainder) so that
+the total frozen-pruned count is exactly ``kept_count(N, pruned)``; the locked weights are
+then shared in proportion to each layer's unfrozen count (the locked share of the unfrozen
+weights is the same in every layer, so pruned + locked < 1 holds per layer too), rounded so
+that the total locked count is exactly ``kept_count(N, locked)``. Each layer's config records
+its own ``pruned`` = count / n and ``locked`` = count / n with ``distribution="uniform"``, so
+a single layer is self-describing. Each layer's density is the global density clipped, by
+count, to [locked, unfrozen] of that layer (a layer whose unfrozen part is smaller than the
+global density keeps all of its unfrozen weights); a global density above the global unfrozen
+fraction or below the global locked fraction is a ConfigError.
+
+Stored: one binary part ``mask`` with one bit per free position (position order). Hardware:
+1-bit frozen weights and the freezing pattern regenerated from the seed (streams ``weights``
+and ``frozen``), a signed add per kept weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..masks import kept_count, top_fraction_mask
+from ..prng import register_stream
+from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
+from .edge_popup import initial_scores
+
+STREAM_FROZEN = register_stream("frozen", 3)
+
+DISTRIBUTIONS = ("uniform", "erk", "epl")
+INNER_METHODS = ("edge-popup",)
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "INNER_METHODS",
+    "STREAM_FROZEN",
+    "Frozen",
+    "FrozenConfig",
+    "FrozenCounts",
+    "epl_densities",
+    "erk_densities",
+    "frozen_counts",
+    "frozen_pattern",
+]
+
+
+@dataclass(frozen=True)
+class FrozenConfig(MethodConfig):
+    """pruned: fraction of the weights frozen pruned (the global target when a distribution
+    spreads it); locked: fraction frozen locked (kept); distribution: ``uniform``, ``erk`` or
+    ``epl`` (how the global targets become per-layer ratios); inner: the learned method over
+    the free positions (``edge-popup`` only)."""
+
+    method = "frozen"
+    pruned: float = 0.5
+    locked: float = 0.0
+    distribution: str = "uniform"
+    inner: str = "edge-popup"
+
+    def check(self) -> None:
+        for field in ("pruned", "locked"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                self.fail(field, f"must be in [0, 1), got {value}")
+        if self.pruned + self.locked >= 1.0:
+            self.fail(
+                "pruned",
+                f"pruned + locked must be < 1 (some weights must stay free), got "
+                f"{self.pruned} + {self.locked}",
+            )
+        if self.distribution not in DISTRIBUTIONS:
+            self.fail(
+                "distribution",
+                f"must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}",
+            )
+        if self.inner not in INNER_METHODS:
+            self.fail(
+                "inner",
+                f"must be one of {', '.join(INNER_METHODS)} (the learned method over the free "
+                f"positions), got {self.inner!r}",
+            )
+
+
+@dataclass(frozen=True)
+class FrozenCounts:
+    """A layer's position counts: frozen pruned, frozen locked, free, and kept among free."""
+
+    n: int
+    pruned: int
+    locked: int
+    free_kept: int
+
+    @property
+    def free(self) -> int:
+        return self.n - self.pruned - self.locked
+
+    @property
+    def kept(self) -> int:
+        return self.locked + self.free_kept
+
+
+def frozen_counts(n: int, config: FrozenConfig, density: float) -> FrozenCounts:
+    """The counts of a layer of ``n`` weights; ConfigError if ``density`` cannot be met."""
+    pruned = kept_count(n, config.pruned)
+    locked = kept_count(n, config.locked)
+    free = n - pruned - locked
+    if free < 0:
+        raise ConfigError(
+            f"method 'frozen': a layer of {n} weights freezes {pruned} pruned and {locked} "
+            f"locked, more than it has: lower pruned ({config.pruned}) or locked "
+            f"({config.locked})"
+        )
+    kept = kept_count(n, density)
+    free_kept = kept - locked
+    if not 0 <= free_kept <= free:
+        limit = "below" if free_kept < 0 else "above"
+        raise ConfigError(
+            f"method 'frozen': density {density} keeps {kept} of {n} weights, {limit} what "
+            f"the freezing allows ({locked} locked .. {locked + free} = locked + free): choose "
+            f"a density in [{config.locked:g}, {1.0 - config.pruned:g}], or lower "
+            f"{'locked' if free_kept < 0 else 'pruned'}"
+        )
+    return FrozenCounts(n, pruned, locked, free_kept)
+
+
+def frozen_pattern(words: torch.Tensor, counts: FrozenCounts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(free positions ascending, locked as a boolean over all positions) from one PRNG word
+    per position: ranked by word, ties by index; the first ``counts.pruned`` are pruned, the
+    next ``counts.locked`` locked."""
+    order = torch.sort(words.reshape(-1), stable=True).indices
+    locked = torch.zeros(words.numel(), dtype=torch.bool, device=words.device)
+    locked[order[counts.pruned : counts.pruned + counts.locked]] = True
+    free = torch.sort(order[counts.pruned + counts.locked :]).values
+    return free, locked
+
+
+# ------------------------------------------------------------------------- distributions
+
+
+def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
+    """Erdős–Rényi-Kernel per-layer densities for a global ``density`` (RigL's algorithm):
+    density_l = eps * sum(shape_l) / prod(shape_l), a layer that would exceed 1 is fixed at 1
+    (the largest first, one round at a time) and eps re-solved for the rest."""
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in shapes]
+    dense: set[int] = set()
+    while True:
+        rest = [i for i in range(len(shapes)) if i not in dense]
+        if not rest:
+            return [1.0] * len(shapes)
+        target = density * sum(sizes) - sum(sizes[i] for i in dense)
+        eps = target / sum(raw[i] * sizes[i] for i in rest)
+        top = max(raw[i] for i in rest)
+        if eps * top <= 1.0:
+            return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
+        dense.update(i for i in rest if raw[i] == top)
+
+
+def epl_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
+    """Equal-per-layer densities for a global ``density``: each layer the same number of kept
+    weights, capped at its size, the excess shared equally among the other layers."""
+    sizes = [math.prod(s) for s in shapes]
+    budget = density * sum(sizes)
+    capped: set[int] = set()
+    while True:
+        rest = [i for i in range(len(sizes)) if i not in capped]
+        if not rest:
+            return [1.0] * len(sizes)
+        share = (budget - sum(sizes[i] for i in capped)) / len(rest)
+        over = {i for i in rest if sizes[i] <= share}
+        if not over:
+            return [1.0 if i in capped else share / sizes[i] for i in range(len(sizes))]
+        capped |= over
+
+
+def _apportion(reals: list[float], total: int, caps: list[int]) -> list[int]:
+    """Integers near ``reals`` summing to ``total``, each in [0, cap]: floors, then +1 by
+    largest remainder (ties by index), or -1 by smallest remainder."""
+    if not 0 <= total <= sum(caps):
+        raise ValueError(f"cannot apportion {total} within caps summing to {sum(caps)}")
+    counts = [min(cap, max(0, math.floor(x))) for x, cap in zip(reals, caps, strict=True)]
+    remainder = [x - math.floor(x) for x in reals]
+    by_largest = sorted(range(len(reals)), key=lambda i: (-remainder[i], i))
+    while sum(counts) < total:
+        for i in by_largest:
+            if sum(counts) < total and counts[i] < caps[i]:
+                counts[i] += 1
+    while sum(counts) > total:
+        for i in reversed(by_largest):
+            if sum(counts) > total and counts[i] > 0:
+                counts[i] -= 1
+    return counts
+
+
+def _clip_density(n: int, counts: tuple[int, int], density: float) -> float:
+    """``density`` for a layer of ``n`` with (pruned, locked) counts, clipped by count to
+    [locked, n - pruned]."""
+    pruned, locked = counts
+    kept = kept_count(n, density)
+    if kept < locked:
+        return locked / n
+    if kept > n - pruned:
+        if n == pruned:
+            raise ConfigError(
+                f"method 'frozen': a layer of {n} weights would be entirely frozen pruned: "
+                "lower pruned or use another distribution"
+            )
+        return (n - pruned) / n
+    return density
+
+
+# ------------------------------------------------------------------------- the method
+
+
+class _FrozenMaskedWeight(torch.autograd.Function):
+    """``weight * mask``; the gradient reaches the free scores straight through (edge-popup:
+    upstream * weight * sign(score) at each free position)."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, mask, free):
+        ctx.save_for_backward(weight, scores, free)
+        return weight * mask.view(torch.uint8)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores, free = ctx.saved_tensors
+        grad_scores = (grad * weight).reshape(-1)[free]
+        grad_scores.mul_(torch.sgn(scores))
+        return None, grad_scores, None, None
+
+
+class Frozen(Method):
+    name = "frozen"
+    config_type = FrozenConfig
+    streams = ("scores", "frozen")
+
+    # -- planning ------------------------------------------------------------------------------
+    def layer_configs(self, shapes, config, density):
+        sizes = [math.prod(s) for s in shapes]
+        total = sum(sizes)
+        if density > 1.0 - config.pruned + 1e-12 or density < config.locked - 1e-12:
+            raise ConfigError(
+                f"method 'frozen': density {density} cannot be met with pruned={config.pruned} "
+                f"and locked={config.locked}: the kept fraction must lie in "
+                f"[locked, 1 - pruned] = [{config.locked:g}, {1.0 - config.pruned:g}]; "
+                "change density, pruned or locked"
+            )
+        if config.distribution == "uniform":
+            chosen = [(config, n) for n in sizes]
+        else:
+            spread = erk_densities if config.distribution == "erk" else epl_densities
+            unfrozen_total = total - kept_count(total, config.pruned)
+            reals = [d * n for d, n in zip(spread(shapes, 1.0 - config.pruned), sizes, strict=True)]
+            unfrozen = _apportion(reals, unfrozen_total, sizes)
+            if 0 in unfrozen:
+                raise ConfigError(
+                    f"method 'frozen': with pruned={config.pruned} the {config.distribution} "
+                    f"distribution freezes layer {unfrozen.index(0)} (shape "
+                    f"{list(shapes[unfrozen.index(0)])}) entirely: lower pruned"
+                )
+            locked_total = kept_count(total, config.locked)
+            share = [locked_total * u / unfrozen_total for u in unfrozen]
+            caps = [u - 1 for u in unfrozen]  # every layer keeps a free position
+            if locked_total > sum(caps):
+                raise ConfigError(
+                    f"method 'frozen': locked={config.locked} leaves no free position in some "
+                    "layers: lower locked or pruned"
+                )
+            locked = _apportion(share, locked_total, caps)
+            chosen = [
+                (FrozenConfig(pruned=(n - u) / n, locked=r / n, inner=config.inner), n)
+                for n, u, r in zip(sizes, unfrozen, locked, strict=True)
+            ]
+        out = []
+        for layer_config, n in chosen:
+            counts = (kept_count(n, layer_config.pruned), kept_count(n, layer_config.locked))
+            out.append((layer_config, _clip_density(n, counts, density)))
+        return out
+
+    # -- the layer -----------------------------------------------------------------------------
+    def _counts(self, layer: Any) -> FrozenCounts:
+        return frozen_counts(layer.weight.numel(), layer.method_config, layer.density)
+
+    def _pattern(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(free positions, locked boolean), derived from the seed once per device."""
+        device = layer.weight.device
+        cache = layer.__dict__.setdefault("_frozen_pattern", {})
+        key = str(device)
+        if key not in cache:
+            if "cpu" not in cache:
+                words = layer.words(layer.weight.numel(), "frozen").to("cpu")
+                cache["cpu"] = frozen_pattern(words, layer.frozen_counts)
+            free, locked = cache["cpu"]
+            cache[key] = (free.to(device), locked.to(device))
+        return cache[key]
+
+    def setup(self, layer: Any) -> None:
+        counts = self._counts(layer)  # raises ConfigError when density cannot be met
+        layer.frozen_counts = counts
+        layer.__dict__["_frozen_pattern"] = {}
+        weight = layer.weight
+        layer.scores = nn.Parameter(
+            torch.zeros(counts.free, dtype=weight.dtype, device=weight.device)
+        )
+
+    def initialize(self, layer: Any) -> None:
+        free, _ = self._pattern(layer)
+        with torch.no_grad():  # edge-popup's score of each free position (same stream)
+            layer.scores.copy_(initial_scores(layer).reshape(-1)[free.to(layer.scores.device)])
+
+    def _mask(self, layer: Any) -> torch.Tensor:
+        free, locked = self._pattern(layer)
+        counts = layer.frozen_counts
+        mask = locked.clone()
+        if counts.free:
+            chosen = top_fraction_mask(layer.scores, counts.free_kept / counts.free)
+            mask[free] = chosen
+        return mask.reshape(layer.weight.shape)
+
+    def weight(self, layer: Any) -> torch.Tensor:
+        free, _ = self._pattern(layer)
+        return _FrozenMaskedWeight.apply(layer.weight, layer.scores, self._mask(layer), free)
+
+    def support(self, layer: Any) -> torch.Tensor:
+        return self._mask(layer)
+
+    def frozen_masks(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frozen pruned, frozen locked) as weight-shaped booleans."""
+        free, locked = self._pattern(layer)
+        pruned = ~locked
+        pruned[free] = False
+        shape = layer.weight.shape
+        return pruned.reshape(shape), locked.reshape(shape)
+
+    def owned_state(self, layer: Any) -> tuple[str, ...]:
+        return ("scores",)
+
+    # -- storage -------------------------------------------------------------------------------
+    def parts(self, shape, config, density) -> list[Part]:
+        return [Part("mask", frozen_counts(math.prod(shape), config, density).free, 2)]
+
+    def export(self, layer: Any) -> dict[str, np.ndarray]:
+        free, _ = self._pattern(layer)
+        bits = self._mask(layer).reshape(-1)[free]
+        return {"mask": bits.detach().to("cpu").numpy()}
+
+    def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
+        bits = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.bool_)).reshape(-1)
+        if bits.numel() != layer.scores.numel():
+            raise ValueError(
+                f"frozen: the mask part has {bits.numel()} bits, the layer has "
+                f"{layer.scores.numel()} free positions"
+            )
+        with torch.no_grad():  # the top-k selection over the free scores re-selects the ones
+            layer.scores.copy_(bits.to(layer.scores))
+
+    def check_layer(self, item: LayerItem) -> None:
+        n = math.prod(item.shape)
+        try:
+            counts = frozen_counts(n, item.config, item.density)
+        except ConfigError as exc:
+            raise ValueError(f"layer {item.name!r}: {exc}") from None
+        bits = np.asarray(item.arrays["mask"])
+        if bits.size != counts.free:
+            raise ValueError(
+                f"layer {item.name!r} stores {bits.size} mask bits, but it has {counts.free} "
+                "free positions"
+            )
+        kept = int(np.count_nonzero(bits))
+        if kept != counts.free_kept:
+            raise ValueError(
+                f"layer {item.name!r} keeps {kept} of its {counts.free} free weights, but "
+                f"density {item.density} with {counts.locked} locked keeps {counts.free_kept}"
+            )
+
+    # -- hardware ------------------------------------------------------------------------------
+    def cost(self, shape, config, density) -> LayerCost:
+        return LayerCost("prng", 1, "add", ("weights", "frozen"))
+
+    def describe(self, layer: Any) -> str:
+        c = layer.frozen_counts
+        return (
+            f"method=frozen, density={layer.density:g} ({c.pruned} pruned, {c.locked} locked, "
+            f"{c.free} free of {c.n})"
+        )
+
+
+register_method(Frozen())
