@@ -121,7 +121,10 @@ def bench_steps(repeats: int) -> list[dict]:
         y = torch.randint(0, 10, (128,), generator=torch.Generator().manual_seed(1))
         steps = {}
         for mode in ("dense", "hidden"):
-            model = models.create(name, SupermaskConfig(density=0.3, mode=mode))
+            model = models.create(
+                name,
+                SupermaskConfig(density=0.3, method="dense" if mode == "dense" else "edge-popup"),
+            )
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 

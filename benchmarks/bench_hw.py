@@ -107,7 +107,7 @@ def main() -> int:
                 reps = compare(path)
                 file_seconds.append(time.perf_counter() - t0)
                 t = info.totals()
-                stored = t["mask_bytes"] + t["dense_weight_bytes"] + t["param_bytes"]
+                stored = t["mask_bytes"] + t["float_part_bytes"] + t["param_bytes"]
                 assert reps["hiddenite"].totals["offchip_model_bytes"] == stored
                 name = codec or "auto (smallest per layer)"
                 label = f"real .hnn, {name} ({t['file_bytes']:,} B file)"

@@ -104,7 +104,7 @@ def trained_masks(trained: list, folder: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for label, model, _, _ in trained:
         for name, layer in model.named_modules():
-            if not (hiddenite.is_supermask(layer) and layer.hidden):
+            if not (hiddenite.is_supermask(layer) and not layer.trains_weights):
                 continue
             bits = layer.mask().bool().reshape(-1).numpy()
             n = bits.size

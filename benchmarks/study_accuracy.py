@@ -34,9 +34,9 @@ def run_one(config: TrainConfig, datasets, test) -> dict:
     return {
         "model": config.model,
         "model_kwargs": config.model_kwargs,
-        "mode": sm.mode,
+        "method": sm.method_name,
         "init": sm.init,
-        "density": sm.density if sm.mode == "hidden" else 1.0,
+        "density": 1.0 if sm.method_name == "dense" else sm.density,
         "scale_by_density": sm.scale_by_density,
         "lr": config.lr,
         "epochs": config.epochs,
@@ -91,7 +91,7 @@ def main() -> None:
                     **base.__dict__,
                     "lr": args.dense_lr,
                     "weight_decay": 5e-4,
-                    "supermask": SupermaskConfig(mode="dense", init="kaiming-normal"),
+                    "supermask": SupermaskConfig(method="dense", init="kaiming-normal"),
                 }
             )
         ]
@@ -122,13 +122,13 @@ def main() -> None:
         f"--hidden-lr {args.hidden_lr} --dense-lr {args.dense_lr}"
         f"{' --scale-by-density' if args.scale_by_density else ''}\n"
     )
-    print("| model | mode | init | density | test accuracy | gap to dense (points) | time (s) |")
+    print("| model | method | init | density | test accuracy | gap to dense (points) | time (s) |")
     print("|---|---|---|---|---|---|---|")
-    dense = {r["model"]: r["test_accuracy"] for r in records if r["mode"] == "dense"}
+    dense = {r["model"]: r["test_accuracy"] for r in records if r["method"] == "dense"}
     for r in records:
         gap = 100 * (dense[r["model"]] - r["test_accuracy"])
         print(
-            f"| {r['model']} | {r['mode']} | {r['init']} | {r['density']:g} | "
+            f"| {r['model']} | {r['method']} | {r['init']} | {r['density']:g} | "
             f"{100 * r['test_accuracy']:.2f} % | {gap:+.2f} | {r['seconds']:.0f} |"
         )
 

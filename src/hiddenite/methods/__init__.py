@@ -34,12 +34,6 @@ from .edge_popup import EdgePopupConfig
 
 __all__ = [
     "METHODS",
-    "analog",
-    "binarized",
-    "frozen",
-    "multicoat",
-    "signed",
-    "trichromatic",
     "DenseConfig",
     "EdgePopupConfig",
     "LayerCost",
@@ -47,9 +41,15 @@ __all__ = [
     "Method",
     "MethodConfig",
     "Part",
+    "analog",
+    "binarized",
     "dense",
     "edge_popup",
+    "frozen",
     "get_method",
     "method_config",
+    "multicoat",
     "register_method",
+    "signed",
+    "trichromatic",
 ]

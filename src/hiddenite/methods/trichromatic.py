@@ -30,8 +30,11 @@ Stored, one part per enabled colour: ``connectivity`` (n bits), ``sign`` (n_kept
 ``magnitude`` (n_kept symbols 0..C: coats passed). Sign and magnitude are stored only for the
 kept positions (in position order; all positions when connectivity is off): a pruned
 weight's sign or magnitude is never used, and leaving it out is what makes trichromatic
-tickets small. Restore writes ``1 + symbol`` into each score (0 at pruned positions), so the
-method's own selections re-select exactly what was stored.
+tickets small. Restore writes ``1 + symbol`` into each score at the positions its part covers
+(the sign and magnitude scores of pruned weights become 0, never ranked), so the method's own
+selections re-select exactly what was stored (the stored counts are exact, so no tie can
+straddle a threshold), and every restored score is nonzero where it matters, so fine-tuning
+from a loaded file still gets straight-through gradients.
 
 Gradients: each colour's 0/1 mask passes its gradient straight through to ``|score|`` (and so
 to the score times its sign), the magnitude score once per coat, as multicoated supermasks do.
