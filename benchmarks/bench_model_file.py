@@ -126,7 +126,7 @@ def trained_masks(trained: list, folder: Path) -> None:
             path = folder / "trained.hnn"
             info = fileformat.save(model, path, arch=arch, config=config, codec=codec)
             t = info.totals()
-            hidden = t["hidden_weights"]
+            hidden = t["regenerated_weights"]
             print(
                 f"| {label} | {codec or 'auto'} | {t['file_bytes']:,} | "
                 f"{t['file_bits_per_weight']:.4f} | {8 * t['mask_bytes'] / hidden:.4f} | "

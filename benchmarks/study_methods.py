@@ -43,7 +43,7 @@ def runs(density_grid: list[float]) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = [
         ("dense float32", {"lr": DENSE_LR, "weight_decay": 5e-4, "supermask": {
             "method": "dense", "init": "kaiming-normal"}}),
-        ("binarized", {"lr": DENSE_LR, "weight_decay": 0.0, "supermask": {
+        ("binarized", {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.0, "supermask": {
             "method": "binarized", "init": "kaiming-normal"}}),
     ]  # fmt: skip
     for k in density_grid:
@@ -58,7 +58,12 @@ def runs(density_grid: list[float]) -> list[tuple[str, dict]]:
     ]
     for bits in (1, 2, 4):
         analog = method_config("analog", bits=bits)
-        out.append((f"analog {bits}-bit k=0.3", {"supermask": {"density": 0.3, "method": analog}}))
+        out.append(
+            (
+                f"analog {bits}-bit k=0.3",
+                {"lr": 0.1, "supermask": {"density": 0.3, "method": analog}},
+            )
+        )
     return out
 
 

@@ -24,6 +24,7 @@ from hiddenite import main_job
 from hiddenite.checkpoint import load_checkpoint, save_checkpoint
 from hiddenite.cli import main
 from hiddenite.data import load_dataset
+from hiddenite.methods import METHODS
 from hiddenite.summary import summary
 from hiddenite.train import TrainConfig, evaluate, load_trained
 
@@ -239,7 +240,7 @@ def test_run_quick_trains_both_and_rebuilds(tmp_path, data_dir, monkeypatch, cap
     for label in ("hidden", "dense"):
         assert (out / label / "checkpoint.safetensors").is_file()
         assert len(json.loads((out / label / "metrics.json").read_text())) == 1
-    assert report["sizes"]["hidden_bytes"] < report["sizes"]["float32_bytes"]
+    assert report["sizes"]["stored_bytes"] < report["sizes"]["float32_bytes"]
 
 
 def test_run_quick_on_a_small_data_set(tmp_path, data_dir, capsys):
@@ -313,6 +314,31 @@ def test_bad_model_arguments(capsys, argv, words):
     line = user_error(capsys, argv)
     for word in words:
         assert word in line
+
+
+@pytest.mark.parametrize(
+    "method_args, words",
+    [
+        (["--method", "frozen", "--method-arg", "pruned=0.7", "--method-arg", "locked=0.3"],
+         ["pruned + locked must be < 1"]),
+        (["--method", "multicoat", "--method-arg", "coat_ratios=[0.5,0.7]"], ["coat_ratios"]),
+        (["--method", "analog", "--method-arg", "bits=0"], ["bits"]),
+        (["--method", "edge-popup", "--method-arg", "depth=3"], ["no argument(s) depth"]),
+        (["--method", "signed", "--method-arg", "scope"], ["--method-arg 'scope'", "KEY="]),
+    ],
+    ids=["frozen-p-plus-r", "coats-not-nested", "analog-zero-bits", "unknown-arg", "no-value"],
+)  # fmt: skip
+def test_impossible_method_arguments_are_one_line_errors(capsys, method_args, words):
+    line = user_error(capsys, ["summary", *MLP, *method_args])
+    for word in words:
+        assert word in line
+
+
+def test_every_method_summarises_from_the_command_line(capsys):
+    for name in sorted(METHODS):
+        assert main(["summary", *MLP, "--method", name, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert {layer["method"] for layer in data["layers"]} == {name}
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ import hiddenite
 from hiddenite import SupermaskConfig, codecs, fileformat, models
 from hiddenite.fileformat import UNEXPECTED, ModelFormatError, load, read_header, save
 from hiddenite.masks import kept_count, top_fraction_mask
-from hiddenite.methods import method_config
+from hiddenite.methods import METHODS, method_config
 
 GLOBAL = method_config("edge-popup", scope="global")
 TINY_ARCH = ("mlp", {"in_channels": 1, "image_size": 4, "num_classes": 3, "hidden": (8,)})
@@ -847,7 +847,8 @@ class _Files(list):
 
 @pytest.fixture(scope="module")
 def fuzz_seed_files(tmp_path_factory) -> list[bytes]:
-    """Valid small files: one per codec, one with BN parameters and dense layers."""
+    """Valid small files: one per codec, one with BN parameters and dense layers, one per
+    method, and a version 1 file."""
     folder = tmp_path_factory.mktemp("fuzz")
     out = []
     for codec in codecs.CODECS:
@@ -857,6 +858,11 @@ def fuzz_seed_files(tmp_path_factory) -> list[bytes]:
     config = SupermaskConfig(density=0.3, keep_first_dense=True)
     save(create(arch, config).eval(), folder / "r.hnn", arch=arch, param_dtype="float16")
     out.append((folder / "r.hnn").read_bytes())
+    for method in sorted(METHODS):  # every method's parts: ternary, levels, floats, ...
+        model = create(TINY_ARCH, SupermaskConfig(density=0.3, seed=7, method=method)).eval()
+        save(model, folder / f"{method}.hnn", arch=TINY_ARCH)
+        out.append((folder / f"{method}.hnn").read_bytes())
+    out.append((V1_DIR / "mlp-entropy-keepdense.hnn").read_bytes())  # the version 1 reader
     return _Files(out)
 
 

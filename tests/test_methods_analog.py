@@ -17,16 +17,12 @@ import torch
 from torch import nn
 
 from hiddenite import SupermaskConfig, load, models, save, to_dense
+from hiddenite.device_noise import edge_popup_with_device_noise, with_noise
 from hiddenite.errors import ConfigError
 from hiddenite.layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear
 from hiddenite.masks import kept_count
 from hiddenite.methods import LayerItem, Part, get_method, method_config
-from hiddenite.methods.analog import (
-    AnalogConfig,
-    edge_popup_with_device_noise,
-    level_step,
-    with_noise,
-)
+from hiddenite.methods.analog import AnalogConfig, level_step
 from hiddenite.prng import lanes_numpy, stream_id
 
 METHOD = get_method("analog")

@@ -45,8 +45,10 @@ def tied_scores(shape, seed: int) -> torch.Tensor:
     return torch.randint(-6, 7, shape, generator=g).to(torch.float32)
 
 
-def layer(density=0.3, ratios=PAPER_COAT_RATIOS, shape=(24, 40), seed=1, **kwargs):
-    cfg = MulticoatConfig(coat_ratios=ratios)
+def layer(
+    density=0.3, ratios=PAPER_COAT_RATIOS, shape=(24, 40), seed=1, scale="first-coat", **kwargs
+):
+    cfg = MulticoatConfig(coat_ratios=ratios, scale=scale)
     return SupermaskLinear(shape[1], shape[0], density=density, seed=seed, method=cfg, **kwargs)
 
 
@@ -88,6 +90,22 @@ def test_effective_weight_is_sign_level_sigma_with_scaled_signed_constant():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     assert torch.equal(got, lay.weight * level.to(torch.float32))  # exactly w * level
     assert torch.equal(lay.support(), level > 0)
+
+
+def test_second_moment_scale_keeps_the_output_variance_of_edge_popup():
+    """The default scale divides by sqrt(E[level**2]) = sqrt(sum (2i-1) k_i), by hand."""
+    lay = layer(density=0.3, init="signed-constant", scale_by_density=True, scale="second-moment")
+    second = 0.3 + 3 * 0.3 * 0.2633 + 5 * 0.3 * 0.1067
+    sigma = math.sqrt(2.0 / (lay.fan_in * second))
+    assert torch.allclose(lay.weight.abs(), torch.full_like(lay.weight, sigma))
+    assert MulticoatConfig().scale == "second-moment"
+    level = levels_of(lay.scores, lay.method_config, 0.3).to(torch.float64)
+    # the mean squared effective weight is 2 / fan_in, as for edge-popup's scaled init
+    mean_square = float((lay.effective_weight().double() ** 2).mean())
+    assert mean_square == pytest.approx(sigma**2 * float((level**2).mean()), rel=1e-6)
+    assert mean_square == pytest.approx(2.0 / lay.fan_in, rel=0.02)
+    with pytest.raises(ConfigError, match="scale"):
+        MulticoatConfig(scale="paper")
 
 
 def test_other_inits_use_w_times_level():

@@ -36,9 +36,10 @@ Programming noise: with ``noise > 0`` a layer in eval mode multiplies each progr
 magnitude by ``1 + noise * z``, ``z`` standard normal from a CPU ``torch.Generator`` seeded
 from (``noise_seed``, layer index): reproducible, the same on every forward pass and device,
 and deliberately different from the file's exact values (conformance uses ``noise = 0``).
-Training mode never adds noise. :func:`with_noise` sets it on a copy of a model;
-:func:`edge_popup_with_device_noise` is the comparison the seed argues from: an edge-popup
-network programmed on an analog device, whose pruned zeros become noisy non-zeros.
+Training mode never adds noise. :func:`hiddenite.device_noise.with_noise` sets it on a copy
+of a model; :func:`hiddenite.device_noise.edge_popup_with_device_noise` is the comparison the
+seed argues from: an edge-popup network programmed on an analog device, whose pruned zeros
+become noisy non-zeros.
 
 Hardware (:meth:`Analog.cost`): the device stores each connection's value in its cells
 (``"stored"``, ``1 + bits`` bits, a multiply-accumulate per connection) and the topology is
@@ -49,7 +50,6 @@ method are a digital stand-in, not an analog device's energy.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +73,9 @@ _MASK64 = (1 << 64) - 1
 __all__ = [
     "Analog",
     "AnalogConfig",
-    "edge_popup_with_device_noise",
     "level_step",
     "noise_generator",
     "topology",
-    "with_noise",
 ]
 
 
@@ -236,58 +234,6 @@ class Analog(Method):
         config = layer.method_config
         noise = f", noise={config.noise:g} (seed {config.noise_seed})" if config.noise else ""
         return f"method=analog(bits={config.bits}{noise}), density={layer.density:g}"
-
-
-def _supermask_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from ..layers import SupermaskLayer  # the layers import the methods: import at call time
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SupermaskLayer)]
-
-
-def with_noise(
-    model: nn.Module, relative_std: float, seed: int = 0, *, inplace: bool = False
-) -> nn.Module:
-    """``model`` (a copy unless ``inplace``) with programming noise ``relative_std`` and
-    ``noise_seed = seed`` on every analog layer; the noise acts in eval mode only."""
-    noisy = {"noise": float(relative_std), "noise_seed": seed}
-    layers = [layer for _, layer in _supermask_layers(model)]
-    if not any(layer.method.name == Analog.name for layer in layers):
-        raise ValueError("with_noise: the model has no analog layer")
-    AnalogConfig(**noisy)  # validates
-    out = model if inplace else copy.deepcopy(model)
-    for _, layer in _supermask_layers(out):
-        if layer.method.name == Analog.name:
-            layer.method_config = layer.method_config.replace(**noisy)
-        conversion = layer.conversion  # so that the model file records the same config
-        if conversion is not None and isinstance(conversion.method, AnalogConfig):
-            layer.conversion = conversion.replace(method=conversion.method.replace(**noisy))
-    return out
-
-
-def edge_popup_with_device_noise(model: nn.Module, relative_std: float, seed: int = 0) -> nn.Module:
-    """A plain copy (:func:`hiddenite.to_dense`) of an edge-popup model programmed on an analog
-    device: every weight of each edge-popup layer, pruned zeros included, gets
-    ``relative_std * s * z`` added, ``s`` the layer's mean ``|w|`` over its kept weights and
-    ``z`` standard normal from :func:`noise_generator` (seed, layer index). A pruned weight is
-    a programmed cell at zero, not a missing wire, so it picks up the same absolute noise as
-    a kept one (the analog method's missing connections stay exactly zero)."""
-    from ..convert import to_dense  # convert imports the methods: import at call time
-
-    if not (math.isfinite(relative_std) and relative_std >= 0.0):
-        raise ValueError(f"relative_std must be a finite number >= 0, got {relative_std}")
-    targets = [(n, m) for n, m in _supermask_layers(model) if m.method.name == "edge-popup"]
-    if not targets:
-        raise ValueError("edge_popup_with_device_noise: the model has no edge-popup layer")
-    plain = to_dense(model)
-    for name, layer in targets:
-        module = plain.get_submodule(name)
-        with torch.no_grad():
-            w = module.weight
-            kept = layer.support().to(w.device)
-            s = w[kept].abs().mean() if bool(kept.any()) else w.new_zeros(())
-            z = _noise(tuple(w.shape), seed, layer.layer_index, w.device)
-            w.add_(relative_std * s * z)
-    return plain
 
 
 register_method(Analog())

@@ -57,16 +57,27 @@ PAPER_COAT_RATIOS = (0.2633, 0.1067)
 MAX_COATS = 255
 
 
+SCALES = ("second-moment", "first-coat")
+
+
 @dataclass(frozen=True)
 class MulticoatConfig(MethodConfig):
     """coat_ratios: the inner coats' densities relative to the first coat (the layer's
     density): ``k_i = density * coat_ratios[i-2]``, strictly decreasing values in (0, 1).
-    ``()`` leaves one coat (a plain binary mask with edge-popup's selection)."""
+    ``()`` leaves one coat (a plain binary mask with edge-popup's selection).
+    scale: what ``scale_by_density`` divides the frozen weights by the square root of:
+    ``"first-coat"`` is the paper's k_1 (sigma = sqrt(2 / (fan_in k_1))); the default
+    ``"second-moment"`` is E[level**2] = sum_i (2i-1) k_i, which keeps a layer's output
+    variance where edge-popup's is (with the paper's rule the logits of a network without
+    batch norm grow about 1.5x per layer at the default coats, and training stalls)."""
 
     method = "multicoat"
     coat_ratios: tuple[float, ...] = PAPER_COAT_RATIOS
+    scale: str = "second-moment"
 
     def check(self) -> None:
+        if self.scale not in SCALES:
+            self.fail("scale", f"must be one of {', '.join(SCALES)}, got {self.scale!r}")
         ratios = self.coat_ratios
         for i, r in enumerate(ratios):
             if not (0.0 < r < 1.0):
@@ -132,7 +143,11 @@ class Multicoat(Method):
     streams = ("scores",)
 
     def scale_density(self, config: MethodConfig, density: float) -> float | None:
-        return density  # sigma = sqrt(2 / (fan_in * k_1)): the first coat's density
+        if config.scale == "first-coat":
+            return density  # the paper: sigma = sqrt(2 / (fan_in * k_1))
+        # E[level**2] = sum_i (2i - 1) k_i (level L contributes L**2 = sum_{i<=L} (2i - 1)):
+        # dividing by its root keeps each layer's output variance where edge-popup's is
+        return min(1.0, sum((2 * i + 1) * k for i, k in enumerate(coat_densities(config, density))))
 
     def setup(self, layer: Any) -> None:
         layer.scores = nn.Parameter(torch.zeros_like(layer.weight))

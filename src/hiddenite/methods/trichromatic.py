@@ -43,6 +43,11 @@ The WhiteDwarf "scalar supermask" (signed + multicoated) is
 :meth:`TrichromaticConfig.scalar_supermask`: connectivity, sign and two magnitude coats, so
 effective weights take the values ``0, ±w, ±2w, ±3w``.
 
+``scale_by_density`` divides the frozen weights by the square root of E[multiplier**2]
+(the kept fraction plus ``(2j+3) c_j`` for coat ``j``), not of the kept fraction alone, so a
+layer's output variance stays where edge-popup's is when magnitude coats multiply weights by
+up to C+1 (without batch norm, growing logits otherwise stall training).
+
 Hardware: 1-bit frozen weights regenerated from the seed; a signed add per kept weight, a
 shift-add when magnitude coats give integer multipliers (weight operand ``1 + ceil(log2(C+1))``
 bits: sign plus level).
@@ -263,6 +268,14 @@ class Trichromatic(Method):
     def layer_configs(self, shapes, config, density):
         _check_density(config, density)
         return [(config, density) for _ in shapes]
+
+    def scale_density(self, config: MethodConfig, density: float) -> float | None:
+        # E[multiplier**2] over all weights: the kept fraction, plus (2j+3) c_j for coat j
+        # (a weight passing j+1 coats is multiplied by j+2, and (j+2)**2 - (j+1)**2 = 2j+3);
+        # dividing by its root keeps a layer's output variance where edge-popup's is
+        return min(
+            1.0, density + sum((2 * j + 3) * c for j, c in enumerate(config.magnitude_coats))
+        )
 
     def setup(self, layer: Any) -> None:
         config: TrichromaticConfig = layer.method_config
