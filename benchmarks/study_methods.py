@@ -48,9 +48,12 @@ def runs(density_grid: list[float]) -> list[tuple[str, dict]]:
     ]  # fmt: skip
     for k in density_grid:
         out.append((f"edge-popup k={k:g}", {"supermask": {"density": k}}))
-    for p in (0.3, 0.5, 0.7):
+    # p = 0.7 at k = 0.3 keeps every free position: a randomly pruned network, nothing learned
+    for p in (0.3, 0.5, 0.6, 0.65, 0.7):
         frozen = method_config("frozen", pruned=p)
         out.append((f"frozen p={p:g} k=0.3", {"supermask": {"density": 0.3, "method": frozen}}))
+    out.append(("edge-popup k=0.2", {"supermask": {"density": 0.2}}))
+    out.append(("edge-popup k=0.05 lr=0.1", {"lr": 0.1, "supermask": {"density": 0.05}}))
     out += [
         ("multicoat k=0.3", {"supermask": {"density": 0.3, "method": "multicoat"}}),
         ("signed k=0.3", {"supermask": {"density": 0.3, "method": "signed"}}),

@@ -21,14 +21,13 @@ Stable surface::
 """
 
 from . import codecs, hw, methods, models, prng
+from ._version import __version__
 from .convert import SupermaskConfig, supermask_, to_dense
 from .errors import ConfigError, UserError
 from .fileformat import ModelFormatError, load, save
 from .layers import SupermaskConv2d, SupermaskLinear, is_supermask
 from .methods import method_config
 from .summary import summary
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

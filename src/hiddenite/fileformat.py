@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import codecs, models
+from ._version import __version__
 from .atomic import atomic_write, write_chunks
 from .convert import SupermaskConfig, supermask_
 from .errors import ConfigError, UserError
@@ -640,8 +641,6 @@ def _fit_params(layout: _Layout, params: dict[str, tuple[int, ...]], what: str) 
 
 
 def _hiddenite_version() -> str:
-    from . import __version__
-
     return __version__
 
 
