@@ -107,19 +107,33 @@ def run_one(label: str, config: TrainConfig, datasets, test, out: Path) -> dict:
     }
 
 
-def plot(records: list[dict], path: Path) -> None:
+def plot(records: list[dict], path: Path, floor: float = 75.0) -> None:
+    """Accuracy against file size, one colour per method; runs below ``floor`` % are drawn on
+    the bottom edge (triangles) with their accuracy in the label, so the rest stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    names = sorted({r["method"]["name"] for r in records})
+    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    top = max(100 * r["test_accuracy"] for r in records)
     for r in records:
-        kb = r["file_bytes"] / 1e3
-        ax.scatter(kb, 100 * r["test_accuracy"], s=28)
-        ax.annotate(r["label"], (kb, 100 * r["test_accuracy"]), fontsize=7,
-                    xytext=(4, 2), textcoords="offset points")  # fmt: skip
+        kb, acc = r["file_bytes"] / 1e3, 100 * r["test_accuracy"]
+        below = acc < floor
+        y = floor + 0.15 if below else acc
+        ax.scatter(kb, y, s=36, color=colours[r["method"]["name"]], marker="v" if below else "o")
+        short = r["label"].replace(r["method"]["name"], "").strip() or r["label"]
+        if r["model"] != records[0]["model"]:
+            short = r["label"]
+        text = f"{short} ({acc:.1f} %)" if below else short
+        ax.annotate(text, (kb, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for name in names:
+        ax.scatter([], [], color=colours[name], label=name)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xscale("log")
+    ax.set_ylim(floor, top + 1.0)
     ax.set_xlabel("model file (.hnn) size, kB (log scale)")
     ax.set_ylabel("Fashion-MNIST test accuracy, %")
     ax.grid(True, which="both", alpha=0.3)
