@@ -84,3 +84,12 @@ def test_parts_and_costs_validate():
         LayerCost("prng", 1, "fma", ())
     with pytest.raises(ValueError, match="weight_bits"):
         LayerCost("prng", 0, "add", ())
+
+
+def test_a_method_must_define_what_it_computes_stores_and_costs():
+    class Incomplete(Dense.__mro__[1]):  # the Method base: nothing implemented
+        name = "incomplete"
+        config_type = DenseConfig
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()

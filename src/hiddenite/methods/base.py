@@ -18,6 +18,7 @@ outside ``hiddenite.methods`` knows a method by name.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -216,7 +217,7 @@ class LayerItem:
     arrays: dict[str, np.ndarray]
 
 
-class Method:
+class Method(abc.ABC):
     """A supermask method (one instance per registered name; stateless).
 
     The layer keeps geometry, seed, layer index, init, density and its method config; the
@@ -247,17 +248,20 @@ class Method:
     def link(self, layers: list[Any], config: MethodConfig) -> None:
         """Called once with every layer converted together under ``config`` (e.g. to share
         one global threshold)."""
+        return  # optional: nothing by default
 
     # -- the layer -----------------------------------------------------------------------------
     def setup(self, layer: Any) -> None:
         """Register the learned tensors on ``layer`` (zero-filled)."""
+        return  # optional: nothing by default
 
     def initialize(self, layer: Any) -> None:
         """Draw the learned tensors' initial values from the PRNG."""
+        return  # optional: nothing by default
 
+    @abc.abstractmethod
     def weight(self, layer: Any) -> torch.Tensor:
         """The effective weight of the forward pass, with its straight-through gradient."""
-        raise NotImplementedError
 
     def support(self, layer: Any) -> torch.Tensor:
         """Boolean tensor (weight-shaped): positions whose effective weight is used."""
@@ -269,16 +273,17 @@ class Method:
         return ()
 
     # -- storage -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def parts(self, shape: tuple[int, ...], config: MethodConfig, density: float) -> list[Part]:
-        raise NotImplementedError
+        """What a layer of ``shape`` stores under ``config`` and ``density``, without tensors."""
 
+    @abc.abstractmethod
     def export(self, layer: Any) -> dict[str, np.ndarray]:
         """Every part as a 1-D array: uint8 symbols (bool for a binary part) or float32."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
         """Set the learned state so that :meth:`weight` gives what was exported."""
-        raise NotImplementedError
 
     def check(self, items: list[LayerItem]) -> None:
         """Raise ValueError if decoded parts cannot come from this method (counts, values).
@@ -291,10 +296,12 @@ class Method:
 
     def check_layer(self, item: LayerItem) -> None:
         """Per-layer check of decoded parts (override)."""
+        return  # optional: nothing by default
 
     # -- hardware ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def cost(self, shape: tuple[int, ...], config: MethodConfig, density: float) -> LayerCost:
-        raise NotImplementedError
+        """What the accelerator does with a layer of ``shape`` (weight source, op, streams)."""
 
     def describe(self, layer: Any) -> str:
         return f"method={layer.method_config.describe()}, density={layer.density:g}"

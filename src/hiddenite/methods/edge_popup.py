@@ -22,7 +22,7 @@ from .base import LayerCost, LayerItem, Method, MethodConfig, Part, fan_in, regi
 
 SCOPES = ("layer", "global")
 
-__all__ = ["SCOPES", "EdgePopup", "EdgePopupConfig", "initial_scores"]
+__all__ = ["SCOPES", "EdgePopup", "EdgePopupConfig", "TopKScores", "initial_scores"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,11 @@ def initial_scores(layer: Any, stream: str = "scores") -> torch.Tensor:
     return layer.uniform(shape, 1.0 / math.sqrt(fan_in(shape)), stream)
 
 
-class EdgePopup(Method):
-    name = "edge-popup"
-    config_type = EdgePopupConfig
+class TopKScores(Method):
+    """A real score per weight (``layer.scores``); the top ``kept_count(n, density)`` of
+    ``|score|`` are selected per layer, or over every layer converted together when the
+    config's ``scope`` is ``"global"``. Shared by the methods built on edge-popup's selection."""
+
     streams = ("scores",)
 
     def link(self, layers: list[Any], config: MethodConfig) -> None:
@@ -70,6 +72,11 @@ class EdgePopup(Method):
             return top_fraction_mask(layer.scores, layer.density)
         # global scope: the first layer of the group refreshes the threshold once per pass
         return group.layer_mask(layer, refresh=in_forward and group.is_first(layer))
+
+
+class EdgePopup(TopKScores):
+    name = "edge-popup"
+    config_type = EdgePopupConfig
 
     def weight(self, layer: Any) -> torch.Tensor:
         return masked_weight(layer.weight, layer.scores, self._mask(layer, True))

@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..masks import GlobalThreshold, kept_count, top_fraction_mask
-from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
-from .edge_popup import SCOPES, initial_scores
+from ..masks import kept_count
+from .base import LayerCost, LayerItem, MethodConfig, Part, register_method
+from .edge_popup import SCOPES, TopKScores
 
 __all__ = ["HIDE", "INVERT", "KEEP", "Signed", "SignedConfig", "signed_factor"]
 
@@ -78,43 +77,20 @@ class _SignedWeight(torch.autograd.Function):
         return None, grad * weight, None
 
 
-class Signed(Method):
+class Signed(TopKScores):
     name = "signed"
     config_type = SignedConfig
-    streams = ("scores",)
-
-    def link(self, layers: list[Any], config: MethodConfig) -> None:
-        if config.scope == "global" and layers:
-            group = GlobalThreshold(layers[0].density, attribute="scores")
-            for layer in layers:
-                group.register(layer)
-                layer.mask_group = group
-
-    def setup(self, layer: Any) -> None:
-        layer.scores = nn.Parameter(torch.zeros_like(layer.weight))
-        layer.mask_group = None
-
-    def initialize(self, layer: Any) -> None:
-        with torch.no_grad():
-            layer.scores.copy_(initial_scores(layer))
-
-    def _visible(self, layer: Any, in_forward: bool = False) -> torch.Tensor:
-        group = layer.mask_group
-        if group is None:
-            return top_fraction_mask(layer.scores, layer.density)
-        # global scope: the first layer of the group refreshes the threshold once per pass
-        return group.layer_mask(layer, refresh=in_forward and group.is_first(layer))
 
     def factor(self, layer: Any) -> torch.Tensor:
         """The layer's ternary mask as int8 (weight-shaped): -1 invert, 0 hide, +1 keep."""
-        return signed_factor(layer.scores, self._visible(layer))
+        return signed_factor(layer.scores, self._mask(layer))
 
     def weight(self, layer: Any) -> torch.Tensor:
-        factor = signed_factor(layer.scores, self._visible(layer, True))
+        factor = signed_factor(layer.scores, self._mask(layer, True))
         return _SignedWeight.apply(layer.weight, layer.scores, factor)
 
     def support(self, layer: Any) -> torch.Tensor:
-        return self._visible(layer)
+        return self._mask(layer)
 
     def owned_state(self, layer: Any) -> tuple[str, ...]:
         return ("scores",)
