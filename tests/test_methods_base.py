@@ -12,6 +12,7 @@ from hiddenite.methods import (
     DenseConfig,
     EdgePopupConfig,
     LayerCost,
+    Method,
     MethodConfig,
     Part,
     get_method,
@@ -87,7 +88,7 @@ def test_parts_and_costs_validate():
 
 
 def test_a_method_must_define_what_it_computes_stores_and_costs():
-    class Incomplete(Dense.__mro__[1]):  # the Method base: nothing implemented
+    class Incomplete(Method):  # nothing implemented
         name = "incomplete"
         config_type = DenseConfig
 
