@@ -8,6 +8,7 @@ atomic writes, including a save killed halfway.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import hashlib
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -104,25 +106,51 @@ def join(header: dict, data: bytes) -> bytes:
     return len(raw).to_bytes(8, "little") + raw + data
 
 
+def meta_text(header: dict) -> str:
+    """The metadata JSON text of a header: a version 3 envelope's zlib field, inflated (older
+    versions store it as it is)."""
+    text = header["__metadata__"]["hiddenite"]
+    envelope = json.loads(text)
+    if envelope.get("format_version", 0) < 3:
+        return text
+    return zlib.decompress(base64.b64decode(envelope["zlib"])).decode()
+
+
+def unpack(header: dict) -> dict:
+    return json.loads(meta_text(header))
+
+
 def meta_of(blob: bytes) -> dict:
-    return json.loads(split(blob)[0]["__metadata__"]["hiddenite"])
+    return unpack(split(blob)[0])
+
+
+def envelope_of(text: str, version: int = 3) -> str:
+    packed = base64.b64encode(zlib.compress(text.encode())).decode()
+    return json.dumps({"format": "hiddenite-model", "format_version": version, "zlib": packed})
+
+
+def signed_envelope(header: dict, envelope: str) -> dict:
+    """``header`` with ``envelope`` as its ``hiddenite`` document, with a matching checksum."""
+    out = dict(header)
+    out["__metadata__"] = {
+        "hiddenite": envelope,
+        "hiddenite_sha256": hashlib.sha256(envelope.encode()).hexdigest(),
+    }
+    return out
 
 
 def signed(header: dict, meta: dict | str) -> dict:
-    """``header`` with ``meta`` as its hiddenite metadata, with a matching checksum."""
+    """``header`` with ``meta`` (compressed in an envelope) as its metadata, checksum matching."""
+    if isinstance(meta, dict) and meta.get("format_version") in (1, 2):
+        return signed_envelope(header, json.dumps(meta, separators=(",", ":")))  # no envelope
     text = meta if isinstance(meta, str) else json.dumps(meta, separators=(",", ":"))
-    out = dict(header)
-    out["__metadata__"] = {
-        "hiddenite": text,
-        "hiddenite_sha256": hashlib.sha256(text.encode()).hexdigest(),
-    }
-    return out
+    return signed_envelope(header, envelope_of(text))
 
 
 def resign(blob: bytes, edit) -> bytes:
     """Apply ``edit(meta)`` to the metadata and re-sign it (the data section is unchanged)."""
     header, data = split(blob)
-    meta = json.loads(header["__metadata__"]["hiddenite"])
+    meta = unpack(header)
     edit(meta)
     return join(signed(header, meta), data)
 
@@ -130,7 +158,7 @@ def resign(blob: bytes, edit) -> bytes:
 def rebuild(blob: bytes, replace: dict[str, bytes], edit=None) -> bytes:
     """Swap tensors' bytes, fix the offsets, mask sizes and payload checksum, re-sign."""
     header, data = split(blob)
-    meta = json.loads(header["__metadata__"]["hiddenite"])
+    meta = unpack(header)
     parts = []
     for key, entry in sorted(
         ((k, v) for k, v in header.items() if k != "__metadata__"),
@@ -336,6 +364,7 @@ def test_file_is_a_valid_safetensors_container(tiny_file):
     assert hashlib.sha256(data).hexdigest() == meta["payload_sha256"]
     text = header["__metadata__"]["hiddenite"]
     assert hashlib.sha256(text.encode()).hexdigest() == header["__metadata__"]["hiddenite_sha256"]
+    assert json.loads(text)["format_version"] == fileformat.FORMAT_VERSION == 3
 
 
 def test_saving_is_deterministic(tmp_path):
@@ -379,12 +408,12 @@ def test_read_header_reads_only_the_header(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- golden bytes
 
-GOLDEN = {  # format version 2
-    "mlp-sparse-auto": "e6a4ed19fff77194a718ffc88fcd8ee66c2a8e79e2560852266a32db2920bf56",
-    "mlp-packed": "88cba8c8190aabe0f09e57e33fd030fb378f7958a6fcb57851d54d2433462ddc",
-    "mlp-rle": "c1fc1ac6c00b3b796d4f1e88a0f93710e977485456424882912dcb5e48160bfe",
-    "mlp-entropy": "fbcf4784c60ad1ea96baf9b696b686e24bf87e7b9c3ffee8c55afabff44ff545",
-    "resnet20-float16": "2fff3b07fc4b9657ba4412d139d2fdfa74616ac74e13fdf905d76d78d453d608",
+GOLDEN = {  # format version 3
+    "mlp-entropy": "6390d944b8a017c70285ef690dd9ad0f78e93e9c6ea559d2431e4c367f796b13",
+    "mlp-packed": "b59e09f467b6deb92507d41d4130bb06beafe74ff08594c78a0c497fe97f38a8",
+    "mlp-rle": "89d3f3c1390d20ca44856fd0bff1503025330535a657321d9a3f0334fa1742f4",
+    "mlp-sparse-auto": "a62646d6ea26225ea7bfb1ab8d43603ce2980eda582010994108f8cd6597723e",
+    "resnet20-float16": "1a9da3d5b07b9f4103622c6e3546e3bf0cb24e20a60ca15b78a435113ed17177",
 }
 
 
@@ -461,6 +490,42 @@ def test_version_1_global_scope_is_checked_as_a_whole():
     assert info.config.method == method_config("edge-popup", scope="global")
     kept = sum(e.parts[0].counts[1] for e in info.entries)
     assert kept == kept_count(sum(e.n for e in info.entries), info.config.density)
+
+
+# --------------------------------------------------------------------------- version 2 files
+
+V2_DIR = Path(__file__).parent / "data" / "v2"
+V2_FILES = {  # written by hiddenite 0.1.0 with the method seam (format version 2)
+    "mlp-entropy": "edge-popup",
+    "mlp-sparse-auto": "edge-popup",
+    "mlp-frozen": "frozen",
+    "mlp-multicoat": "multicoat",
+    "mlp-signed": "signed",
+    "mlp-trichromatic": "trichromatic",
+    "resnet20-float16": "edge-popup",
+}
+
+
+@pytest.mark.parametrize("name", sorted(V2_FILES))
+def test_version_2_files_still_load_bit_identically(name, tmp_path):
+    """Files of format version 2 (uncompressed metadata) load, compute what they computed when
+    written, and re-save as version 3 with the same parts and a smaller header."""
+    recorded = safetensors.torch.load_file(V2_DIR / "outputs.safetensors")
+    info = read_header(V2_DIR / f"{name}.hnn")
+    assert info.format_version == 2
+    assert {e.method for e in info.entries} == {V2_FILES[name]}
+    model = load(V2_DIR / f"{name}.hnn")
+    x = recorded[f"{name}.input"].clone()  # an aligned copy: GEMM results depend on alignment
+    with torch.no_grad():
+        assert torch.equal(model(x), recorded[f"{name}.output"])
+    used = {p.codec for e in info.entries for p in e.parts if p.alphabet is not None}
+    codec = used.pop() if len(used) == 1 else None  # one codec: forced or chosen, keep it
+    resaved = save(model, tmp_path / "v3.hnn", codec=codec, param_dtype=info.meta["param_dtype"])
+    assert resaved.format_version == 3
+    assert resaved.header_bytes < info.header_bytes
+    assert [e.to_dict() for e in resaved.entries] == [e.to_dict() for e in info.entries]
+    payload = (V2_DIR / f"{name}.hnn").read_bytes()[info.header_bytes :]
+    assert (tmp_path / "v3.hnn").read_bytes()[resaved.header_bytes :] == payload
 
 
 # --------------------------------------------------------------------------- any module
@@ -602,30 +667,79 @@ def test_flipped_payload_byte(tmp_path, tiny_file):
 
 def test_flipped_metadata_byte(tmp_path, tiny_file):
     _, blob = tiny_file
-    text = split(blob)[0]["__metadata__"]["hiddenite"]
-    seed = json.dumps(meta_of(blob)["seed"])
-    start = blob.index(b'\\"seed\\":' + seed.encode())  # inside the escaped metadata string
-    bad = bytearray(blob)
-    bad[start + len(b'\\"seed\\":')] ^= 0x01  # 7 -> 6: still valid JSON, different weights
+    header = split(blob)[0]
+    packed = json.loads(header["__metadata__"]["hiddenite"])["zlib"].encode()
+    start = blob.index(packed)
     path = tmp_path / "seed.hnn"
-    path.write_bytes(bytes(bad))
-    expect_error(path, "metadata checksum")
-    assert '"seed":7' in text
+    for offset in (0, len(packed) // 2, len(packed) - 3):
+        bad = bytearray(blob)
+        bad[start + offset] = ord("A") if bad[start + offset] != ord("A") else ord("B")
+        path.write_bytes(bytes(bad))
+        expect_error(path, "metadata checksum")
+    assert '"seed":7' in meta_text(header)
+
+
+def test_metadata_envelope_traps(tmp_path, tiny_file):
+    """The version 3 envelope: bounded inflation, strict base64 and zlib, matching versions."""
+    _, blob = tiny_file
+    header, data = split(blob)
+    text = meta_text(header)
+    path = tmp_path / "e.hnn"
+    bomb = base64.b64encode(zlib.compress(b" " * (fileformat.MAX_HEADER_BYTES + 1), 9)).decode()
+    good = base64.b64encode(zlib.compress(text.encode())).decode()
+    raw = zlib.compress(text.encode())
+
+    def envelope(**fields) -> str:
+        return json.dumps({"format": "hiddenite-model", "format_version": 3, **fields})
+
+    for bad, pattern in [
+        (envelope(zlib=bomb), "more than the .*-byte header limit"),
+        (envelope(zlib=good[:-8]), "not base64|does not decompress|truncated"),
+        (envelope(zlib="!!" + good), "not base64"),
+        (envelope(zlib=base64.b64encode(raw[:-6]).decode()), "truncated"),
+        (envelope(zlib=base64.b64encode(raw + b"junk").decode()), "extra bytes"),
+        (envelope(zlib=base64.b64encode(b"not zlib at all").decode()), "does not decompress"),
+        (envelope(zlib=good, extra=1), "unknown field"),
+        (envelope(), "lacks field"),
+        (envelope(zlib=17), "zlib field must be a string"),
+        (envelope_of(text.replace('"format_version":3', '"format_version":2')), "version 2"),
+        (envelope_of(text, version=2), "lacks field|unknown field"),
+        (envelope_of(text, version=4), "format version 4 is not supported.*upgrade"),
+    ]:
+        path.write_bytes(join(signed_envelope(header, bad), data))
+        expect_error(path, pattern)
 
 
 def test_wrong_format_version_and_name(tmp_path, tiny_file):
     _, blob = tiny_file
+    header, data = split(blob)
+    text = meta_text(header)
     path = tmp_path / "v.hnn"
-    for value, pattern in [
-        (3, "format version 3 is not supported.*upgrade"),
+    for version, pattern in [
+        (4, "format version 4 is not supported.*upgrade"),
         (0, "version 0"),
-        (1, "lacks field|unknown field"),  # a version 2 header is no version 1 header
+        ("3", "format_version must be an integer"),
     ]:
-        path.write_bytes(resign(blob, lambda m, v=value: m.update(format_version=v)))
+        envelope = json.dumps(
+            {"format": "hiddenite-model", "format_version": version, "zlib": "eJwDAAAAAAE="}
+        )
+        path.write_bytes(join(signed_envelope(header, envelope), data))
         expect_error(path, pattern)
-    path.write_bytes(resign(blob, lambda m: m.update(format_version="1")))
-    expect_error(path, "format_version must be an integer")
+    # a version 1 or 2 document inside a version 3 envelope, or the other way round
+    path.write_bytes(
+        join(
+            signed_envelope(header, text.replace('"format_version":3', '"format_version":1')), data
+        )
+    )
+    expect_error(path, "lacks field|unknown field")  # a version 3 header is no version 1 header
+    path.write_bytes(resign(blob, lambda m: m.update(format_version="3")))
+    expect_error(path, "version '3', its envelope")
+    path.write_bytes(resign(blob, lambda m: m.update(format_version=2)))  # stored uncompressed
+    assert read_header(path).format_version == 2  # the same document is a valid version 2 file
     path.write_bytes(resign(blob, lambda m: m.update(format="hiddenite-checkpoint")))
+    expect_error(path, "names format 'hiddenite-checkpoint'")
+    envelope = json.loads(header["__metadata__"]["hiddenite"])
+    path.write_bytes(join(signed_envelope(header, json.dumps({**envelope, "format": "x"})), data))
     expect_error(path, "not a hiddenite model file")
 
 
@@ -802,7 +916,7 @@ def test_metadata_field_errors(tmp_path, tiny_file, edit, pattern):
 def test_metadata_json_traps(tmp_path, tiny_file):
     _, blob = tiny_file
     header, data = split(blob)
-    text = header["__metadata__"]["hiddenite"]
+    text = meta_text(header)
     path = tmp_path / "j.hnn"
     for bad, pattern in [
         (text.replace('"seed":7', '"seed":7,"seed":7'), "duplicate key"),
@@ -952,7 +1066,7 @@ def test_fuzz_resigned_metadata_edits(tmp_path, fuzz_seed_files, data):
     """Edits that keep the metadata checksum valid: every field check must hold on its own."""
     blob = data.draw(st.sampled_from(fuzz_seed_files))
     header, payload = split(blob)
-    meta = json.loads(header["__metadata__"]["hiddenite"])
+    meta = unpack(header)
     for _ in range(data.draw(st.integers(1, 3))):
         paths = list(_paths(meta))
         path = data.draw(st.sampled_from(paths))

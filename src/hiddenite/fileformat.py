@@ -10,8 +10,12 @@ per-channel parameters (batch-norm statistics and affine terms, biases).
 
 The container is safetensors (no pickle): coded parts are ``U8`` tensors, floats ``F32`` or
 ``F16``. The header metadata holds one JSON document under ``"hiddenite"`` and its sha256
-under ``"hiddenite_sha256"``; the JSON holds the sha256 of the data section. Format version 2
-(this one) stores parts; version 1 files (one mask per hidden layer, dense weights) still load.
+under ``"hiddenite_sha256"``. In format version 3 (this one) that document is a small
+envelope, ``{"format", "format_version", "zlib"}``, whose ``zlib`` field is the base64 of the
+zlib-compressed metadata document (the layers, their parts and the config): a ResNet-20's
+header shrinks from 19 kB to 7 kB. The metadata holds the sha256 of the data section.
+Version 2 files (the same metadata, uncompressed) and version 1 files (one mask per hidden
+layer, dense weights) still load.
 
 Python surface::
 
@@ -30,12 +34,14 @@ failure is a :class:`ModelFormatError`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import inspect as _inspect
 import json
 import math
 import os
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +70,8 @@ from .storage import (
 from .texttable import text_table
 
 FORMAT = "hiddenite-model"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 SUFFIX = ".hnn"
 META_KEY = "hiddenite"
 META_SHA_KEY = "hiddenite_sha256"
@@ -109,6 +115,7 @@ _LAYER_FIELDS_V1 = {
 _LAYER_FIELDS = {"index", "name", "shape", "method", "density", "parts"}
 _PART_FIELDS = {"name", "n", "alphabet", "codec", "tensor", "bytes", "counts"}
 _PARAM_FIELDS = {"name", "tensor", "shape"}
+_ENVELOPE_FIELDS = {"format", "format_version", "zlib"}
 # Bounds on the zoo's keyword arguments (any other argument: small scalars only).
 _KWARG_INT_BOUNDS = {
     "in_channels": (1, 4096),
@@ -814,6 +821,41 @@ def save(
     return _parse(blob[: 8 + int.from_bytes(blob[:8], "little")], len(blob), str(path))
 
 
+def _envelope(meta_json: str) -> str:
+    """The version 3 ``hiddenite`` document: ``meta_json`` zlib-compressed, base64, wrapped.
+
+    Deterministic: zlib level 9 of the same text gives the same bytes.
+    """
+    packed = base64.b64encode(zlib.compress(meta_json.encode("ascii"), 9)).decode("ascii")
+    envelope = {"format": FORMAT, "format_version": FORMAT_VERSION, "zlib": packed}
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":"))
+
+
+def _open_envelope(envelope: dict[str, Any]) -> str:
+    """The metadata text inside a version 3 envelope (decompression bounded)."""
+    _obj(envelope, "hiddenite metadata envelope", _ENVELOPE_FIELDS)
+    packed = _str(envelope["zlib"], "metadata zlib field", MAX_HEADER_BYTES)
+    try:
+        raw = base64.b64decode(packed.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ModelFormatError("metadata zlib field is not base64") from None
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(raw, MAX_HEADER_BYTES)
+    except zlib.error as exc:
+        raise ModelFormatError(f"metadata zlib field does not decompress ({exc})") from None
+    if inflater.unconsumed_tail:
+        raise ModelFormatError(
+            f"metadata decompresses to more than the {MAX_HEADER_BYTES}-byte header limit"
+        )
+    if not inflater.eof or inflater.unused_data:
+        raise ModelFormatError("metadata zlib stream is truncated or followed by extra bytes")
+    try:
+        return text.decode("ascii")
+    except UnicodeDecodeError:
+        raise ModelFormatError("compressed metadata is not ASCII JSON") from None
+
+
 def _container(
     meta: dict[str, Any], tensors: list[tuple[str, str, tuple[int, ...], bytes]]
 ) -> bytes:
@@ -824,8 +866,8 @@ def _container(
     """
     payload = b"".join(data for *_, data in tensors)
     meta = {**meta, "payload_sha256": _sha256(payload)}
-    meta_json = json.dumps(
-        meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    meta_json = _envelope(
+        json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     )
     header: dict[str, Any] = {
         "__metadata__": {META_KEY: meta_json, META_SHA_KEY: _sha256(meta_json.encode("utf-8"))}
@@ -872,6 +914,15 @@ def _parse_meta(
         raise ModelFormatError(
             "metadata checksum mismatch (hiddenite_sha256): the header is corrupted or was edited"
         )
+    if version >= 3:
+        meta = _json(_open_envelope(meta), "hiddenite metadata")
+        if not isinstance(meta, dict):
+            raise ModelFormatError("hiddenite metadata is not a JSON object")
+        if meta.get("format") != FORMAT or meta.get("format_version") != version:
+            raise ModelFormatError(
+                f"compressed metadata names format {_show(meta.get('format'))} version "
+                f"{_show(meta.get('format_version'))}, its envelope {FORMAT!r} version {version}"
+            )
     _obj(meta, "hiddenite metadata", _META_FIELDS)
     _str(meta["hiddenite_version"], "hiddenite_version", 64)
     if meta["arch"] is not None or version == 1:
