@@ -125,8 +125,8 @@ class Calibration:
     # Reasoning: one Xorshift32 step = three 32-bit shift-XORs (shifts are wiring) + a 32-bit
     # register: about the switching of a 32-bit ripple add (0.1 pJ at 45 nm, Horowitz).
     prng_step_pj_45nm: float = 0.1
-    # Reasoning: a few gate toggles and a shift-register bit per decoded mask bit (~1/10 of an
-    # 8-bit add, 0.03 pJ, rounded down to 0.01 pJ at 45 nm).
+    # Reasoning: a few gate toggles and a shift-register bit per decoded mask bit, about 1/3 of
+    # an 8-bit add (0.03 pJ at 45 nm, Horowitz) rounded down.
     decoder_pj_per_bit_45nm: float = 0.01
     # Register-level reuse in the 4D array: output-channel tiles computed from one load of an
     # input tile into the PE registers. 1: each output position keeps one partial sum (outputs

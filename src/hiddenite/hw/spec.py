@@ -4,8 +4,9 @@ An :class:`ArchSpec` describes one accelerator: a 4D PE array (input channel x o
 output width x output channel), clock, bit widths, on-chip SRAM buffers, DRAM bandwidth, the
 on-chip model-construction units (Xorshift PRNG lanes, mask decoder) and an :class:`EnergyTable`
 (picojoules per event). Every number carries its unit in its name. Specs are immutable; use
-:meth:`ArchSpec.replace` to derive variants. See ``docs/hw-model.md`` for the sources of the
-default numbers.
+:meth:`ArchSpec.replace` to derive variants. The default numbers are the calibration of
+:mod:`hiddenite.hw.calibration` (sources in ``docs/hw-calibration.md``, equations in
+``docs/hw-model.md``).
 """
 
 from __future__ import annotations
