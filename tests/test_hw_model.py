@@ -16,6 +16,7 @@ from hiddenite import SupermaskConfig, models, save, supermask_
 from hiddenite.codecs import entropy_bound_bits
 from hiddenite.errors import UserError
 from hiddenite.hw import (
+    EnergyTable,
     LayerWorkload,
     Report,
     compare,
@@ -33,6 +34,16 @@ from hiddenite.hw.workload import (
     mask_bytes_for,
     resnet_workloads,
 )
+
+# The hand-computed energies below check the model's equations on the uncalibrated source table
+# (Horowitz 45 nm as published, 200 MHz, no leakage); tests/test_hw_calibration.py checks the
+# calibrated presets.
+RAW45 = dict(clock_mhz=200, energy=EnergyTable.horowitz_45nm())
+
+
+def _raw(arch):
+    return get_preset(arch, **RAW45)
+
 
 # A 3x3 conv, 16 -> 16 channels, 4x4 output, padding 1: exactly one tile of the 16x4x4x16 array.
 SMALL = dict(
@@ -63,7 +74,7 @@ def _common_small_checks(e):
 
 
 def test_small_layer_hiddenite_by_hand():
-    e = estimate_layer(SMALL, "hiddenite")
+    e = estimate_layer(SMALL, _raw("hiddenite"))
     _common_small_checks(e)
     # model data: packed mask ceil(2304 / 8) = 288 B + 128 B of per-channel parameters
     assert e.dram_mask_read_bytes == 288 and e.dram_weight_read_bytes == 0
@@ -86,7 +97,7 @@ def test_small_layer_hiddenite_by_hand():
 
 
 def test_small_layer_bnn_by_hand():
-    e = estimate_layer(SMALL, "bnn")
+    e = estimate_layer(SMALL, _raw("bnn"))
     _common_small_checks(e)
     assert e.dram_weight_read_bytes == 288 and e.dram_mask_read_bytes == 0
     assert e.offchip_bytes == 928 and e.total_cycles == 58
@@ -96,7 +107,7 @@ def test_small_layer_bnn_by_hand():
 
 
 def test_small_layer_int8_by_hand():
-    e = estimate_layer(SMALL, "int8")
+    e = estimate_layer(SMALL, _raw("int8"))
     _common_small_checks(e)
     assert e.dram_weight_read_bytes == 2304
     assert e.offchip_bytes == 2304 + 128 + 512 == 2944
@@ -188,7 +199,7 @@ def test_bnn_moves_exactly_one_bit_per_weight(r18):
 @pytest.mark.parametrize("arch", ["hiddenite", "bnn", "int8"])
 def test_energy_is_sum_of_components_and_utilization_bounded(r18, arch):
     rep = estimate(r18, arch)
-    comps = ("compute", "sram", "dram", "prng", "decoder")
+    comps = ("compute", "sram", "dram", "prng", "decoder", "leakage")
     for r in rep.rows:
         assert r.energy_pj == pytest.approx(sum(getattr(r, f"energy_{c}_pj") for c in comps))
         assert 0 < r.utilization <= 1
@@ -200,7 +211,7 @@ def test_energy_is_sum_of_components_and_utilization_bounded(r18, arch):
     assert t["energy_pj"] == pytest.approx(sum(t[f"energy_{c}_pj"] for c in comps))
     assert t["energy_pj"] == pytest.approx(sum(r.energy_pj for r in rep.rows))
     assert t["cycles"] == sum(r.total_cycles for r in rep.rows)
-    assert t["latency_s"] == pytest.approx(t["cycles"] / 200e6)
+    assert t["latency_s"] == pytest.approx(t["cycles"] / get_preset(arch).clock_hz)
     assert t["inferences_per_s"] == pytest.approx(1 / t["latency_s"])
     assert t["tops_per_watt"] == pytest.approx(2 * t["macs"] / t["energy_pj"])
     assert t["macs"] == sum(w.macs for w in r18)
@@ -526,21 +537,22 @@ def test_stored_layer_on_hiddenite_by_hand():
     # an INT8 layer stored in memory, run on the Hiddenite preset: weight traffic, full MACs,
     # no PRNG, no decoder, and exactly the INT8 preset's numbers for the same layer
     w = dict(SMALL, weight_source="stored", weight_bits=8, op="mac")
-    e = estimate_layer(w, "hiddenite")
+    e = estimate_layer(w, _raw("hiddenite"))
     _common_small_checks(e)
     assert (e.weight_source, e.op, e.weight_bits) == ("stored", "mac", 8)
     assert e.dram_weight_read_bytes == 2304 and e.dram_mask_read_bytes == 0
     assert e.prng_steps == 0 and e.decoder_bits == 0
     assert e.energy_compute_pj == pytest.approx(36864 * (0.2 + 0.075))
-    int8 = estimate_layer(SMALL, "int8")
+    int8 = estimate_layer(SMALL, _raw("int8"))
     assert e.energy_pj == pytest.approx(int8.energy_pj) == pytest.approx(757529.6)
     assert e.offchip_bytes == int8.offchip_bytes == 2944
     # a float32 weight: 4 B per weight and a 32-bit multiply (3.1 pJ) + 24-bit add (0.075 pJ)
-    e = estimate_layer(dict(SMALL, weight_source="stored", weight_bits=32, op="mac"), "hiddenite")
+    w32 = dict(SMALL, weight_source="stored", weight_bits=32, op="mac")
+    e = estimate_layer(w32, _raw("hiddenite"))
     assert e.dram_weight_read_bytes == 4 * 2304 and e.filter_sram_read_bytes == 4 * 2304
     assert e.energy_compute_pj == pytest.approx(36864 * 3.175)
     # a binarized layer: 1 bit per weight from memory, an xnor/popcount add per weight
-    e = estimate_layer(dict(SMALL, weight_source="stored", op="xnor"), "hiddenite")
+    e = estimate_layer(dict(SMALL, weight_source="stored", op="xnor"), _raw("hiddenite"))
     assert e.dram_weight_read_bytes == 288 and e.energy_compute_pj == pytest.approx(36864 * 0.075)
     # the baselines ignore the layer's method: their own weights from DRAM, as before
     bnn = estimate_layer(dict(SMALL, weight_source="stored", weight_bits=32, op="mac"), "bnn")
@@ -552,7 +564,7 @@ def test_shift_add_costs_an_add_at_operand_width():
     # multicoat levels 0..3 (2 bits): a shift-add replaces the multiply, an add at
     # max(act_bits, weight_bits) = 8 bits (0.03 pJ), then the 24-bit accumulate (0.075 pJ)
     w = dict(SMALL, op="shift-add", weight_bits=2, decoded_bits=2 * 2304, mask_bytes=500)
-    e = estimate_layer(w, "hiddenite", skip_masked=False)
+    e = estimate_layer(w, _raw("hiddenite"), skip_masked=False)
     assert (e.weight_source, e.op, e.weight_bits) == ("prng", "shift-add", 2)
     assert e.energy_compute_pj == pytest.approx(36864 * (0.03 + 0.075))
     assert e.dram_mask_read_bytes == 500 and e.decoder_bits == 2 * 2304
@@ -587,7 +599,7 @@ def _conv4(density, width=0.25, **config):
 
 def test_dense_kept_layer_is_charged_weight_bytes_and_mac_energy():
     model = _conv4(0.3, keep_first_dense=True)
-    rep = simulate(model, "hiddenite")  # a zoo model: no input_shape needed
+    rep = simulate(model, _raw("hiddenite"))  # a zoo model: no input_shape needed
     first, second = rep.rows[0], rep.rows[1]
     n = model.features[0].weight.numel()
     assert (first.weight_source, first.op, first.weight_bits) == ("stored", "mac", 32)

@@ -111,6 +111,7 @@ class LayerEstimate:
     energy_dram_pj: float
     energy_prng_pj: float
     energy_decoder_pj: float
+    energy_leakage_pj: float  # static power x this layer's latency
     energy_pj: float
     latency_s: float
 
@@ -119,7 +120,7 @@ class LayerEstimate:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-ENERGY_COMPONENTS = ("compute", "sram", "dram", "prng", "decoder")
+ENERGY_COMPONENTS = ("compute", "sram", "dram", "prng", "decoder", "leakage")
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class _Costs:
     dram: float
     prng: float
     dec: float
+    leak_pj_per_s: float
     ops: dict[tuple[str, int], float] = field(default_factory=dict)  # (op, bits) -> pJ
 
     def op(self, spec: ArchSpec, op: str, bits: int) -> float:
@@ -163,6 +165,7 @@ class _Costs:
             dram=e.dram_pj_per_byte,
             prng=e.prng_step_pj,
             dec=e.decoder_pj_per_bit,
+            leak_pj_per_s=e.leakage_mw * 1e-3 * 1e12,
         )
 
 
@@ -314,7 +317,9 @@ def _estimate(
     # on-chip buffers
     rows = _window_rows(w.out_h, pe_oh, sh, w.kernel_h, dh)
     cols = _window_rows(w.out_w, pe_ow, sw, w.kernel_w, dw)
-    ifmap_r = _bits_to_bytes(batch * w.in_channels * t_oc * rows * cols, ab)
+    # an input tile loaded into the PE registers serves act_reuse_oc_tiles oc tiles
+    ifmap_passes = _ceil_div(t_oc, spec.act_reuse_oc_tiles)
+    ifmap_r = _bits_to_bytes(batch * w.in_channels * ifmap_passes * rows * cols, ab)
     ifmap_w = dram_in
     ofmap_w = ofmap_bytes
     ofmap_r = out_dram
@@ -356,6 +361,8 @@ def _estimate(
     e_dram = offchip * c.dram
     e_prng = prng_steps * c.prng
     e_dec = decoder_bits * c.dec
+    latency_s = total / spec.clock_hz
+    e_leak = c.leak_pj_per_s * latency_s
     return LayerEstimate(
         layer=w.name,
         kind=w.kind,
@@ -406,8 +413,9 @@ def _estimate(
         energy_dram_pj=e_dram,
         energy_prng_pj=e_prng,
         energy_decoder_pj=e_dec,
-        energy_pj=e_compute + e_sram + e_dram + e_prng + e_dec,
-        latency_s=total / spec.clock_hz,
+        energy_leakage_pj=e_leak,
+        energy_pj=e_compute + e_sram + e_dram + e_prng + e_dec + e_leak,
+        latency_s=latency_s,
     )
 
 
@@ -455,6 +463,7 @@ def _sum_rows(rows: Sequence[LayerEstimate], spec: ArchSpec) -> dict[str, Any]:
         "energy_dram_pj",
         "energy_prng_pj",
         "energy_decoder_pj",
+        "energy_leakage_pj",
         "energy_pj",
     ]
     t: dict[str, Any] = {k: sum(getattr(r, k) for r in rows) for k in keys}

@@ -21,8 +21,9 @@ __all__ = [
 ]
 
 MODELLED_NOTE = (
-    "modelled (analytical model, docs/hw-model.md: Horowitz 45 nm energies, assumed buffer "
-    "sizes and DRAM bandwidth), not measured"
+    "modelled (analytical model, docs/hw-model.md: Horowitz energies scaled to 40 nm and "
+    "calibrated against the Hiddenite chip, docs/hw-calibration.md; assumed buffer sizes and "
+    "DRAM bandwidth), not measured"
 )
 
 # (totals key, label, scale, format)

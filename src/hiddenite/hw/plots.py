@@ -21,6 +21,7 @@ _COLORS = {
     "dram": "#C44E52",
     "prng": "#8172B2",
     "decoder": "#CCB974",
+    "leakage": "#8C8C8C",
 }
 
 
@@ -55,7 +56,8 @@ def _width(n: int) -> float:
 def plot_energy_breakdown(
     report: Report, path: str | os.PathLike[str], *, title: str | None = None
 ) -> str:
-    """Stacked bars of energy per layer (uJ) by component (compute, SRAM, DRAM, PRNG, decoder);
+    """Stacked bars of energy per layer (uJ) by component (compute, SRAM, DRAM, PRNG, decoder,
+    leakage);
     returns the PNG path."""
     rows = report.rows
     n = len(rows)

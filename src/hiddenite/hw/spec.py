@@ -4,8 +4,9 @@ An :class:`ArchSpec` describes one accelerator: a 4D PE array (input channel x o
 output width x output channel), clock, bit widths, on-chip SRAM buffers, DRAM bandwidth, the
 on-chip model-construction units (Xorshift PRNG lanes, mask decoder) and an :class:`EnergyTable`
 (picojoules per event). Every number carries its unit in its name. Specs are immutable; use
-:meth:`ArchSpec.replace` to derive variants. See ``docs/hw-model.md`` for the sources of the
-default numbers.
+:meth:`ArchSpec.replace` to derive variants. The default numbers are the calibration of
+:mod:`hiddenite.hw.calibration` (sources in ``docs/hw-calibration.md``, equations in
+``docs/hw-model.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import UserError
+from .calibration import CALIBRATION, HOROWITZ_45NM, energy_fields, spec_fields
 
 __all__ = [
     "PRESETS",
@@ -132,19 +134,20 @@ def _interp_log2(table: tuple[tuple[int, float], ...], size: float) -> float:
     return ys[-1]  # pragma: no cover
 
 
-# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm, 0.9 V.
-# Integer add: 8 b 0.03 pJ, 16 b 0.05 pJ, 32 b 0.1 pJ.  Integer mult: 8 b 0.2 pJ, 32 b 3.1 pJ.
-# SRAM, 64-bit access: 8 KB 10 pJ, 32 KB 20 pJ, 1 MB 100 pJ  -> per byte: /8.
-# DRAM, 64-bit access: 1.3-2.6 nJ -> midpoint 1.95 nJ / 8 B = 243.75 pJ per byte.
-_HOROWITZ_ADD_PJ = {8: 0.03, 16: 0.05, 32: 0.1}
-_HOROWITZ_MULT_PJ = {8: 0.2, 32: 3.1}
-_HOROWITZ_SRAM_PJ_PER_BYTE = {8 * 1024: 10.0 / 8, 32 * 1024: 20.0 / 8, 1024 * 1024: 100.0 / 8}
-_HOROWITZ_DRAM_PJ_PER_BYTE = 1950.0 / 8
+_CAL_ENERGY = energy_fields(CALIBRATION)
+
+
+def _pairs(table: Mapping[int, float]) -> tuple[tuple[int, float], ...]:
+    return tuple(sorted(table.items()))
 
 
 @dataclass(frozen=True)
 class EnergyTable:
-    """Energy per event in picojoules (pJ).
+    """Energy per event in picojoules (pJ), and the die's static power.
+
+    The defaults are the calibrated 40 nm table (:mod:`hiddenite.hw.calibration`, documented in
+    ``docs/hw-calibration.md``); :meth:`horowitz_45nm` gives the published 45 nm source figures
+    unscaled. ``leakage_mw`` is charged as static power x latency.
 
     Tables are ``{key: pJ}`` mappings stored as sorted ``(key, pJ)`` pairs: ``add_pj`` and
     ``mult_pj`` are keyed by operand bit width (interpolated linearly in bits, proportional
@@ -153,20 +156,21 @@ class EnergyTable:
     ``mult_pj(operand bits) + add_pj(accumulator bits)``.
     """
 
-    add_pj: tuple[tuple[int, float], ...] = tuple(sorted(_HOROWITZ_ADD_PJ.items()))
-    mult_pj: tuple[tuple[int, float], ...] = tuple(sorted(_HOROWITZ_MULT_PJ.items()))
-    sram_read_pj_per_byte: tuple[tuple[int, float], ...] = tuple(
-        sorted(_HOROWITZ_SRAM_PJ_PER_BYTE.items())
+    add_pj: tuple[tuple[int, float], ...] = _pairs(_CAL_ENERGY["add_pj"])
+    mult_pj: tuple[tuple[int, float], ...] = _pairs(_CAL_ENERGY["mult_pj"])
+    sram_read_pj_per_byte: tuple[tuple[int, float], ...] = _pairs(
+        _CAL_ENERGY["sram_read_pj_per_byte"]
     )
-    sram_write_pj_per_byte: tuple[tuple[int, float], ...] = tuple(
-        sorted(_HOROWITZ_SRAM_PJ_PER_BYTE.items())
+    sram_write_pj_per_byte: tuple[tuple[int, float], ...] = _pairs(
+        _CAL_ENERGY["sram_write_pj_per_byte"]
     )
-    dram_pj_per_byte: float = _HOROWITZ_DRAM_PJ_PER_BYTE
-    prng_step_pj: float = 0.1
-    decoder_pj_per_bit: float = 0.01
+    dram_pj_per_byte: float = _CAL_ENERGY["dram_pj_per_byte"]
+    prng_step_pj: float = _CAL_ENERGY["prng_step_pj"]
+    decoder_pj_per_bit: float = _CAL_ENERGY["decoder_pj_per_bit"]
+    leakage_mw: float = _CAL_ENERGY["leakage_mw"]  # static power of the die (mW)
 
     _TABLES = ("add_pj", "mult_pj", "sram_read_pj_per_byte", "sram_write_pj_per_byte")
-    _SCALARS = ("dram_pj_per_byte", "prng_step_pj", "decoder_pj_per_bit")
+    _SCALARS = ("dram_pj_per_byte", "prng_step_pj", "decoder_pj_per_bit", "leakage_mw")
 
     def __post_init__(self) -> None:
         for name in self._TABLES:
@@ -175,6 +179,23 @@ class EnergyTable:
             object.__setattr__(
                 self, name, _as_float(f"energy.{name}", getattr(self, name), positive=False)
             )
+
+    @classmethod
+    def horowitz_45nm(cls) -> EnergyTable:
+        """The uncalibrated source table: Horowitz's 45 nm / 0.9 V figures as published (SRAM
+        keyed by the whole buffer's capacity), PRNG 0.1 pJ/step and decoder 0.01 pJ/bit at
+        45 nm, no leakage."""
+        h = HOROWITZ_45NM
+        return cls(
+            add_pj=h["add_pj"],
+            mult_pj=h["mult_pj"],
+            sram_read_pj_per_byte=h["sram_pj_per_byte"],
+            sram_write_pj_per_byte=h["sram_pj_per_byte"],
+            dram_pj_per_byte=h["dram_pj_per_byte"],
+            prng_step_pj=CALIBRATION.prng_step_pj_45nm,
+            decoder_pj_per_bit=CALIBRATION.decoder_pj_per_bit_45nm,
+            leakage_mw=0.0,
+        )
 
     # -- lookups ------------------------------------------------------------------------------
     def add(self, bits: int) -> float:
@@ -260,6 +281,7 @@ _INT_FIELDS: dict[str, tuple[int, int | None]] = {
     "param_sram_bytes": (1, None),
     "prng_lanes": (0, None),
     "weights_per_prng_step": (1, None),
+    "act_reuse_oc_tiles": (1, None),
 }
 _FLOAT_FIELDS = ("clock_mhz", "dram_bytes_per_cycle")
 
@@ -284,7 +306,7 @@ class ArchSpec:
     pe_ow: int = 4  # PEs along output columns
     pe_oc: int = 16  # PEs along output channels
     num_pes: int = 4096  # total PEs; must equal the product of the four axes
-    clock_mhz: float = 200.0  # clock frequency (MHz)
+    clock_mhz: float = CALIBRATION.clock_mhz  # clock frequency (MHz), docs/hw-calibration.md
     act_bits: int = 8  # activation bit width
     weight_bits: int = 1  # weight bit width (1 => add/sub PEs, >1 => MAC PEs)
     mask_bits: int = 1  # supermask bits per weight (1 for hidden networks, 0 for none)
@@ -297,6 +319,9 @@ class ArchSpec:
     prng_lanes: int = 256  # parallel Xorshift generators (one step per lane per cycle)
     weights_per_prng_step: int = 1  # weights produced by one Xorshift step
     decoder_bits_per_cycle: float = 128.0  # mask-decoder output rate (decoded bits/cycle)
+    # output-channel tiles served by one load of an input tile into the PE registers
+    # (register-level reuse; that many partial sums per output position)
+    act_reuse_oc_tiles: int = CALIBRATION.act_reuse_oc_tiles
     energy: EnergyTable = field(default_factory=EnergyTable)
 
     def __post_init__(self) -> None:
@@ -521,11 +546,15 @@ def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets: same PE count (4,096 as 16 x 4 x 4 x 16), same clock and same on-chip SRAM.
+# Presets: same PE count (4,096 as 16 x 4 x 4 x 16), same clock, same on-chip SRAM and the same
+# calibrated 40 nm technology (clock, energy table, leakage, register reuse: CALIBRATION, the
+# table of docs/hw-calibration.md); they differ only in where the weights come from.
 # ---------------------------------------------------------------------------------------------
+_CALIBRATED = {**spec_fields(CALIBRATION), "energy": energy_fields(CALIBRATION)}
 _PRESET_DATA: dict[str, dict[str, Any]] = {
     "hiddenite": {
         "name": "hiddenite",
+        **_CALIBRATED,
         "weight_source": "prng",
         "weight_bits": 1,
         "mask_bits": 1,
@@ -535,6 +564,7 @@ _PRESET_DATA: dict[str, dict[str, Any]] = {
     },
     "bnn": {
         "name": "bnn",
+        **_CALIBRATED,
         "weight_source": "dram",
         "weight_bits": 1,
         "mask_bits": 0,
@@ -543,6 +573,7 @@ _PRESET_DATA: dict[str, dict[str, Any]] = {
     },
     "int8": {
         "name": "int8",
+        **_CALIBRATED,
         "weight_source": "dram",
         "weight_bits": 8,
         "mask_bits": 0,

@@ -41,6 +41,7 @@ _TOTAL_KEYS = (
     "energy_dram_pj",
     "energy_prng_pj",
     "energy_decoder_pj",
+    "energy_leakage_pj",
     "offchip_bytes",
     "offchip_model_bytes",
     "offchip_activation_bytes",
