@@ -63,7 +63,9 @@ def _real_mask_workloads(model):
     out = {}
     for c in (*codecs.CODECS, "best"):
         out[c] = [
-            dataclasses.replace(
+            w  # a layer without a mask (kept dense, e.g. the stem) stores no mask to re-code
+            if w.name not in sizes
+            else dataclasses.replace(
                 w,
                 mask_codec=min(sizes[w.name], key=sizes[w.name].get) if c == "best" else c,
                 mask_bytes=min(sizes[w.name].values()) if c == "best" else sizes[w.name][c],
@@ -78,9 +80,9 @@ def main() -> int:
     began = time.perf_counter()
     print("## Accelerator model: ImageNet ResNet-18 hidden network (modelled, not measured)\n")
     print(
-        "Batch 1, 224 x 224, default presets (4,096 PEs as 16 x 4 x 4 x 16, 200 MHz, SRAM "
-        "128 / 128 / 64 / 8 KiB, 16 B/cycle DRAM, Horowitz 45 nm energies, 243.75 pJ per DRAM "
-        "byte), activations through DRAM. Off-chip model bytes: Hiddenite = masks + per-channel "
+        "Batch 1, 224 x 224, default presets (4,096 PEs as 16 x 4 x 4 x 16, SRAM "
+        "128 / 128 / 64 / 8 KiB, 16 B/cycle DRAM, clock and energies as calibrated in "
+        "docs/hw-calibration.md, 243.75 pJ per DRAM byte), activations through DRAM. Off-chip model bytes: Hiddenite = masks + per-channel "
         "parameters (BatchNorm running mean/var, float32); BNN = 1 bit per weight + the same "
         "parameters; INT8 = 1 byte per weight + parameters. TOPS/W = dense ops (2 per MAC) / "
         "energy; shown as with DRAM / on chip only.\n"
