@@ -41,6 +41,12 @@ RUNS = {
     # label: (model, SupermaskConfig fields, TrainConfig overrides, model kwargs)
     "resnet14 dense": ("resnet14", {"method": "dense", "init": "kaiming-normal"}, {}, {}),
     "se-resnet14 dense": ("se-resnet14", {"method": "dense", "init": "kaiming-normal"}, {}, {}),
+    "se-resnet14 dense post": (
+        "se-resnet14",
+        {"method": "dense", "init": "kaiming-normal"},
+        {},
+        {"se_position": "post"},
+    ),
     "resnet14 hidden k=0.5": ("resnet14", {"density": 0.5}, {"lr": 0.2}, {}),
     "se-resnet14 hidden k=0.5": ("se-resnet14", {"density": 0.5}, {"lr": 0.2}, {}),
     "se-resnet14 binarized": (

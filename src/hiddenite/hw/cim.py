@@ -570,7 +570,8 @@ def _active_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.detach()
     if isinstance(module, nn.Conv2d):
         kk = module.kernel_size[0] * module.kernel_size[1]
-        ch = x.flatten(2).abs().amax(dim=2) > 0 if x.ndim == 4 else x.flatten(1).abs().amax(1)
+        x = x if x.ndim == 4 else x[None]  # an unbatched C x H x W input
+        ch = x.flatten(2).abs().amax(dim=2) > 0
         return ch.to("cpu").repeat_interleave(kk, dim=1)
     flat = x.reshape(x.shape[0], -1, x.shape[-1]) if x.ndim > 2 else x[:, None, :]
     return (flat.abs().amax(dim=1) > 0).to("cpu")
