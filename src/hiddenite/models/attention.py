@@ -32,8 +32,9 @@ where the zeros are lost in the sum (the channel-off statistic is the same kind 
 the next layer's inputs are not zero).
 
 Binarized mode (``binary=True``, "as in the seed", which assumes 1-bit networks): the inputs
-of the blocks' convolutions (``se-resnet14``) or of every convolution after the first
-(``se-conv``) are binarized by ``sign`` with the clipped straight-through estimator of
+of the blocks' convolutions (``se-resnet14``; the block input goes through a batch norm first,
+XNOR-Net's order, since it is non-negative after the ReLU) or of every convolution after the
+first (``se-conv``) are binarized by ``sign`` with the clipped straight-through estimator of
 BinaryConnect / XNOR-Net (``d sign(x)/dx := 1[|x| <= 1]``; ``sign(0) := +1``); the gate is
 applied after the binarization, so an off channel stays exactly zero (ternary {-1, 0, +1}
 inputs). The stem convolution, the 1x1 shortcuts and the classifier keep real inputs (usual
@@ -52,7 +53,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .resnet import BasicBlock, ResNet
+from .resnet import BasicBlock, ResNet, _bn
 from .small import ConvNet
 
 __all__ = [
@@ -149,7 +150,11 @@ class SEBasicBlock(BasicBlock):
         self.position = position
         self.binary = binary
         self.se = BinarySE(planes, reduction)
-        self.act_in = SignActivation() if binary else nn.Identity()
+        # XNOR-Net order, batch norm then sign: the block input is non-negative (after ReLU),
+        # and sign of a non-negative tensor is all +1
+        self.act_in = (
+            nn.Sequential(_bn(in_planes, affine), SignActivation()) if binary else (nn.Identity())
+        )
         self.act_mid = _activation(binary)
 
     def branch(self, x, norms: Sequence[nn.Module]):
