@@ -143,3 +143,15 @@ def test_bad_arguments_are_config_errors():
         models.check_arguments("se-conv4", reduction=0)
     with pytest.raises(ConfigError, match="binary"):
         models.check_arguments("se-conv2", binary="yes")
+
+
+def test_binary_mode_feeds_both_signs_to_the_block_convolutions():
+    model = models.create("se-resnet14", width=0.25, binary=True).train()
+    seen = []
+    block = model.stages[1][1]
+    block.conv1.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    block.conv2.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    model(torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2)))
+    conv1_in, conv2_in = seen
+    assert set(conv1_in.unique().tolist()) == {-1.0, 1.0}  # not all +1 after the ReLU
+    assert set(conv2_in.unique().tolist()) <= {-1.0, 0.0, 1.0}  # ternary: gated channels 0
