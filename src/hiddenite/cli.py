@@ -237,6 +237,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/sweep", help="folder for CSV and PNG (runs/sweep)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "cim", help="modelled SRAM computing-in-memory energy saved by power gating, per layer"
+    )
+    p.add_argument("source", help="a .hnn model file, or a checkpoint or run folder")
+    p.add_argument("--spec", default=None, metavar="YAML", help="CIM macro spec (YAML)")
+    p.add_argument(
+        "--preset",
+        default="sram-28nm",
+        help="built-in macro when no --spec: sram-28nm (default), sram-28nm-int8, sram-28nm-act",
+    )
+    p.add_argument(
+        "--granularity",
+        nargs="+",
+        default=None,
+        metavar="RxC",
+        help="gating units to compare: RxC cells, rows:G or cols:G (default: the spec's own)",
+    )
+    p.add_argument(
+        "--dataset", default=None, help="data set (default: the run's, else fashion-mnist)"
+    )
+    p.add_argument("--data-dir", default=None, help="folder holding the data set files")
+    p.add_argument("--samples", type=int, default=1000, help="test inputs to run (default 1000)")
+    p.add_argument("--out", default="runs/cim", help="folder for CSV, JSON and PNGs (runs/cim)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -602,6 +627,54 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_cim(args) -> int:
+    from .data import iterate_batches
+    from .fileformat import load
+    from .hw.cim import analyze_cim, get_cim_preset, parse_granularity
+    from .hw.cim_plots import write_cim
+    from .hw.model import _json_safe
+
+    if args.spec:
+        from .hw.cim import CimSpec
+
+        try:
+            spec = CimSpec.from_yaml(args.spec)
+        except FileNotFoundError:
+            raise UserError(f"--spec {args.spec}: no such file") from None
+    else:
+        spec = get_cim_preset(args.preset)
+    specs = [parse_granularity(g, spec) for g in args.granularity] if args.granularity else [spec]
+    path = Path(args.source)
+    if path.is_file() and path.suffix == ".hnn":
+        model, dataset = load(path), args.dataset or "fashion-mnist"
+    elif path.exists():
+        model, config = load_trained(path)
+        dataset = args.dataset or config.dataset
+    else:
+        raise UserError(f"{args.source}: no such model file, checkpoint or run folder")
+    if args.samples < 1:
+        raise UserError(f"--samples {args.samples}: give a positive number of inputs")
+    test = load_dataset(dataset, "test", args.data_dir)
+    test = test.subset(range(min(args.samples, len(test))))
+    batches = iterate_batches(test, 100, shuffle=False, generator=None, augment=False)
+    reports = analyze_cim(model, batches, specs)
+    for rep in reports:
+        rep.options.update(source=str(args.source), dataset=dataset, samples=len(test))
+    try:
+        files = write_cim(reports, args.out)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
+    if args.json:
+        doc = {r.spec.granularity: r.totals for r in reports}
+        print(json.dumps(_json_safe({"reports": doc, "files": files}), indent=2))
+        return 0
+    for rep in reports:
+        print(rep.to_text(), end="\n\n")
+    print("All figures are modelled (docs/cim.md: per-event energies, 28 nm), not measured.")
+    print(f"wrote {len(files)} files to {args.out}: " + ", ".join(Path(f).name for f in files))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hiddenite`` console script; returns the exit code."""
     parser = _parser()
@@ -617,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         "inspect": _cmd_inspect,
         "simulate": _cmd_simulate,
         "sweep": _cmd_sweep,
+        "cim": _cmd_cim,
     }
     try:
         return commands[args.command](args)

@@ -9,6 +9,9 @@ name                      what                                         default i
 ``mlp``                   784-300-100-10 fully connected               1 x 28 x 28
 ``conv2/4/6/8``           Frankle/Ramanujan Conv-n, no BN, no bias     1 x 28 x 28
 ``resnet20``              CIFAR-style ResNet-20 (16/32/64)             1 x 28 x 28
+``resnet14``              CIFAR-style ResNet-14 (16/32/64, 2+2+2)      1 x 28 x 28
+``se-resnet14``           ResNet-14 + binarized SE in every block      1 x 28 x 28
+``se-conv2/4/6/8``        Conv-n + binarized SE after every conv       1 x 28 x 28
 ``resnet18``              CIFAR-style ResNet-18 (64..512)              1 x 28 x 28
 ``resnet20-folded``       ResNet-20, Hidden-Fold: shared blocks        1 x 28 x 28
 ``resnet18-folded``       ResNet-18, Hidden-Fold: shared blocks        1 x 28 x 28
@@ -26,6 +29,11 @@ with a batch norm per iteration; a converted model stores each shared convolutio
 once. They take the ResNet arguments plus ``iterations`` (int >= 1, iterations of the shared
 block in every stage; None: the unfolded block count minus one, the unfolded depth: 2 for
 resnet20-folded, 1 for resnet18-folded, whose size then equals resnet18's).
+
+The ``se-`` models (:mod:`hiddenite.models.attention`, seed 004) gate channels per input with
+a binarized squeeze-and-excitation block; they take ``reduction`` (SE bottleneck, default 4)
+and ``binary`` (sign-binarized convolution inputs), ``se-resnet14`` also ``se_position``
+(``"mid"``: between the block's convolutions, default; ``"post"``: classic SE-ResNet).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from torch import nn
 
 from ..convert import SupermaskConfig, supermask_
 from ..errors import ConfigError
+from .attention import SEConvNet, se_resnet
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .small import CONV_PLANS, MLP, ConvNet
 
@@ -112,6 +121,42 @@ def _conv(plan):
     return build
 
 
+def _se_conv(plan):
+    def build(
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        width: float = 1.0,
+        reduction: int = 4,
+        binary: bool = False,
+    ):
+        return SEConvNet(plan, in_channels, image_size, num_classes, width, reduction, binary)
+
+    return build
+
+
+def _se_resnet14(
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    bn_affine: bool = False,
+    width: float = 1.0,
+    reduction: int = 4,
+    binary: bool = False,
+    se_position: str = "mid",
+) -> nn.Module:
+    del image_size  # adaptive pooling
+    return se_resnet(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        bn_affine=bn_affine,
+        width=width,
+        reduction=reduction,
+        binary=binary,
+        se_position=se_position,
+    )
+
+
 def _mlp(in_channels: int, image_size: int, num_classes: int, hidden=(300, 100)):
     return MLP(in_channels, image_size, num_classes, tuple(hidden))
 
@@ -131,6 +176,21 @@ MODELS: dict[str, ModelInfo] = {
         dict(_SMALL),
         "CIFAR-style ResNet-20",
     ),
+    "resnet14": ModelInfo(
+        "resnet14",
+        _resnet(BasicBlock, (2, 2, 2), (16, 32, 64), False),
+        dict(_SMALL),
+        "CIFAR-style ResNet-14 (three stages of two blocks)",
+    ),
+    "se-resnet14": ModelInfo(
+        "se-resnet14", _se_resnet14, dict(_SMALL), "ResNet-14 with binarized SE attention"
+    ),
+    **{
+        f"se-{name}": ModelInfo(
+            f"se-{name}", _se_conv(plan), dict(_SMALL), f"{name} with binarized SE attention"
+        )
+        for name, plan in CONV_PLANS.items()
+    },
     "resnet18": ModelInfo(
         "resnet18",
         _resnet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), False),
