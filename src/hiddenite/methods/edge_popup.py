@@ -84,6 +84,9 @@ class EdgePopup(TopKScores):
     def support(self, layer: Any) -> torch.Tensor:
         return self._mask(layer)
 
+    def weight_factor(self, layer: Any) -> torch.Tensor:
+        return self._mask(layer).to(torch.int8)
+
     def owned_state(self, layer: Any) -> tuple[str, ...]:
         return ("scores",)
 
