@@ -20,8 +20,11 @@ import math
 import numpy as np
 import torch
 
+from .kernels import topk_cpu
+
 __all__ = [
     "GlobalThreshold",
+    "TopKSelector",
     "kept_count",
     "masked_weight",
     "straight_through",
@@ -142,9 +145,46 @@ class _MaskedWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, scores = ctx.saved_tensors
-        grad_scores = grad * weight
-        grad_scores.mul_(torch.sgn(scores))
-        return None, grad_scores, None
+        return None, _score_gradient(grad, weight, scores), None
+
+
+def _compiled(*tensors: torch.Tensor) -> bool:
+    """True when the compiled CPU passes apply: float32 CPU tensors outside any graph."""
+    return all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors
+    )
+
+
+def _flat(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().contiguous().numpy().reshape(-1)
+
+
+def _score_gradient(grad, weight, scores) -> torch.Tensor:
+    """``grad * weight * sgn(scores)`` (one compiled pass on float32 CPU tensors)."""
+    if _compiled(grad, weight, scores.detach()) and grad.shape == scores.shape == weight.shape:
+        out = torch.empty(scores.shape, dtype=torch.float32)
+        topk_cpu.score_gradient(_flat(grad), _flat(weight), _flat(scores), _flat(out))
+        return out
+    grad_scores = grad * weight
+    grad_scores.mul_(torch.sgn(scores))
+    return grad_scores
+
+
+class _SelectedWeight(torch.autograd.Function):
+    """``weight * mask`` for the top-``m`` mask given by its threshold and tie budget, in one
+    compiled pass; backward as :class:`_MaskedWeight`."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, t, budget, all_ties):
+        ctx.save_for_backward(weight, scores)
+        out = torch.empty(weight.shape, dtype=torch.float32)
+        topk_cpu.masked_product(_flat(weight), _flat(scores), t, budget, all_ties, _flat(out))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores = ctx.saved_tensors
+        return None, _score_gradient(grad, weight, scores), None, None, None
 
 
 def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -155,6 +195,72 @@ def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     gets no gradient: it is frozen.
     """
     return _MaskedWeight.apply(weight, scores, mask)
+
+
+class TopKSelector:
+    """One layer's top-``k`` selection, warm-started from its previous threshold.
+
+    :meth:`masked_weight` gives exactly ``masked_weight(weight, scores,
+    top_fraction_mask(scores, density))`` (the same mask, ties to the lowest indices, the same
+    float32 product and score gradient, bit for bit) in fewer passes over the layer. Training
+    moves the threshold little from one step to the next, so the previous threshold ``t0``
+    brackets the new one: a counting pass checks that ``[t0 - h, t0 + h]`` holds it, the few
+    values inside are gathered and selected among, and one pass writes ``weight * mask``. When
+    the bracket misses (or holds too many values), the selection runs over all values, as
+    :func:`top_fraction_mask` does. The remembered threshold only chooses the bracket: it never
+    changes a result. Compiled passes run for float32 CPU tensors; other tensors take
+    :func:`top_fraction_mask`.
+    """
+
+    BAND_LIMIT = 16384  # most values gathered from the bracket before selecting over all
+
+    def __init__(self) -> None:
+        self._threshold: float | None = None
+        self._width = 0.0
+        self._band = np.empty(0, dtype=np.float32)
+        self.hits = 0  # selections the bracket served (for benchmarks and tests)
+        self.misses = 0
+
+    def masked_weight(
+        self, weight: torch.Tensor, scores: torch.Tensor, density: float
+    ) -> torch.Tensor:
+        """``weight * top_fraction_mask(scores, density)``, straight-through to ``scores``."""
+        n = scores.numel()
+        m = kept_count(n, density)
+        if not (_compiled(weight, scores.detach()) and weight.shape == scores.shape and 0 < m < n):
+            return masked_weight(weight, scores, top_fraction_mask(scores, density))
+        t, budget, all_ties = self._select(_flat(scores), m)
+        return _SelectedWeight.apply(weight, scores, t, budget, all_ties)
+
+    def _select(self, values: np.ndarray, m: int) -> tuple[np.float32, int, bool]:
+        """(threshold t, how many entries equal to t are kept, whether that is all of them)."""
+        found = self._bracketed(values, m) if self._threshold is not None else None
+        if found is None:
+            self.misses += 1
+            part = np.partition(np.abs(values), values.size - m)
+            t = part[values.size - m]
+            above = int(np.count_nonzero(part > t))
+            tied = int(np.count_nonzero(part == t))
+        else:
+            self.hits += 1
+            t, above, tied = found
+        previous = t if self._threshold is None else self._threshold
+        self._width = max(2.0 * abs(float(t) - previous), abs(float(t)) * 2.0**-12, 1e-30)
+        self._threshold = float(t)
+        return t, m - above, m - above == tied
+
+    def _bracketed(self, values: np.ndarray, m: int) -> tuple[np.float32, int, int] | None:
+        lo = np.float32(self._threshold - self._width)
+        hi = np.float32(self._threshold + self._width)
+        if self._band.size == 0:
+            self._band = np.empty(self.BAND_LIMIT + 1, dtype=np.float32)
+        above, inside = topk_cpu.bracket_band(values, lo, hi, self._band)
+        if not above < m <= above + inside or inside > self.BAND_LIMIT:
+            return None
+        rank = inside - (m - above)  # the threshold's index in the band, ascending
+        part = np.partition(self._band[:inside], rank)
+        t = part[rank]
+        return t, above + int(np.count_nonzero(part > t)), int(np.count_nonzero(part == t))
 
 
 class GlobalThreshold:
