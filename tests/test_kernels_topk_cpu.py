@@ -32,18 +32,27 @@ def bits(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy().view(np.int32)
 
 
-def test_bracket_band_counts_and_gathers_in_index_order():
+def test_bracket_product_counts_gathers_and_fix_band_finishes():
     rng = np.random.default_rng(0)
     s = rng.standard_normal(5000).astype(np.float32)
+    w = rng.standard_normal(5000).astype(np.float32)
     lo, hi = np.float32(0.9), np.float32(1.1)
     band = np.empty(5001, dtype=np.float32)
-    above, inside = topk_cpu.bracket_band(s, lo, hi, band)
+    where = np.empty(5001, dtype=np.int64)
+    out = np.empty_like(w)
+    above, inside = topk_cpu.bracket_product(w, s, lo, hi, out, band, where)
     a = np.abs(s)
+    members = (a >= lo) & (a <= hi)
     assert above == np.count_nonzero(a > hi)
-    assert inside == np.count_nonzero((a >= lo) & (a <= hi))
-    np.testing.assert_array_equal(band[:inside], a[(a >= lo) & (a <= hi)])
-    small = np.empty(4, dtype=np.float32)  # too small: counts stay exact
-    assert topk_cpu.bracket_band(s, lo, hi, small) == (above, inside)
+    assert inside == np.count_nonzero(members)
+    np.testing.assert_array_equal(band[:inside], a[members])
+    np.testing.assert_array_equal(where[:inside], np.flatnonzero(members))
+    np.testing.assert_array_equal(out[~members], (w * (a > hi))[~members])
+    t = np.float32(1.0)
+    topk_cpu.fix_band(w, band, where, inside, t, 0, out)
+    np.testing.assert_array_equal(out.view(np.int32), (w * (a > t)).view(np.int32))
+    small = np.empty(4, dtype=np.float32)  # too small to gather: the counts stay exact
+    assert topk_cpu.bracket_product(w, s, lo, hi, out, small, where) == (above, inside)
 
 
 def test_masked_product_and_score_gradient_match_torch_bitwise():

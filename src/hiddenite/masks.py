@@ -171,20 +171,20 @@ def _score_gradient(grad, weight, scores) -> torch.Tensor:
 
 
 class _SelectedWeight(torch.autograd.Function):
-    """``weight * mask`` for the top-``m`` mask given by its threshold and tie budget, in one
-    compiled pass; backward as :class:`_MaskedWeight`."""
+    """``weight * mask`` for the top-``m`` mask of ``|scores|``, written by the selector's
+    compiled passes; backward as :class:`_MaskedWeight`."""
 
     @staticmethod
-    def forward(ctx, weight, scores, t, budget, all_ties):
+    def forward(ctx, weight, scores, selector, m):
         ctx.save_for_backward(weight, scores)
         out = torch.empty(weight.shape, dtype=torch.float32)
-        topk_cpu.masked_product(_flat(weight), _flat(scores), t, budget, all_ties, _flat(out))
+        selector._product(_flat(weight), _flat(scores), m, _flat(out))
         return out
 
     @staticmethod
     def backward(ctx, grad):
         weight, scores = ctx.saved_tensors
-        return None, _score_gradient(grad, weight, scores), None, None, None
+        return None, _score_gradient(grad, weight, scores), None, None
 
 
 def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -204,8 +204,9 @@ class TopKSelector:
     top_fraction_mask(scores, density))`` (the same mask, ties to the lowest indices, the same
     float32 product and score gradient, bit for bit) in fewer passes over the layer. Training
     moves the threshold little from one step to the next, so the previous threshold ``t0``
-    brackets the new one: a counting pass checks that ``[t0 - h, t0 + h]`` holds it, the few
-    values inside are gathered and selected among, and one pass writes ``weight * mask``. When
+    brackets the new one: one pass counts what lies above and inside ``[t0 - h, t0 + h]``,
+    gathers the few values inside and writes ``weight * mask`` for every weight outside it;
+    the threshold is selected among the gathered values and their products written. When
     the bracket misses (or holds too many values), the selection runs over all values, as
     :func:`top_fraction_mask` does. The remembered threshold only chooses the bracket: it never
     changes a result. Compiled passes run for float32 CPU tensors; other tensors take
@@ -218,6 +219,7 @@ class TopKSelector:
         self._threshold: float | None = None
         self._width = 0.0
         self._band = np.empty(0, dtype=np.float32)
+        self._where = np.empty(0, dtype=np.int64)
         self.hits = 0  # selections the bracket served (for benchmarks and tests)
         self.misses = 0
 
@@ -229,38 +231,44 @@ class TopKSelector:
         m = kept_count(n, density)
         if not (_compiled(weight, scores.detach()) and weight.shape == scores.shape and 0 < m < n):
             return masked_weight(weight, scores, top_fraction_mask(scores, density))
-        t, budget, all_ties = self._select(_flat(scores), m)
-        return _SelectedWeight.apply(weight, scores, t, budget, all_ties)
+        return _SelectedWeight.apply(weight, scores, self, m)
 
-    def _select(self, values: np.ndarray, m: int) -> tuple[np.float32, int, bool]:
-        """(threshold t, how many entries equal to t are kept, whether that is all of them)."""
-        found = self._bracketed(values, m) if self._threshold is not None else None
-        if found is None:
-            self.misses += 1
-            part = np.partition(np.abs(values), values.size - m)
-            t = part[values.size - m]
-            above = int(np.count_nonzero(part > t))
-            tied = int(np.count_nonzero(part == t))
-        else:
+    def _product(self, weight: np.ndarray, scores: np.ndarray, m: int, out: np.ndarray) -> None:
+        """Write ``weight * mask`` (top ``m`` of ``|scores|``) to ``out``."""
+        if self._threshold is not None and self._bracketed(weight, scores, m, out):
             self.hits += 1
-            t, above, tied = found
+            return
+        self.misses += 1
+        part = np.partition(np.abs(scores), scores.size - m)
+        t = part[scores.size - m]
+        above = int(np.count_nonzero(part > t))
+        tied = int(np.count_nonzero(part == t))
+        self._remember(t)
+        topk_cpu.masked_product(weight, scores, t, m - above, m - above == tied, out)
+
+    def _remember(self, t: np.float32) -> None:
         previous = t if self._threshold is None else self._threshold
         self._width = max(2.0 * abs(float(t) - previous), abs(float(t)) * 2.0**-12, 1e-30)
         self._threshold = float(t)
-        return t, m - above, m - above == tied
 
-    def _bracketed(self, values: np.ndarray, m: int) -> tuple[np.float32, int, int] | None:
+    def _bracketed(self, weight: np.ndarray, scores: np.ndarray, m: int, out: np.ndarray) -> bool:
+        """Select within ``[t0 - h, t0 + h]`` and write the product; False if it misses."""
         lo = np.float32(self._threshold - self._width)
         hi = np.float32(self._threshold + self._width)
         if self._band.size == 0:
             self._band = np.empty(self.BAND_LIMIT + 1, dtype=np.float32)
-        above, inside = topk_cpu.bracket_band(values, lo, hi, self._band)
+            self._where = np.empty(self.BAND_LIMIT + 1, dtype=np.int64)
+        band, where = self._band, self._where
+        above, inside = topk_cpu.bracket_product(weight, scores, lo, hi, out, band, where)
         if not above < m <= above + inside or inside > self.BAND_LIMIT:
-            return None
+            return False
         rank = inside - (m - above)  # the threshold's index in the band, ascending
-        part = np.partition(self._band[:inside], rank)
+        part = np.partition(band[:inside], rank)  # a copy: the band stays in index order
         t = part[rank]
-        return t, above + int(np.count_nonzero(part > t)), int(np.count_nonzero(part == t))
+        budget = m - above - int(np.count_nonzero(part > t))
+        topk_cpu.fix_band(weight, band, where, inside, t, budget, out)
+        self._remember(t)
+        return True
 
 
 class GlobalThreshold:
