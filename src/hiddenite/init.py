@@ -33,6 +33,7 @@ __all__ = [
     "INITS",
     "RELU_GAIN",
     "frozen_weights",
+    "init_scale",
     "inverse_normal_cdf",
     "words_to_unit_interval",
 ]
@@ -109,6 +110,24 @@ def inverse_normal_cdf(u: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def init_scale(
+    init: str, fan_in: int, gain: float, density: float = 1.0, scale_by_density: bool = False
+) -> float:
+    """The float64 scale of ``init``: the signed constant or the normal's standard deviation
+    ``gain/sqrt(fan_in)`` (divided by ``sqrt(density)`` with ``scale_by_density``), or the
+    uniform bound ``sqrt(3)`` times that."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if fan_in < 1:
+        raise ValueError(f"fan_in must be >= 1, got {fan_in}")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density (kept fraction) must be in (0, 1], got {density}")
+    std = gain / math.sqrt(fan_in)
+    if scale_by_density:
+        std /= math.sqrt(density)
+    return std * math.sqrt(3.0) if init == "kaiming-uniform" else std
+
+
 def frozen_weights(
     shape: tuple[int, ...],
     *,
@@ -127,34 +146,25 @@ def frozen_weights(
     ``fan_in`` is the number of inputs per output unit; ``density`` (kept fraction) only
     matters with ``scale_by_density``.
     """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if fan_in < 1:
-        raise ValueError(f"fan_in must be >= 1, got {fan_in}")
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"density (kept fraction) must be in (0, 1], got {density}")
+    scale = init_scale(init, fan_in, gain, density, scale_by_density)
     n = math.prod(shape)
-    std = gain / math.sqrt(fan_in)
-    if scale_by_density:
-        std /= math.sqrt(density)
     target = torch.device(device) if device is not None else torch.device("cpu")
     if target.type == "cpu" and init != "kaiming-normal":
         # numpy fast path: the same IEEE operations on the same words, fewer conversions
         words = lanes_numpy(seed, layer_index, n, n_lanes, STREAM_WEIGHTS)
         if init == "signed-constant":
-            c = np.float32(std)
+            c = np.float32(scale)
             values = np.where(words.view(np.int32) < 0, c, -c)  # top bit set: +c
         else:
             unit = (words.astype(np.float64) + 0.5) * (2.0**-32)
-            values = ((unit * 2.0 - 1.0) * (std * math.sqrt(3.0))).astype(np.float32)
+            values = ((unit * 2.0 - 1.0) * scale).astype(np.float32)
         return torch.from_numpy(values).reshape(shape)
     words = lanes_torch(seed, layer_index, n, n_lanes, STREAM_WEIGHTS, device=device)
     if init == "signed-constant":
         sign = (words >> 31).to(torch.float32) * 2.0 - 1.0
-        values = sign * torch.tensor(std, dtype=torch.float32, device=sign.device)
+        values = sign * torch.tensor(scale, dtype=torch.float32, device=sign.device)
     elif init == "kaiming-uniform":
-        bound = std * math.sqrt(3.0)
-        values = ((words_to_unit_interval(words) * 2.0 - 1.0) * bound).to(torch.float32)
+        values = ((words_to_unit_interval(words) * 2.0 - 1.0) * scale).to(torch.float32)
     else:
-        values = (inverse_normal_cdf(words_to_unit_interval(words)) * std).to(torch.float32)
+        values = (inverse_normal_cdf(words_to_unit_interval(words)) * scale).to(torch.float32)
     return values.reshape(shape)

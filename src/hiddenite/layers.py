@@ -110,20 +110,25 @@ class SupermaskLayer:
         """True when the method trains the weights (they are stored, not regenerated)."""
         return self.method.trains_weights
 
-    def _regenerate(self, shape: tuple[int, ...], device) -> torch.Tensor:
+    def frozen_spec(self, shape: tuple[int, ...] | None = None) -> dict:
+        """The keyword arguments of :func:`~hiddenite.init.frozen_weights` (less ``device``)
+        that regenerate this layer's frozen weights (of ``shape``, default the layer's)."""
+        shape = tuple(self.weight.shape) if shape is None else tuple(shape)
         scale_density = self.method.scale_density(self.method_config, self.density)
-        return frozen_weights(
-            shape,
-            init=self.init,
-            seed=self.seed,
-            layer_index=self.layer_index,
-            fan_in=math.prod(shape[1:]),
-            gain=self.gain,
-            density=1.0 if scale_density is None else scale_density,
-            scale_by_density=self.scale_by_density and scale_density is not None,
-            n_lanes=self.n_lanes,
-            device=device,
-        )
+        return {
+            "shape": shape,
+            "init": self.init,
+            "seed": self.seed,
+            "layer_index": self.layer_index,
+            "fan_in": math.prod(shape[1:]),
+            "gain": self.gain,
+            "density": 1.0 if scale_density is None else scale_density,
+            "scale_by_density": self.scale_by_density and scale_density is not None,
+            "n_lanes": self.n_lanes,
+        }
+
+    def _regenerate(self, shape: tuple[int, ...], device) -> torch.Tensor:
+        return frozen_weights(**self.frozen_spec(shape), device=device)
 
     def words(self, n: int, stream: str) -> torch.Tensor:
         """``n`` PRNG words (int64 in [0, 2**32)) of this layer's named ``stream``."""

@@ -20,8 +20,11 @@ import math
 import numpy as np
 import torch
 
+from .kernels import topk_cpu
+
 __all__ = [
     "GlobalThreshold",
+    "TopKSelector",
     "kept_count",
     "masked_weight",
     "straight_through",
@@ -142,9 +145,46 @@ class _MaskedWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, scores = ctx.saved_tensors
-        grad_scores = grad * weight
-        grad_scores.mul_(torch.sgn(scores))
-        return None, grad_scores, None
+        return None, _score_gradient(grad, weight, scores), None
+
+
+def _compiled(*tensors: torch.Tensor) -> bool:
+    """True when the compiled CPU passes apply: float32 CPU tensors outside any graph."""
+    return all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors
+    )
+
+
+def _flat(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().contiguous().numpy().reshape(-1)
+
+
+def _score_gradient(grad, weight, scores) -> torch.Tensor:
+    """``grad * weight * sgn(scores)`` (one compiled pass on float32 CPU tensors)."""
+    if _compiled(grad, weight, scores.detach()) and grad.shape == scores.shape == weight.shape:
+        out = torch.empty(scores.shape, dtype=torch.float32)
+        topk_cpu.score_gradient(_flat(grad), _flat(weight), _flat(scores), _flat(out))
+        return out
+    grad_scores = grad * weight
+    grad_scores.mul_(torch.sgn(scores))
+    return grad_scores
+
+
+class _SelectedWeight(torch.autograd.Function):
+    """``weight * mask`` for the top-``m`` mask of ``|scores|``, written by the selector's
+    compiled passes; backward as :class:`_MaskedWeight`."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, selector, m):
+        ctx.save_for_backward(weight, scores)
+        out = torch.empty(weight.shape, dtype=torch.float32)
+        selector._product(_flat(weight), _flat(scores), m, _flat(out))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores = ctx.saved_tensors
+        return None, _score_gradient(grad, weight, scores), None, None
 
 
 def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -155,6 +195,80 @@ def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     gets no gradient: it is frozen.
     """
     return _MaskedWeight.apply(weight, scores, mask)
+
+
+class TopKSelector:
+    """One layer's top-``k`` selection, warm-started from its previous threshold.
+
+    :meth:`masked_weight` gives exactly ``masked_weight(weight, scores,
+    top_fraction_mask(scores, density))`` (the same mask, ties to the lowest indices, the same
+    float32 product and score gradient, bit for bit) in fewer passes over the layer. Training
+    moves the threshold little from one step to the next, so the previous threshold ``t0``
+    brackets the new one: one pass counts what lies above and inside ``[t0 - h, t0 + h]``,
+    gathers the few values inside and writes ``weight * mask`` for every weight outside it;
+    the threshold is selected among the gathered values and their products written. When
+    the bracket misses (or holds too many values), the selection runs over all values, as
+    :func:`top_fraction_mask` does. The remembered threshold only chooses the bracket: it never
+    changes a result. Compiled passes run for float32 CPU tensors; other tensors take
+    :func:`top_fraction_mask`.
+    """
+
+    BAND_LIMIT = 16384  # most values gathered from the bracket before selecting over all
+
+    def __init__(self) -> None:
+        self._threshold: float | None = None
+        self._width = 0.0
+        self._band = np.empty(0, dtype=np.float32)
+        self._where = np.empty(0, dtype=np.int64)
+        self.hits = 0  # selections the bracket served (for benchmarks and tests)
+        self.misses = 0
+
+    def masked_weight(
+        self, weight: torch.Tensor, scores: torch.Tensor, density: float
+    ) -> torch.Tensor:
+        """``weight * top_fraction_mask(scores, density)``, straight-through to ``scores``."""
+        n = scores.numel()
+        m = kept_count(n, density)
+        if not (_compiled(weight, scores.detach()) and weight.shape == scores.shape and 0 < m < n):
+            return masked_weight(weight, scores, top_fraction_mask(scores, density))
+        return _SelectedWeight.apply(weight, scores, self, m)
+
+    def _product(self, weight: np.ndarray, scores: np.ndarray, m: int, out: np.ndarray) -> None:
+        """Write ``weight * mask`` (top ``m`` of ``|scores|``) to ``out``."""
+        if self._threshold is not None and self._bracketed(weight, scores, m, out):
+            self.hits += 1
+            return
+        self.misses += 1
+        part = np.partition(np.abs(scores), scores.size - m)
+        t = part[scores.size - m]
+        above = int(np.count_nonzero(part > t))
+        tied = int(np.count_nonzero(part == t))
+        self._remember(t)
+        topk_cpu.masked_product(weight, scores, t, m - above, m - above == tied, out)
+
+    def _remember(self, t: np.float32) -> None:
+        previous = t if self._threshold is None else self._threshold
+        self._width = max(2.0 * abs(float(t) - previous), abs(float(t)) * 2.0**-12, 1e-30)
+        self._threshold = float(t)
+
+    def _bracketed(self, weight: np.ndarray, scores: np.ndarray, m: int, out: np.ndarray) -> bool:
+        """Select within ``[t0 - h, t0 + h]`` and write the product; False if it misses."""
+        lo = np.float32(self._threshold - self._width)
+        hi = np.float32(self._threshold + self._width)
+        if self._band.size == 0:
+            self._band = np.empty(self.BAND_LIMIT + 1, dtype=np.float32)
+            self._where = np.empty(self.BAND_LIMIT + 1, dtype=np.int64)
+        band, where = self._band, self._where
+        above, inside = topk_cpu.bracket_product(weight, scores, lo, hi, out, band, where)
+        if not above < m <= above + inside or inside > self.BAND_LIMIT:
+            return False
+        rank = inside - (m - above)  # the threshold's index in the band, ascending
+        part = np.partition(band[:inside], rank)  # a copy: the band stays in index order
+        t = part[rank]
+        budget = m - above - int(np.count_nonzero(part > t))
+        topk_cpu.fix_band(weight, band, where, inside, t, budget, out)
+        self._remember(t)
+        return True
 
 
 class GlobalThreshold:

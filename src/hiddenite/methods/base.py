@@ -272,6 +272,13 @@ class Method(abc.ABC):
         """Names of the layer's ``state_dict`` entries this method exports as parts."""
         return ()
 
+    def weight_factor(self, layer: Any) -> torch.Tensor | None:
+        """int8 factor ``f`` (weight-shaped, values -1, 0, +1) with effective weight exactly
+        ``layer.weight * f``, for a method that only masks (and perhaps inverts) the frozen
+        weights; None (the default) when the effective weight is not of that form. Kernels
+        that regenerate the weights from the seed apply ``f`` from packed bits."""
+        return None
+
     # -- storage -------------------------------------------------------------------------------
     @abc.abstractmethod
     def parts(self, shape: tuple[int, ...], config: MethodConfig, density: float) -> list[Part]:

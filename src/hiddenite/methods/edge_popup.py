@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..masks import GlobalThreshold, kept_count, masked_weight, top_fraction_mask
+from ..masks import (
+    GlobalThreshold,
+    TopKSelector,
+    kept_count,
+    masked_weight,
+    top_fraction_mask,
+)
 from .base import LayerCost, LayerItem, Method, MethodConfig, Part, fan_in, register_method
 
 SCOPES = ("layer", "global")
@@ -78,11 +84,20 @@ class EdgePopup(TopKScores):
     name = "edge-popup"
     config_type = EdgePopupConfig
 
+    def setup(self, layer: Any) -> None:
+        super().setup(layer)
+        layer.mask_selector = TopKSelector()  # warm-starts each step's layer-scope selection
+
     def weight(self, layer: Any) -> torch.Tensor:
+        if layer.mask_group is None:
+            return layer.mask_selector.masked_weight(layer.weight, layer.scores, layer.density)
         return masked_weight(layer.weight, layer.scores, self._mask(layer, True))
 
     def support(self, layer: Any) -> torch.Tensor:
         return self._mask(layer)
+
+    def weight_factor(self, layer: Any) -> torch.Tensor:
+        return self._mask(layer).to(torch.int8)
 
     def owned_state(self, layer: Any) -> tuple[str, ...]:
         return ("scores",)

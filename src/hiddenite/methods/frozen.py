@@ -357,6 +357,9 @@ class Frozen(Method):
     def support(self, layer: Any) -> torch.Tensor:
         return self._mask(layer)
 
+    def weight_factor(self, layer: Any) -> torch.Tensor:
+        return self._mask(layer).to(torch.int8)
+
     def frozen_masks(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(frozen pruned, frozen locked) as weight-shaped booleans."""
         free, locked = self._pattern(layer)

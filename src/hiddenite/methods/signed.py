@@ -92,6 +92,9 @@ class Signed(TopKScores):
     def support(self, layer: Any) -> torch.Tensor:
         return self._mask(layer)
 
+    def weight_factor(self, layer: Any) -> torch.Tensor:
+        return self.factor(layer)
+
     def owned_state(self, layer: Any) -> tuple[str, ...]:
         return ("scores",)
 

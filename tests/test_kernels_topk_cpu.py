@@ -1,0 +1,162 @@
+"""The compiled passes of the training step (hiddenite.kernels.topk_cpu) and the warm-started
+selection that drives them (hiddenite.masks.TopKSelector).
+
+References: numpy/torch expressions for each kernel, and for the selector the full top-k
+selection ``top_fraction_mask`` with the torch masked product and score gradient it replaces,
+compared bit for bit (signed zeros and tie-breaking included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hiddenite.kernels import topk_cpu
+from hiddenite.layers import SupermaskLinear
+from hiddenite.masks import TopKSelector, kept_count, top_fraction_mask
+
+
+def torch_reference(weight, scores, density, upstream):
+    """The previous implementation: full selection, torch product and gradient."""
+    mask = top_fraction_mask(scores, density)
+    product = weight * mask.view(torch.uint8)
+    grad = upstream * weight
+    grad.mul_(torch.sgn(scores))
+    return mask, product, grad
+
+
+def bits(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy().view(np.int32)
+
+
+def test_bracket_product_counts_gathers_and_fix_band_finishes():
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(5000).astype(np.float32)
+    w = rng.standard_normal(5000).astype(np.float32)
+    lo, hi = np.float32(0.9), np.float32(1.1)
+    band = np.empty(5001, dtype=np.float32)
+    where = np.empty(5001, dtype=np.int64)
+    out = np.empty_like(w)
+    above, inside = topk_cpu.bracket_product(w, s, lo, hi, out, band, where)
+    a = np.abs(s)
+    members = (a >= lo) & (a <= hi)
+    assert above == np.count_nonzero(a > hi)
+    assert inside == np.count_nonzero(members)
+    np.testing.assert_array_equal(band[:inside], a[members])
+    np.testing.assert_array_equal(where[:inside], np.flatnonzero(members))
+    np.testing.assert_array_equal(out[~members], (w * (a > hi))[~members])
+    t = np.float32(1.0)
+    topk_cpu.fix_band(w, band, where, inside, t, 0, out)
+    np.testing.assert_array_equal(out.view(np.int32), (w * (a > t)).view(np.int32))
+    small = np.empty(4, dtype=np.float32)  # too small to gather: the counts stay exact
+    assert topk_cpu.bracket_product(w, s, lo, hi, out, small, where) == (above, inside)
+
+
+def test_masked_product_and_score_gradient_match_torch_bitwise():
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal(1000).astype(np.float32)
+    s[:5] = [0.0, -0.0, np.nan, 0.5, -0.5]
+    w = rng.standard_normal(1000).astype(np.float32)
+    g = rng.standard_normal(1000).astype(np.float32)
+    t = np.float32(0.5)
+    out = np.empty_like(w)
+    topk_cpu.masked_product(w, s, t, 1, False, out)  # two entries tie at 0.5: keep the first
+    keep = (np.abs(s) > t) | ((np.abs(s) == t) & (np.arange(1000) == 3))
+    want = torch.from_numpy(w) * torch.from_numpy(keep).view(torch.uint8)
+    np.testing.assert_array_equal(out.view(np.int32), bits(want))
+    topk_cpu.score_gradient(g, w, s, out)
+    ref = torch.from_numpy(g) * torch.from_numpy(w)
+    ref.mul_(torch.sgn(torch.from_numpy(s)))
+    np.testing.assert_array_equal(out.view(np.int32), bits(ref))
+
+
+scores_strategy = st.one_of(
+    st.floats(-2.0, 2.0, width=32, allow_subnormal=False),
+    st.sampled_from([0.0, -0.0, 0.25, -0.25, 1.0, -1.0]),  # ties
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 300),
+    density=st.floats(0.01, 0.99),
+    seed=st.integers(0, 2**31 - 1),
+    tied=st.booleans(),
+    steps=st.integers(1, 6),
+    shift=st.sampled_from([0.0, 1e-6, 1e-3, 0.1, 1.0]),
+)
+def test_selector_equals_full_selection_bit_for_bit(n, density, seed, tied, steps, shift):
+    gen = torch.Generator().manual_seed(seed)
+    if tied:  # a few distinct values: ties at the threshold almost surely
+        values = torch.tensor([0.0, -0.0, 0.25, -0.25, 0.5, 1.0, -1.0])
+        scores = values[torch.randint(0, 7, (n,), generator=gen)]
+    else:
+        scores = torch.randn(n, generator=gen)
+    weight = torch.randn(n, generator=gen)  # negative weights: masked to -0.0
+    upstream = torch.randn(n, generator=gen)
+    selector = TopKSelector()
+    for _ in range(steps):
+        leaf = scores.clone().requires_grad_(True)
+        product = selector.masked_weight(weight, leaf, density)
+        product.backward(upstream)
+        mask, want_product, want_grad = torch_reference(weight, scores, density, upstream)
+        assert int(mask.sum()) == kept_count(n, density)
+        np.testing.assert_array_equal(bits(product), bits(want_product))
+        np.testing.assert_array_equal(bits(leaf.grad), bits(want_grad))
+        # the next step's scores: small moves keep the bracket, large ones miss it
+        scores = scores + shift * torch.randn(n, generator=gen)
+        if tied:
+            scores = torch.round(scores * 4) / 4
+    compiled = 0 < kept_count(n, density) < n  # keeping none or all needs no selection
+    assert selector.hits + selector.misses == (steps if compiled else 0)
+
+
+def test_selector_uses_the_bracket_when_scores_move_a_little():
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randn(300, 784, generator=gen)
+    weight = torch.randn(300, 784, generator=gen)
+    selector = TopKSelector()
+    for _ in range(5):
+        want = weight * top_fraction_mask(scores, 0.3).view(torch.uint8)
+        got = selector.masked_weight(weight, scores.requires_grad_(True), 0.3)
+        assert torch.equal(got, want)
+        scores = (scores + 1e-3 * torch.randn(300, 784, generator=gen)).detach()
+    assert selector.misses == 1 and selector.hits == 4
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_selector_keeps_none_or_all(density):
+    weight, scores = torch.randn(10), torch.randn(10, requires_grad=True)
+    got = TopKSelector().masked_weight(weight, scores, density)
+    assert torch.equal(got, weight * top_fraction_mask(scores, density).view(torch.uint8))
+
+
+def test_selector_on_float64_takes_the_full_selection():
+    weight = torch.randn(50, dtype=torch.float64)
+    scores = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    selector = TopKSelector()
+    got = selector.masked_weight(weight, scores, 0.4)
+    assert torch.equal(got, weight * top_fraction_mask(scores, 0.4).view(torch.uint8))
+    assert selector.hits == selector.misses == 0  # the compiled path never ran
+
+
+def test_edge_popup_layer_trains_identically_to_the_full_selection():
+    layer = SupermaskLinear(40, 30, density=0.3, seed=2, layer_index=0)
+    x = torch.randn(8, 40, generator=torch.Generator().manual_seed(0))
+    scores = layer.scores.detach().clone()
+    for _ in range(4):
+        layer.scores.grad = None
+        layer(x).square().sum().backward()
+        mask = top_fraction_mask(scores, 0.3)
+        effective = (layer.weight * mask.view(torch.uint8)).requires_grad_(True)
+        (x @ effective.T).square().sum().backward()
+        _, _, want = torch_reference(layer.weight, scores, 0.3, effective.grad)
+        assert torch.equal(layer.scores.grad, want)
+        with torch.no_grad():
+            layer.scores -= 0.5 * layer.scores.grad
+            scores -= 0.5 * want
+    assert torch.equal(layer.scores, scores)
+    assert layer.mask_selector.hits + layer.mask_selector.misses == 4
