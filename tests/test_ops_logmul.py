@@ -137,8 +137,9 @@ SPECIALS = [
 def test_special_values(a, b, want, why):
     assert mitchell_scalar_bits(a, b) == want
     assert mitchell_scalar_bits(b, a) == want  # commutative
-    fast = mitchell_mul(tensor_of_bits([a, b]), tensor_of_bits([b, a]))
-    assert bits_of(fast) == [want, want]
+    for backend in ("numba", "torch"):
+        fast = mitchell_mul(tensor_of_bits([a, b]), tensor_of_bits([b, a]), backend=backend)
+        assert bits_of(fast) == [want, want]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +158,9 @@ any_float = st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subno
 def test_elementwise_equals_reference_on_bit_patterns(pairs):
     a = tensor_of_bits([p[0] for p in pairs])
     b = tensor_of_bits([p[1] for p in pairs])
-    assert bits_of(mitchell_mul(a, b)) == [mitchell_scalar_bits(x, y) for x, y in pairs]
+    want = [mitchell_scalar_bits(x, y) for x, y in pairs]
+    assert bits_of(mitchell_mul(a, b, backend="numba")) == want
+    assert bits_of(mitchell_mul(a, b, backend="torch")) == want
 
 
 @settings(max_examples=150, deadline=None)
@@ -166,7 +169,8 @@ def test_elementwise_equals_reference_on_floats(pairs):
     a = torch.tensor([p[0] for p in pairs], dtype=torch.float32)
     b = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
     want = [mitchell_scalar_bits(x, y) for x, y in zip(bits_of(a), bits_of(b), strict=True)]
-    assert bits_of(mitchell_mul(a, b)) == want
+    assert bits_of(mitchell_mul(a, b, backend="numba")) == want
+    assert bits_of(mitchell_mul(a, b, backend="torch")) == want
 
 
 def test_elementwise_chunks_and_broadcasting(monkeypatch):
@@ -174,7 +178,11 @@ def test_elementwise_chunks_and_broadcasting(monkeypatch):
     a, b = torch.randn(7, 1, 5), torch.randn(1, 3, 5)
     whole = mitchell_mul(a, b)
     monkeypatch.setattr(lm, "_CHUNK_ELEMS", 4)
-    assert torch.equal(mitchell_mul(a, b).view(torch.int32), whole.view(torch.int32))
+    assert torch.equal(
+        mitchell_mul(a, b, backend="torch").view(torch.int32), whole.view(torch.int32)
+    )
+    k_blocks = mitchell_matmul(a[:, 0], b[0], backend="torch")  # k blocks of 1
+    assert same_bits(k_blocks, mitchell_matmul(a[:, 0], b[0], backend="numba"))
     assert whole.shape == (7, 3, 5)
 
 

@@ -192,15 +192,26 @@ def _mul_bits(ia: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     return torch.where(nan, CANONICAL_NAN_BITS, out)
 
 
-def mitchell_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def mitchell_mul(a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Elementwise Mitchell product of two float32 tensors (broadcasting), on their device.
 
-    Works in chunks of the broadcast result so the int32 temporaries stay bounded.
+    ``backend``: ``"numba"`` (CPU, a parallel loop), ``"torch"`` (int32 bit fields in torch,
+    any device, in chunks of the broadcast result so the temporaries stay bounded) or
+    ``"auto"`` (numba on CPU, torch elsewhere). Both give identical bits. No autograd.
     """
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
     _check_float32(a, b)
     shape = torch.broadcast_shapes(a.shape, b.shape)
     a, b = torch.broadcast_to(a, shape).reshape(-1), torch.broadcast_to(b, shape).reshape(-1)
     out = torch.empty(a.numel(), dtype=torch.int32, device=a.device)
+    if backend == "numba" and a.device.type != "cpu":
+        raise ValueError("the numba backend runs on CPU tensors; use backend='torch'")
+    if a.device.type == "cpu" and backend != "torch":
+        a_bits = a.detach().contiguous().numpy().view(np.int32)
+        b_bits = b.detach().contiguous().numpy().view(np.int32)
+        _numba_kernels()["mul"](a_bits, b_bits, out.numpy())
+        return out.view(torch.float32).reshape(shape)
     for start in range(0, a.numel(), _CHUNK_ELEMS):
         stop = start + _CHUNK_ELEMS
         ia = a[start:stop].contiguous().view(torch.int32)
@@ -215,12 +226,40 @@ def mitchell_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _KERNELS: dict[str, object] = {}
 
 
-def _numba_kernel():
-    """Compile (once per process, cached on disk by numba) the CPU matmul kernel."""
-    kernel = _KERNELS.get("mm")
-    if kernel is not None:
-        return kernel
+def _numba_kernels() -> dict[str, object]:
+    """Compile (once per process, cached on disk by numba) the CPU kernels."""
+    if _KERNELS:
+        return _KERNELS
     import numba
+
+    @numba.njit(inline="always")
+    def product_bits(ia, ib):  # pragma: no cover - compiled; int64 holding uint32 patterns
+        fa = (ia >> 23) & 0xFF
+        fb = (ib >> 23) & 0xFF
+        ma = ia & 0x7FFFFF
+        mb = ib & 0x7FFFFF
+        mant = ma + mb
+        field = fa + fb - 127 + (mant >> 23)
+        mag = (field << 23) + (mant & 0x7FFFFF)
+        if field >= 0xFF:
+            mag = 0x7F800000
+        if field <= 0:
+            mag = 0
+        if fa == 0 or fb == 0:
+            mag = 0
+        if fa == 0xFF or fb == 0xFF:
+            mag = 0x7F800000
+        res = ((ia ^ ib) & 0x80000000) | mag
+        if (
+            (fa == 0xFF and ma != 0)
+            or (fb == 0xFF and mb != 0)
+            or (fa == 0xFF and fb == 0)
+            or (fb == 0xFF and fa == 0)
+        ):
+            res = 0x7FC00000
+        if res >= 0x80000000:
+            res -= 0x100000000
+        return np.int32(res)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def mitchell_mm_acc(a_bits, wt_bits, w_special, out):  # pragma: no cover - compiled
@@ -231,46 +270,25 @@ def _numba_kernel():
             tmp = np.empty(n_cols, np.int32)
             tmpf = tmp.view(np.float32)
             for k in range(k_len):
-                ia = np.int64(a_bits[m, k])
-                fa = (ia >> 23) & 0xFF
+                ia = np.int64(a_bits[m, k]) & 0xFFFFFFFF
                 # a zero (or subnormal) operand times finite w adds +-0: a no-op on an
-                # accumulator that starts at +0.0, so the whole row can be skipped
-                if fa == 0 and not w_special[k]:
+                # accumulator that starts at +0.0 (it can never become -0.0), so skip the row
+                if (ia >> 23) & 0xFF == 0 and not w_special[k]:
                     continue
-                ma = ia & 0x7FFFFF
-                sa = ia & 0x80000000
-                a_nan = fa == 0xFF and ma != 0
                 for n in range(n_cols):
-                    ib = np.int64(wt_bits[k, n]) & 0xFFFFFFFF
-                    fb = (ib >> 23) & 0xFF
-                    mb = ib & 0x7FFFFF
-                    mant = ma + mb
-                    field = fa + fb - 127 + (mant >> 23)
-                    mag = (field << 23) + (mant & 0x7FFFFF)
-                    if field >= 0xFF:
-                        mag = 0x7F800000
-                    if field <= 0:
-                        mag = 0
-                    if fa == 0 or fb == 0:
-                        mag = 0
-                    if fa == 0xFF or fb == 0xFF:
-                        mag = 0x7F800000
-                    res = (sa ^ (ib & 0x80000000)) | mag
-                    if (
-                        a_nan
-                        or (fb == 0xFF and mb != 0)
-                        or (fa == 0xFF and fb == 0)
-                        or (fb == 0xFF and fa == 0)
-                    ):
-                        res = 0x7FC00000
-                    if res >= 0x80000000:
-                        res -= 0x100000000
-                    tmp[n] = np.int32(res)
+                    tmp[n] = product_bits(ia, np.int64(wt_bits[k, n]) & 0xFFFFFFFF)
                 for n in range(n_cols):
                     acc[n] += tmpf[n]
 
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def mitchell_mul_flat(a_bits, b_bits, out):  # pragma: no cover - compiled
+        for i in numba.prange(out.shape[0]):
+            ia = np.int64(a_bits[i]) & 0xFFFFFFFF
+            out[i] = product_bits(ia, np.int64(b_bits[i]) & 0xFFFFFFFF)
+
     _KERNELS["mm"] = mitchell_mm_acc
-    return mitchell_mm_acc
+    _KERNELS["mul"] = mitchell_mul_flat
+    return _KERNELS
 
 
 def _w_special(wt_bits: np.ndarray) -> np.ndarray:
@@ -281,14 +299,20 @@ def _w_special(wt_bits: np.ndarray) -> np.ndarray:
 def _mm_acc_cpu(a: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
     a_bits = a.detach().contiguous().numpy().view(np.int32)
     wt_bits = wt.detach().contiguous().numpy().view(np.int32)
-    _numba_kernel()(a_bits, wt_bits, _w_special(wt_bits), out.numpy())
+    _numba_kernels()["mm"](a_bits, wt_bits, _w_special(wt_bits), out.numpy())
 
 
 def _mm_acc_torch(a: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
+    """The products of a block of ``k`` at once, then one float32 add per ``k`` in order."""
     ia = a.contiguous().view(torch.int32)
     iw = wt.contiguous().view(torch.int32)
-    for k in range(a.shape[1]):
-        out += _mul_bits(ia[:, k : k + 1], iw[k : k + 1, :]).view(torch.float32)
+    k_len = a.shape[1]
+    block = max(1, min(k_len, _CHUNK_ELEMS // max(1, out.numel())))
+    for start in range(0, k_len, block):
+        stop = min(k_len, start + block)
+        prods = _mul_bits(ia[:, start:stop, None], iw[None, start:stop, :]).view(torch.float32)
+        for j in range(stop - start):
+            out += prods[:, j, :]
 
 
 def mitchell_matmul(
