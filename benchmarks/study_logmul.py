@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--conv-test-subset", type=int, default=2000, help="0: all 10,000")
     parser.add_argument("--methods", nargs="+", default=["dense", "edge-popup"])
     parser.add_argument("--mlp-operators", nargs="+", default=["exact", "mitchell", "mitchell-bwd"])
-    parser.add_argument("--skip-conv", action="store_true")
+    parser.add_argument(
+        "--skip-conv", action="store_true", help="(give no --mlp-operators to skip the MLP)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/study_logmul")
@@ -147,6 +149,7 @@ def main() -> None:
         f"\ncommand: python benchmarks/study_logmul.py --train-subset {args.train_subset} "
         f"--epochs {args.epochs} --conv-epochs {args.conv_epochs} "
         f"--conv-test-subset {args.conv_test_subset} --methods {' '.join(args.methods)} "
+        f"--mlp-operators {' '.join(args.mlp_operators)}{' --skip-conv' if args.skip_conv else ''} "
         f"--threads {args.threads}\n"
     )
     print(
