@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--conv-epochs", type=int, default=1)
     parser.add_argument("--conv-test-subset", type=int, default=2000, help="0: all 10,000")
     parser.add_argument("--methods", nargs="+", default=["dense", "edge-popup"])
-    parser.add_argument("--mlp-operators", nargs="+", default=["exact", "mitchell", "mitchell-bwd"])
+    parser.add_argument("--mlp-operators", nargs="*", default=["exact", "mitchell", "mitchell-bwd"])
     parser.add_argument(
         "--skip-conv", action="store_true", help="(give no --mlp-operators to skip the MLP)"
     )
