@@ -518,3 +518,33 @@ def test_workloads_carry_the_inference_operator():
     assert model.training  # the trace put the mode back
     report = simulate(model, "int8", input_shape=(1, 1, 4, 4))
     assert [r.datapath for r in report.rows] == ["exact", "log", "exact"]
+
+
+_TRITON_CHECK = """
+import numpy as np, torch
+from hiddenite.ops.logmul import logmul_linear, mitchell_matmul
+torch.manual_seed(0)
+vals = np.array([0, 0x80000000, 1, 0x807FFFFF, 0x00800000, 0x7F800000, 0xFF800000, 0x7FC00000,
+                 0x7F800001, 0x3F800000, 0x7F7FFFFF, 0x3FC00000, 0xBFC00000, 0x1F000000],
+                dtype=np.uint32).view(np.int32)
+a = torch.from_numpy(vals.copy()).view(torch.float32).reshape(-1, 1)
+cases = [(a, a), (torch.randn(5, 7), torch.randn(3, 7)), (torch.randn(33, 9), torch.randn(40, 9))]
+for x, w in cases:
+    got = mitchell_matmul(x, w, backend="triton").view(torch.int32)
+    assert torch.equal(got, mitchell_matmul(x, w, backend="numba").view(torch.int32)), x.shape
+print("triton ok")
+"""
+
+
+def test_triton_kernel_equals_numba_under_the_interpreter():
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "triton ok" in done.stdout

@@ -39,8 +39,8 @@ Three implementations, which must agree bit for bit (the tests check it):
 * :func:`mitchell_mul`: elementwise on tensors (int32 bit fields in torch, any device,
   chunked so temporaries stay bounded);
 * :func:`mitchell_matmul` (``a @ w.T`` with Mitchell products): a numba kernel on CPU (both
-  cores, one output row per thread), or on other devices a torch loop over the reduction
-  index.
+  cores, one output row per thread), a Triton kernel on CUDA (tested here only under
+  ``TRITON_INTERPRET=1``), or a torch loop over the reduction index on any device.
 
 Accumulation is float32 in a fixed order: ``out[m, n] = (((0 + p[0]) + p[1]) + ...) +
 p[K-1]`` with ``p[k] = mitchell(a[m, k], w[n, k])``, then ``+ bias[n]`` once at the end. Every
@@ -67,6 +67,7 @@ from ..errors import UserError
 __all__ = [
     "BACKWARD_MODES",
     "CANONICAL_NAN_BITS",
+    "MATMUL_BACKENDS",
     "logmul_conv2d",
     "logmul_linear",
     "mitchell_matmul",
@@ -315,6 +316,42 @@ def _mm_acc_torch(a: torch.Tensor, wt: torch.Tensor, out: torch.Tensor) -> None:
             out += prods[:, j, :]
 
 
+MATMUL_BACKENDS = ("auto", "numba", "triton", "torch")
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in MATMUL_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(MATMUL_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            return "numba"
+        return "triton" if device.type == "cuda" and _has_triton() else "torch"
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError("the numba backend runs on CPU tensors; use backend='torch'")
+    return backend
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _mm_acc(a: torch.Tensor, wt: torch.Tensor, out: torch.Tensor, backend: str) -> None:
+    """``out += a @ wt`` with Mitchell products, continuing ``out``'s accumulation in order
+    (``out`` contiguous)."""
+    if backend == "numba":
+        _mm_acc_cpu(a, wt, out)
+    elif backend == "triton":
+        from ._logmul_triton import mm_acc_triton  # triton is imported only when asked for
+
+        mm_acc_triton(a.contiguous(), wt, out)
+    else:
+        _mm_acc_torch(a, wt, out)
+
+
 def mitchell_matmul(
     a: torch.Tensor,
     w: torch.Tensor,
@@ -325,27 +362,19 @@ def mitchell_matmul(
     """``a @ w.T (+ bias)`` with Mitchell products, float32 accumulation in index order.
 
     ``a``: ``(M, K)``, ``w``: ``(N, K)``, result ``(M, N)``; no autograd (see
-    :func:`logmul_linear`). ``backend``: ``"numba"`` (CPU tensors), ``"torch"`` (any device:
-    a loop over ``k`` of elementwise products), or ``"auto"`` (numba on CPU, torch elsewhere).
-    Both give identical bits.
+    :func:`logmul_linear`). ``backend``: ``"numba"`` (CPU tensors), ``"triton"`` (a GPU, or
+    CPU tensors under ``TRITON_INTERPRET=1``), ``"torch"`` (any device: a loop over ``k`` of
+    elementwise products), or ``"auto"`` (numba on CPU, Triton on CUDA when installed, torch
+    elsewhere). All give identical bits.
     """
     _check_float32(a, w)
     if a.dim() != 2 or w.dim() != 2 or a.shape[1] != w.shape[1]:
         raise ValueError(f"mitchell_matmul needs (M, K) and (N, K), got {a.shape} and {w.shape}")
-    if backend == "auto":
-        backend = "numba" if a.device.type == "cpu" else "torch"
-    if backend not in ("numba", "torch"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    backend = _resolve_backend(backend, a.device)
     a, w = a.detach(), w.detach()
     out = torch.zeros(a.shape[0], w.shape[0], dtype=torch.float32, device=a.device)
     if out.numel() and a.shape[1]:
-        wt = w.t().contiguous()
-        if backend == "numba":
-            if a.device.type != "cpu":
-                raise ValueError("the numba backend runs on CPU tensors; use backend='torch'")
-            _mm_acc_cpu(a, wt, out)
-        else:
-            _mm_acc_torch(a, wt, out)
+        _mm_acc(a, w.t().contiguous(), out, backend)
     if bias is not None:
         _check_float32(bias)
         out = out + bias.detach()
@@ -494,7 +523,7 @@ def _conv_backward_mitchell(x, weight, grad, stride, padding, dilation, groups, 
     kg, ocg = cg * kh * kw, oc // groups
     oh, ow = grad.shape[2], grad.shape[3]
     gx = torch.empty_like(x) if needs[0] else None
-    gw = torch.zeros(oc, kg, dtype=torch.float32) if needs[1] else None
+    gw = torch.zeros(oc, kg, dtype=torch.float32, device=x.device) if needs[1] else None
     per_image = max(1, c * kh * kw * oh * ow * 4)
     chunk = max(1, _CHUNK_BYTES // per_image)
     for start in range(0, b, chunk):
@@ -529,10 +558,7 @@ def _conv_backward_mitchell(x, weight, grad, stride, padding, dilation, groups, 
 def _accumulate(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
     """``out += a @ w.T`` with Mitchell products, continuing ``out``'s accumulation in order."""
     result = out.contiguous()
-    if a.device.type == "cpu":
-        _mm_acc_cpu(a, w.t().contiguous(), result)
-    else:
-        _mm_acc_torch(a, w.t().contiguous(), result)
+    _mm_acc(a, w.t().contiguous(), result, _resolve_backend("auto", a.device))
     out.copy_(result)
 
 
