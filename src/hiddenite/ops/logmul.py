@@ -54,6 +54,7 @@ products also use Mitchell products, in the same fixed order).
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from fractions import Fraction
@@ -224,13 +225,9 @@ def mitchell_mul(a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> 
 # ---------------------------------------------------------------------------------------------
 # matrix products: numba kernel (CPU), torch loop (other devices)
 # ---------------------------------------------------------------------------------------------
-_KERNELS: dict[str, object] = {}
-
-
+@functools.cache
 def _numba_kernels() -> dict[str, object]:
-    """Compile (once per process, cached on disk by numba) the CPU kernels."""
-    if _KERNELS:
-        return _KERNELS
+    """The CPU kernels, compiled on first use (memoised; numba also caches them on disk)."""
     import numba
 
     @numba.njit(inline="always")
@@ -287,9 +284,7 @@ def _numba_kernels() -> dict[str, object]:
             ia = np.int64(a_bits[i]) & 0xFFFFFFFF
             out[i] = product_bits(ia, np.int64(b_bits[i]) & 0xFFFFFFFF)
 
-    _KERNELS["mm"] = mitchell_mm_acc
-    _KERNELS["mul"] = mitchell_mul_flat
-    return _KERNELS
+    return {"mm": mitchell_mm_acc, "mul": mitchell_mul_flat}
 
 
 def _w_special(wt_bits: np.ndarray) -> np.ndarray:
