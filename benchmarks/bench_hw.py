@@ -82,7 +82,8 @@ def main() -> int:
     print(
         "Batch 1, 224 x 224, default presets (4,096 PEs as 16 x 4 x 4 x 16, SRAM "
         "128 / 128 / 64 / 8 KiB, 16 B/cycle DRAM, clock and energies as calibrated in "
-        "docs/hw-calibration.md, 243.75 pJ per DRAM byte), activations through DRAM. Off-chip model bytes: Hiddenite = masks + per-channel "
+        "docs/hw-calibration.md, 243.75 pJ per DRAM byte), activations through DRAM. "
+        "Off-chip model bytes: Hiddenite = masks + per-channel "
         "parameters (BatchNorm running mean/var, float32); BNN = 1 bit per weight + the same "
         "parameters; INT8 = 1 byte per weight + parameters. TOPS/W = dense ops (2 per MAC) / "
         "energy; shown as with DRAM / on chip only.\n"

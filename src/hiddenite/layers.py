@@ -19,18 +19,19 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .init import INITS, RELU_GAIN, frozen_weights, words_to_unit_interval
 from .methods import MethodConfig, get_method, method_config
+from .ops import OperatorLayer, conv2d_forward
 from .prng import DEFAULT_LANES, lanes_torch, stream_id
 
 __all__ = ["SupermaskConv2d", "SupermaskLayer", "SupermaskLinear", "is_supermask"]
 
 
-class SupermaskLayer:
-    """Behaviour shared by the supermask twins of ``nn.Conv2d`` and ``nn.Linear``."""
+class SupermaskLayer(OperatorLayer):
+    """Behaviour shared by the supermask twins of ``nn.Conv2d`` and ``nn.Linear``; the forward
+    multiplies with the layer's operator (:mod:`hiddenite.ops`, exact unless one is set)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -219,7 +220,7 @@ class SupermaskConv2d(SupermaskLayer, nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
+        return conv2d_forward(self, x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return nn.Conv2d.extra_repr(self) + ", " + self.supermask_repr()
@@ -259,7 +260,7 @@ class SupermaskLinear(SupermaskLayer, nn.Linear):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+        return self.active_operator().linear(x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return nn.Linear.extra_repr(self) + ", " + self.supermask_repr()

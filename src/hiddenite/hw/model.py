@@ -65,6 +65,7 @@ class LayerEstimate:
     weight_source: str  # "prng" (regenerated on chip), "stored" (from memory), "dram" (baseline)
     op: str  # PE operation per kept weight: "add", "shift-add", "xnor" or "mac"
     weight_bits: int  # weight operand width of the PE (bits)
+    datapath: str  # multiplier of a "mac": "exact" or "log" (Mitchell, the layer's operator)
     # mapping
     tiles_ic: int
     tiles_oh: int
@@ -140,13 +141,13 @@ class _Costs:
     prng: float
     dec: float
     leak_pj_per_s: float
-    ops: dict[tuple[str, int], float] = field(default_factory=dict)  # (op, bits) -> pJ
+    ops: dict[tuple[str, int, str], float] = field(default_factory=dict)  # -> pJ
 
-    def op(self, spec: ArchSpec, op: str, bits: int) -> float:
-        """:func:`_op_pj`, memoised per (op, bits)."""
-        key = (op, bits)
+    def op(self, spec: ArchSpec, op: str, bits: int, datapath: str = "exact") -> float:
+        """:func:`_op_pj`, memoised per (op, bits, datapath)."""
+        key = (op, bits, datapath)
         if key not in self.ops:
-            self.ops[key] = _op_pj(spec, op, bits)
+            self.ops[key] = _op_pj(spec, op, bits, datapath)
         return self.ops[key]
 
     @classmethod
@@ -196,14 +197,16 @@ def _bits_to_bytes(n: int, bits: int) -> int:
     return _ceil_div(n * bits, 8)
 
 
-def _op_pj(spec: ArchSpec, op: str, bits: int) -> float:
+def _op_pj(spec: ArchSpec, op: str, bits: int, datapath: str = "exact") -> float:
     """Energy of one PE operation (pJ) on ``spec`` for a weight operand of ``bits`` bits.
 
     ``add`` / ``xnor`` at 1 bit: an add of the activation into the accumulator
     (``add(accum_bits)``); ``shift-add`` (a small integer multiple, multicoat levels): the
     multiply becomes an add at the operand width, ``add(max(act_bits, bits)) + add(accum_bits)``;
     ``mac`` (and ``add`` / ``xnor`` with wider weights): ``mult(max(act_bits, bits)) +
-    add(accum_bits)``.
+    add(accum_bits)``; with the ``log`` datapath (a Mitchell operator) the multiply of a
+    ``mac`` costs ``log_mult(max(act_bits, bits))`` instead (ops without a multiply are
+    unchanged).
     """
     e = spec.energy
     if op in ("add", "xnor") and bits == 1:
@@ -211,6 +214,8 @@ def _op_pj(spec: ArchSpec, op: str, bits: int) -> float:
     operand = max(spec.act_bits, bits)
     if op == "shift-add":
         return e.add(operand) + e.add(spec.accum_bits)
+    if datapath == "log":
+        return e.log_mult(operand) + e.add(spec.accum_bits)
     return e.mac(operand, spec.accum_bits)
 
 
@@ -254,7 +259,7 @@ def _estimate(
         mask_bytes = w.mask_bytes if masked else 0
         decoded = w.decoded_bits if masked else 0
         wb = (_ceil_div(decoded, weights) if decoded else 0) if regenerated else w.weight_bits
-        op_pj = c.op(spec, op, bits)
+        op_pj = c.op(spec, op, bits, w.datapath)
     else:
         # a baseline: every layer's weights from DRAM at the spec's width
         source, op, bits = "dram", ("mac" if spec.weight_bits > 1 else "xnor"), spec.weight_bits
@@ -262,7 +267,7 @@ def _estimate(
         mask_bytes = 0
         decoded = 0
         wb = spec.weight_bits
-        op_pj = c.pe_op
+        op_pj = c.op(spec, op, bits, w.datapath) if w.datapath == "log" else c.pe_op
     param_bytes = w.param_bytes
     load_bytes = weight_bytes + mask_bytes + param_bytes
     model_bytes = param_bytes + (weight_bytes + mask_bytes if w.call == 1 else 0)
@@ -374,6 +379,7 @@ def _estimate(
         weight_source=source,
         op=op,
         weight_bits=bits,
+        datapath=w.datapath if op == "mac" else "exact",
         tiles_ic=t_ic,
         tiles_oh=t_oh,
         tiles_ow=t_ow,

@@ -153,7 +153,9 @@ class EnergyTable:
     ``mult_pj`` are keyed by operand bit width (interpolated linearly in bits, proportional
     outside the table); ``sram_*_pj_per_byte`` are keyed by buffer capacity in bytes (the size
     class; interpolated linearly in log2(capacity), clamped outside). A MAC costs
-    ``mult_pj(operand bits) + add_pj(accumulator bits)``.
+    ``mult_pj(operand bits) + add_pj(accumulator bits)``; on a layer whose operator declares
+    the ``log`` datapath (:mod:`hiddenite.ops`, Mitchell) ``log_mult_pj`` replaces ``mult_pj``
+    (keyed by operand bits; derived in :func:`hiddenite.hw.calibration.energy_fields`).
     """
 
     add_pj: tuple[tuple[int, float], ...] = _pairs(_CAL_ENERGY["add_pj"])
@@ -168,8 +170,16 @@ class EnergyTable:
     prng_step_pj: float = _CAL_ENERGY["prng_step_pj"]
     decoder_pj_per_bit: float = _CAL_ENERGY["decoder_pj_per_bit"]
     leakage_mw: float = _CAL_ENERGY["leakage_mw"]  # static power of the die (mW)
+    # Mitchell multiply at operand width b: derived in hiddenite.hw.calibration.energy_fields
+    log_mult_pj: tuple[tuple[int, float], ...] = _pairs(_CAL_ENERGY["log_mult_pj"])
 
-    _TABLES = ("add_pj", "mult_pj", "sram_read_pj_per_byte", "sram_write_pj_per_byte")
+    _TABLES = (
+        "add_pj",
+        "mult_pj",
+        "sram_read_pj_per_byte",
+        "sram_write_pj_per_byte",
+        "log_mult_pj",
+    )
     _SCALARS = ("dram_pj_per_byte", "prng_step_pj", "decoder_pj_per_bit", "leakage_mw")
 
     def __post_init__(self) -> None:
@@ -189,6 +199,7 @@ class EnergyTable:
         return cls(
             add_pj=h["add_pj"],
             mult_pj=h["mult_pj"],
+            log_mult_pj=h["add_pj"],  # a b-bit Mitchell multiply is a b-bit add (calibration.py)
             sram_read_pj_per_byte=h["sram_pj_per_byte"],
             sram_write_pj_per_byte=h["sram_pj_per_byte"],
             dram_pj_per_byte=h["dram_pj_per_byte"],
@@ -210,6 +221,10 @@ class EnergyTable:
         """Energy of one multiply-accumulate: multiply at ``operand_bits`` + add at ``accum_bits``
         (pJ)."""
         return self.mult(operand_bits) + self.add(accum_bits)
+
+    def log_mult(self, bits: int) -> float:
+        """Energy of one ``bits``-bit Mitchell (logarithmic) multiply (pJ)."""
+        return _interp_linear(self.log_mult_pj, bits)
 
     def sram_read(self, capacity_bytes: int) -> float:
         """Energy to read one byte from an SRAM of ``capacity_bytes`` (pJ/B)."""

@@ -24,6 +24,7 @@ from .. import codecs
 from ..codecs import entropy_bound_bits
 from ..errors import UserError
 from ..masks import kept_count
+from ..ops import DATAPATHS, operator_for
 
 __all__ = [
     "OPS",
@@ -147,6 +148,10 @@ class LayerWorkload:
     ``call``: 1 for the first execution of a layer, k for its k-th (a folded / shared layer that
     runs several times, named ``name#k``): its weights and masks are stored once, so only the
     first call counts them as stored model data (every call still loads them).
+
+    ``datapath``: the multiplier the layer's inference operator declares
+    (:mod:`hiddenite.ops`): ``exact``, or ``log`` (Mitchell), whose multiplies the model
+    charges at ``EnergyTable.log_mult_pj``.
     """
 
     name: str
@@ -175,6 +180,7 @@ class LayerWorkload:
     decoded_bits: int = -1  # -1: weights when a mask is loaded (prng), else 0
     call: int = 1
     prng_streams: int = -1  # -1: 1 (prng: the frozen weights), 0 (stored)
+    datapath: str = "exact"  # the layer operator's multiplier: "exact" or "log" (Mitchell)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -223,6 +229,11 @@ class LayerWorkload:
             )
         if self.op not in OPS:
             raise WorkloadError(f"{self.name}: op must be one of {', '.join(OPS)}, got {self.op!r}")
+        if self.datapath not in DATAPATHS:
+            raise WorkloadError(
+                f"{self.name}: datapath must be one of {', '.join(DATAPATHS)}, "
+                f"got {self.datapath!r}"
+            )
         if self.weight_bits > 64:
             raise WorkloadError(f"{self.name}: weight_bits must be <= 64, got {self.weight_bits}")
         prng = self.weight_source == "prng"
@@ -400,6 +411,9 @@ def workloads_from_module(
     holds its ``weight`` (a plain layer of a converted model, whose weights a model file stores
     as a float tensor), it is a ``stored`` layer with a full MAC per weight instead.
 
+    Each workload's ``datapath`` is that of the layer's inference operator
+    (:func:`hiddenite.ops.operator_for` while the model is traced in eval mode).
+
     ``param_bytes`` = ``param_bytes_per_value`` x (bias values + the per-channel values of
     BatchNorm layers run after the layer and before the next conv/linear). ``param_bytes_of``:
     stored byte counts of the model's per-channel tensors, keyed by ``state_dict`` name (as a
@@ -435,6 +449,7 @@ def workloads_from_module(
                 "in": tuple(inputs[0].shape),
                 "out": tuple(output.shape),
                 "extra": 0,
+                "datapath": operator_for(mod).datapath,
             }
         )
 
@@ -547,6 +562,7 @@ def workloads_from_module(
         common = {
             "name": rec["name"],
             "call": rec["call"],
+            "datapath": rec["datapath"],
             "param_bytes": (
                 charged[idx] if charged is not None else param_bytes_per_value * n_params
             ),
