@@ -480,8 +480,12 @@ def test_operator_errors():
 # the hardware model reads the operator's datapath
 # ---------------------------------------------------------------------------------------------
 def test_energy_entry_and_mac_cost():
-    table = hw_spec.EnergyTable()
-    assert table.log_mult(32) == pytest.approx(0.1) and table.log_mult(8) == pytest.approx(0.03)
+    raw = hw_spec.EnergyTable.horowitz_45nm()  # the derivation: a b-bit add, Horowitz 45 nm
+    assert raw.log_mult(32) == pytest.approx(0.1) and raw.log_mult(8) == pytest.approx(0.03)
+    table = hw_spec.EnergyTable()  # calibrated: scaled like every other dynamic energy
+    for bits in (8, 16, 32):
+        assert table.log_mult(bits) == pytest.approx(table.add(bits))
+        assert table.log_mult(bits) / raw.log_mult(bits) == pytest.approx(40 / 45)
     assert table.log_mult(8) < table.mult(8)
     assert "log_mult_pj" in table.to_dict()
     assert table.replace(log_mult_pj={8: 0.05}).log_mult(8) == pytest.approx(0.05)
