@@ -1,0 +1,249 @@
+"""Compiled CPU kernels (numba) for the multi-lane Xorshift and the weights made from it.
+
+Bit-identical to the numpy reference (:func:`hiddenite.prng.lanes_numpy` and the reference
+paths of :mod:`hiddenite.init`); the tests compare them. This module is imported lazily, by
+the functions that use it, so ``import hiddenite`` never imports numba; each kernel is
+compiled on its first call (and cached on disk by numba where the package folder is
+writable), never at import.
+
+Work split (independent of the lane count): the ``S`` steps of the ``L`` lanes are cut into
+chunks of ``R`` consecutive steps, a few per thread, and the chunks run in parallel
+(``prange``) on numba's threads; each fills a contiguous run of ``R * L`` words. A chunk's
+start states come from *jumping ahead*: xorshift32 is linear over GF(2), so ``R`` steps are
+one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a 32-bit word), applied to a
+state by xoring the columns of its set bits. So one lane (a plain xorshift32 stream) uses
+every thread as well as 4,096 lanes do.
+
+Outputs are written straight into the caller's array: raw words (uint32), or float32 weights
+fused with the generator, so no full-size word buffer exists:
+
+- ``SIGN``: ``+c`` when bit 31 of the word is set, else ``-c`` (signed constant);
+- ``UNIFORM``: ``((word + 0.5) * 2**-32 * 2 - 1) * bound`` in float64, rounded once;
+- ``NORMAL``: Acklam's inverse normal CDF of ``(word + 0.5) * 2**-32`` (coefficients passed
+  in by :mod:`hiddenite.init`, the one place they are written), times ``std``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["NORMAL", "SIGN", "UNIFORM", "lane_values", "lane_words"]
+
+SIGN = 1
+UNIFORM = 2
+NORMAL = 3
+_TASK_WORDS = 1 << 15  # aim for at least this many words per task
+_TASKS_PER_THREAD = 4
+
+_M32 = np.uint64(0xFFFFFFFF)
+_S13 = np.uint64(13)
+_S17 = np.uint64(17)
+_S5 = np.uint64(5)
+_ONE = np.uint64(1)
+_HALF_ULP = 2.0**-32
+_LN2 = 0.6931471805599453
+_SQRT_HALF = 0.7071067811865476
+
+
+@njit(inline="always")
+def _step(x):
+    """One xorshift32 (13, 17, 5) step on a uint64 holding a 32-bit state."""
+    x ^= (x << _S13) & _M32
+    x ^= x >> _S17
+    x ^= (x << _S5) & _M32
+    return x
+
+
+@njit(inline="always")
+def _apply(columns, x):
+    """The GF(2) matrix with these 32 columns times the 32-bit state ``x``."""
+    y = np.uint64(0)
+    for b in range(32):
+        if (x >> np.uint64(b)) & _ONE:
+            y ^= columns[b]
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _jump_columns(steps):
+    """The 32 columns of T**steps, T the xorshift32 step matrix (square and multiply)."""
+    result = np.empty(32, np.uint64)
+    power = np.empty(32, np.uint64)
+    tmp = np.empty(32, np.uint64)
+    for b in range(32):
+        result[b] = _ONE << np.uint64(b)  # identity
+        power[b] = _step(_ONE << np.uint64(b))  # T
+    k = steps
+    while k > 0:
+        if k & 1:
+            for b in range(32):
+                tmp[b] = _apply(power, result[b])
+            result[:] = tmp
+        k >>= 1
+        if k:
+            for b in range(32):
+                tmp[b] = _apply(power, power[b])
+            power[:] = tmp
+    return result
+
+
+@njit(cache=True, parallel=True)
+def _chunk_starts(seeds, chunks, rows):
+    """States of every lane at the start of each chunk of ``rows`` steps (chunks x lanes)."""
+    lanes = seeds.size
+    starts = np.empty((chunks, lanes), np.uint32)
+    jump = _jump_columns(rows) if chunks > 1 else np.empty(0, np.uint64)
+    for j in prange(lanes):
+        x = np.uint64(seeds[j])
+        starts[0, j] = np.uint32(x)
+        for c in range(1, chunks):
+            x = _apply(jump, x)
+            starts[c, j] = np.uint32(x)
+    return starts
+
+
+@njit(cache=True, nogil=True)
+def _fill_words(state, first, last, n, out):
+    """Steps ``first .. last-1`` of lanes in ``state`` (updated in place) into ``out``."""
+    lanes = state.size
+    for r in range(first, last):
+        base = r * lanes
+        for j in range(lanes):
+            state[j] = np.uint32(_step(np.uint64(state[j])))
+        for j in range(min(lanes, n - base)):
+            out[base + j] = state[j]
+
+
+@njit(cache=True, parallel=True)
+def _words_parallel(starts, n, rows, out):
+    chunks, lanes = starts.shape
+    steps = (n + lanes - 1) // lanes
+    for c in prange(chunks):
+        _fill_words(starts[c].copy(), c * rows, min(steps, (c + 1) * rows), n, out)
+
+
+@njit(inline="always")
+def _log(x):
+    """Natural log of a positive float64: exact exponent extraction and an atanh series,
+    the same operations as ``hiddenite.init._log`` (so the same bits)."""
+    mantissa, exponent = math.frexp(x)
+    e = float(exponent)
+    if mantissa < _SQRT_HALF:
+        mantissa = mantissa * 2.0
+        e = e - 1.0
+    s = (mantissa - 1.0) / (mantissa + 1.0)
+    s2 = s * s
+    poly = 1.0 / 25.0
+    for i in range(11, -1, -1):
+        poly = poly * s2 + 1.0 / (2 * i + 1)
+    return e * _LN2 + 2.0 * s * poly
+
+
+@njit(inline="always")
+def _horner(coeffs, x):
+    acc = coeffs[0]
+    for i in range(1, coeffs.size):
+        acc = acc * x + coeffs[i]
+    return acc
+
+
+@njit(inline="always")
+def _normal(u, a, b, c, d, p_low):
+    """Acklam's inverse normal CDF, operation for operation as ``init.inverse_normal_cdf``."""
+    tail_u = min(u, 1.0 - u)
+    if tail_u < p_low:
+        t = math.sqrt(-2.0 * _log(tail_u))
+        tail = _horner(c, t) / (_horner(d, t) * t + 1.0)
+        return tail if u < 0.5 else -tail
+    q = u - 0.5
+    r = q * q
+    return _horner(a, r) * q / (_horner(b, r) * r + 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _fill_values(state, first, last, n, out, mode, scale, a, b, c, d, p_low):
+    """Like :func:`_fill_words`, writing float32 values made from the words (``mode``)."""
+    lanes = state.size
+    plus = np.float32(scale)
+    minus = -plus
+    for r in range(first, last):
+        base = r * lanes
+        top = min(lanes, n - base)
+        for j in range(lanes):
+            state[j] = np.uint32(_step(np.uint64(state[j])))
+        if mode == SIGN:
+            for j in range(top):
+                out[base + j] = plus if state[j] >> np.uint32(31) else minus
+        elif mode == UNIFORM:
+            for j in range(top):
+                u = (float(state[j]) + 0.5) * _HALF_ULP
+                out[base + j] = np.float32((u * 2.0 - 1.0) * scale)
+        else:
+            for j in range(top):
+                u = (float(state[j]) + 0.5) * _HALF_ULP
+                out[base + j] = np.float32(_normal(u, a, b, c, d, p_low) * scale)
+
+
+@njit(cache=True, parallel=True)
+def _values_parallel(starts, n, rows, out, mode, scale, a, b, c, d, p_low):
+    chunks, lanes = starts.shape
+    steps = (n + lanes - 1) // lanes
+    for ch in prange(chunks):
+        first, last = ch * rows, min(steps, (ch + 1) * rows)
+        state = starts[ch].copy()
+        _fill_values(state, first, last, n, out, mode, scale, a, b, c, d, p_low)
+
+
+def _plan(seeds: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Start states (chunks x lanes, uint32) and steps per chunk for ``n`` words."""
+    lanes = seeds.size
+    steps = -(-n // lanes)
+    want = _TASKS_PER_THREAD * numba.get_num_threads()
+    chunks = max(1, min(steps, want, n // _TASK_WORDS))
+    rows = -(-steps // chunks)
+    chunks = -(-steps // rows)
+    if chunks == 1:
+        return seeds.astype(np.uint32).reshape(1, lanes), rows
+    return _chunk_starts(seeds, chunks, rows), rows
+
+
+def lane_words(seeds: np.ndarray, n: int) -> np.ndarray:
+    """``n`` uint32 words from lanes started at ``seeds`` (word i: lane i % L, step i // L)."""
+    out = np.empty(n, dtype=np.uint32)
+    if n:
+        starts, rows = _plan(seeds, n)
+        if starts.shape[0] == 1:  # small: no thread start-up
+            _fill_words(starts[0].copy(), 0, rows, n, out)
+        else:
+            _words_parallel(starts, n, rows, out)
+    return out
+
+
+def lane_values(
+    seeds: np.ndarray,
+    n: int,
+    mode: int,
+    scale: float,
+    normal: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None = None,
+) -> np.ndarray:
+    """``n`` float32 values made from the lane words as they are generated (see the module
+    docstring for ``mode``); ``normal`` is Acklam's (a, b, c, d, p_low) for ``NORMAL``."""
+    if mode not in (SIGN, UNIFORM, NORMAL):
+        raise ValueError(f"unknown kernel mode {mode!r}")
+    if mode == NORMAL and normal is None:
+        raise ValueError("the NORMAL mode needs Acklam's coefficients")
+    out = np.empty(n, dtype=np.float32)
+    if n:
+        starts, rows = _plan(seeds, n)
+        unused = np.zeros(1)
+        a, b, c, d, p_low = normal if normal is not None else (unused,) * 4 + (0.0,)
+        args = (n, out, mode, float(scale), a, b, c, d, float(p_low))
+        if starts.shape[0] == 1:
+            _fill_values(starts[0].copy(), 0, rows, *args)
+        else:
+            _values_parallel(starts, n, rows, *args[1:])
+    return out
