@@ -11,7 +11,7 @@ chunks of ``R`` consecutive steps, a few per thread, and the chunks run in paral
 (``prange``) on numba's threads; each fills a contiguous run of ``R * L`` words. A chunk's
 start states come from *jumping ahead*: xorshift32 is linear over GF(2), so ``R`` steps are
 one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a 32-bit word), applied to a
-state by xoring the columns of its set bits. So one lane (a plain xorshift32 stream) uses
+state by xoring the columns of its set bits (four 256-entry byte tables). So one lane (a plain xorshift32 stream) uses
 every thread as well as 4,096 lanes do.
 
 Outputs are written straight into the caller's array: raw words (uint32), or float32 weights
@@ -38,6 +38,7 @@ UNIFORM = 2
 NORMAL = 3
 _TASK_WORDS = 1 << 15  # aim for at least this many words per task
 _TASKS_PER_THREAD = 4
+_FEW_LANES = 16  # below this, each lane runs on its own (the lanes loop cannot vectorise)
 
 _M32 = np.uint64(0xFFFFFFFF)
 _S13 = np.uint64(13)
@@ -91,17 +92,36 @@ def _jump_columns(steps):
     return result
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
+def _byte_tables(columns):
+    """The matrix as 4 tables of 256 words: table k maps byte k of a state to its image."""
+    tables = np.zeros((4, 256), np.uint64)
+    for k in range(4):
+        for v in range(256):
+            y = np.uint64(0)
+            for b in range(8):
+                if (v >> b) & 1:
+                    y ^= columns[8 * k + b]
+            tables[k, v] = y
+    return tables
+
+
+@njit(cache=True, parallel=True, nogil=True)
 def _chunk_starts(seeds, chunks, rows):
     """States of every lane at the start of each chunk of ``rows`` steps (chunks x lanes)."""
     lanes = seeds.size
     starts = np.empty((chunks, lanes), np.uint32)
-    jump = _jump_columns(rows) if chunks > 1 else np.empty(0, np.uint64)
+    tables = _byte_tables(_jump_columns(rows))
     for j in prange(lanes):
         x = np.uint64(seeds[j])
         starts[0, j] = np.uint32(x)
         for c in range(1, chunks):
-            x = _apply(jump, x)
+            x = (
+                tables[0, x & np.uint64(255)]
+                ^ tables[1, (x >> np.uint64(8)) & np.uint64(255)]
+                ^ tables[2, (x >> np.uint64(16)) & np.uint64(255)]
+                ^ tables[3, x >> np.uint64(24)]
+            )
             starts[c, j] = np.uint32(x)
     return starts
 
@@ -110,15 +130,25 @@ def _chunk_starts(seeds, chunks, rows):
 def _fill_words(state, first, last, n, out):
     """Steps ``first .. last-1`` of lanes in ``state`` (updated in place) into ``out``."""
     lanes = state.size
+    if lanes < _FEW_LANES:  # too few lanes to vectorise across: one lane at a time
+        for j in range(lanes):
+            x = np.uint64(state[j])
+            for r in range(first, last):
+                x = _step(x)
+                i = r * lanes + j
+                if i < n:
+                    out[i] = np.uint32(x)
+            state[j] = np.uint32(x)
+        return
     for r in range(first, last):
         base = r * lanes
         for j in range(lanes):
             state[j] = np.uint32(_step(np.uint64(state[j])))
-        for j in range(min(lanes, n - base)):
-            out[base + j] = state[j]
+        top = min(lanes, n - base)
+        out[base : base + top] = state[:top]  # a slice: contiguous stores, not a scatter
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _words_parallel(starts, n, rows, out):
     chunks, lanes = starts.shape
     steps = (n + lanes - 1) // lanes
@@ -164,31 +194,51 @@ def _normal(u, a, b, c, d, p_low):
     return _horner(a, r) * q / (_horner(b, r) * r + 1.0)
 
 
+@njit(inline="always")
+def _value(word, mode, scale, plus, minus, a, b, c, d, p_low):
+    if mode == SIGN:
+        return plus if word >> np.uint32(31) else minus
+    u = (float(word) + 0.5) * _HALF_ULP
+    if mode == UNIFORM:
+        return np.float32((u * 2.0 - 1.0) * scale)
+    return np.float32(_normal(u, a, b, c, d, p_low) * scale)
+
+
 @njit(cache=True, nogil=True)
 def _fill_values(state, first, last, n, out, mode, scale, a, b, c, d, p_low):
     """Like :func:`_fill_words`, writing float32 values made from the words (``mode``)."""
     lanes = state.size
     plus = np.float32(scale)
     minus = -plus
+    if lanes < _FEW_LANES:
+        for j in range(lanes):
+            x = np.uint64(state[j])
+            for r in range(first, last):
+                x = _step(x)
+                i = r * lanes + j
+                if i < n:
+                    out[i] = _value(np.uint32(x), mode, scale, plus, minus, a, b, c, d, p_low)
+            state[j] = np.uint32(x)
+        return
     for r in range(first, last):
         base = r * lanes
-        top = min(lanes, n - base)
+        row = out[base : base + min(lanes, n - base)]  # a view: contiguous stores
         for j in range(lanes):
             state[j] = np.uint32(_step(np.uint64(state[j])))
         if mode == SIGN:
-            for j in range(top):
-                out[base + j] = plus if state[j] >> np.uint32(31) else minus
+            for j in range(row.size):
+                row[j] = plus if state[j] >> np.uint32(31) else minus
         elif mode == UNIFORM:
-            for j in range(top):
+            for j in range(row.size):
                 u = (float(state[j]) + 0.5) * _HALF_ULP
-                out[base + j] = np.float32((u * 2.0 - 1.0) * scale)
+                row[j] = np.float32((u * 2.0 - 1.0) * scale)
         else:
-            for j in range(top):
+            for j in range(row.size):
                 u = (float(state[j]) + 0.5) * _HALF_ULP
-                out[base + j] = np.float32(_normal(u, a, b, c, d, p_low) * scale)
+                row[j] = np.float32(_normal(u, a, b, c, d, p_low) * scale)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _values_parallel(starts, n, rows, out, mode, scale, a, b, c, d, p_low):
     chunks, lanes = starts.shape
     steps = (n + lanes - 1) // lanes
