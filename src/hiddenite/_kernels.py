@@ -11,8 +11,8 @@ chunks of ``R`` consecutive steps, a few per thread, and the chunks run in paral
 (``prange``) on numba's threads; each fills a contiguous run of ``R * L`` words. A chunk's
 start states come from *jumping ahead*: xorshift32 is linear over GF(2), so ``R`` steps are
 one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a 32-bit word), applied to a
-state by xoring the columns of its set bits (four 256-entry byte tables). So one lane (a plain xorshift32 stream) uses
-every thread as well as 4,096 lanes do.
+state by xoring the columns of its set bits (as four 256-entry byte tables). So one lane (a
+plain xorshift32 stream) uses every thread as well as 4,096 lanes do.
 
 Outputs are written straight into the caller's array: raw words (uint32), or float32 weights
 fused with the generator, so no full-size word buffer exists:
