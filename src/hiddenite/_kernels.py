@@ -7,12 +7,17 @@ compiled on its first call (and cached on disk by numba where the package folder
 writable), never at import.
 
 Work split (independent of the lane count): the ``S`` steps of the ``L`` lanes are cut into
-chunks of ``R`` consecutive steps, a few per thread, and the chunks run in parallel
-(``prange``) on numba's threads; each fills a contiguous run of ``R * L`` words. A chunk's
-start states come from *jumping ahead*: xorshift32 is linear over GF(2), so ``R`` steps are
-one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a 32-bit word), applied to a
-state by xoring the columns of its set bits (as four 256-entry byte tables). So one lane (a
-plain xorshift32 stream) uses every thread as well as 4,096 lanes do.
+chunks of ``R`` consecutive steps, two per thread, each filling a contiguous run of
+``R * L`` words. A chunk's start states come from *jumping ahead*: xorshift32 is linear over
+GF(2), so ``R`` steps are one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a
+32-bit word, and applied as four 256-entry byte tables). So one lane (a plain xorshift32
+stream) uses every thread as well as 4,096 lanes do.
+
+The chunks run on ``torch.get_num_threads()`` Python threads, each calling a compiled
+kernel that releases the GIL (``nogil``). Not numba's ``parallel=True``: its OpenMP workers
+spin while they wait, and next to torch's own OpenMP pool on a busy 2-core machine that made
+``hiddenite.load`` of a ResNet-50 2.5-4x slower than one thread (measured; see
+``BENCHMARKS.md``); idle Python threads sleep.
 
 Outputs are written straight into the caller's array: raw words (uint32), or float32 weights
 fused with the generator, so no full-size word buffer exists:
@@ -26,18 +31,19 @@ fused with the generator, so no full-size word buffer exists:
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
-from numba import njit, prange
+import torch
+from numba import njit
 
 __all__ = ["NORMAL", "SIGN", "UNIFORM", "lane_values", "lane_words"]
 
 SIGN = 1
 UNIFORM = 2
 NORMAL = 3
-_TASK_WORDS = 1 << 15  # aim for at least this many words per task
-_TASKS_PER_THREAD = 4
+_TASK_WORDS = 1 << 17  # at least this many words per chunk (a thread start costs ~0.1 ms)
+_CHUNKS_PER_THREAD = 2
 _FEW_LANES = 16  # below this, each lane runs on its own (the lanes loop cannot vectorise)
 
 _M32 = np.uint64(0xFFFFFFFF)
@@ -106,13 +112,13 @@ def _byte_tables(columns):
     return tables
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _chunk_starts(seeds, chunks, rows):
     """States of every lane at the start of each chunk of ``rows`` steps (chunks x lanes)."""
     lanes = seeds.size
     starts = np.empty((chunks, lanes), np.uint32)
     tables = _byte_tables(_jump_columns(rows))
-    for j in prange(lanes):
+    for j in range(lanes):
         x = np.uint64(seeds[j])
         starts[0, j] = np.uint32(x)
         for c in range(1, chunks):
@@ -146,14 +152,6 @@ def _fill_words(state, first, last, n, out):
             state[j] = np.uint32(_step(np.uint64(state[j])))
         top = min(lanes, n - base)
         out[base : base + top] = state[:top]  # a slice: contiguous stores, not a scatter
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _words_parallel(starts, n, rows, out):
-    chunks, lanes = starts.shape
-    steps = (n + lanes - 1) // lanes
-    for c in prange(chunks):
-        _fill_words(starts[c].copy(), c * rows, min(steps, (c + 1) * rows), n, out)
 
 
 @njit(inline="always")
@@ -238,38 +236,41 @@ def _fill_values(state, first, last, n, out, mode, scale, a, b, c, d, p_low):
                 row[j] = np.float32(_normal(u, a, b, c, d, p_low) * scale)
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _values_parallel(starts, n, rows, out, mode, scale, a, b, c, d, p_low):
-    chunks, lanes = starts.shape
-    steps = (n + lanes - 1) // lanes
-    for ch in prange(chunks):
-        first, last = ch * rows, min(steps, (ch + 1) * rows)
-        state = starts[ch].copy()
-        _fill_values(state, first, last, n, out, mode, scale, a, b, c, d, p_low)
-
-
-def _plan(seeds: np.ndarray, n: int) -> tuple[np.ndarray, int]:
-    """Start states (chunks x lanes, uint32) and steps per chunk for ``n`` words."""
+def _plan(seeds: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
+    """Start states (chunks x lanes, uint32), steps per chunk and threads for ``n`` words."""
     lanes = seeds.size
     steps = -(-n // lanes)
-    want = _TASKS_PER_THREAD * numba.get_num_threads()
-    chunks = max(1, min(steps, want, n // _TASK_WORDS))
+    threads = max(1, torch.get_num_threads())
+    chunks = max(1, min(steps, _CHUNKS_PER_THREAD * threads, n // _TASK_WORDS))
     rows = -(-steps // chunks)
     chunks = -(-steps // rows)
     if chunks == 1:
-        return seeds.astype(np.uint32).reshape(1, lanes), rows
-    return _chunk_starts(seeds, chunks, rows), rows
+        return seeds.astype(np.uint32).reshape(1, lanes), rows, 1
+    return _chunk_starts(seeds, chunks, rows), rows, min(threads, chunks)
+
+
+def _run(fill, seeds: np.ndarray, n: int, out: np.ndarray, *args) -> None:
+    """Fill ``out`` with ``fill`` chunk by chunk, the chunks spread over the threads."""
+    starts, rows, threads = _plan(seeds, n)
+    steps = -(-n // seeds.size)
+
+    def chunk(c: int) -> None:
+        fill(starts[c].copy(), c * rows, min(steps, (c + 1) * rows), n, out, *args)
+
+    if threads == 1:
+        for c in range(starts.shape[0]):
+            chunk(c)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(chunk, range(starts.shape[0])):
+            pass  # re-raises a worker's exception here
 
 
 def lane_words(seeds: np.ndarray, n: int) -> np.ndarray:
     """``n`` uint32 words from lanes started at ``seeds`` (word i: lane i % L, step i // L)."""
     out = np.empty(n, dtype=np.uint32)
     if n:
-        starts, rows = _plan(seeds, n)
-        if starts.shape[0] == 1:  # small: no thread start-up
-            _fill_words(starts[0].copy(), 0, rows, n, out)
-        else:
-            _words_parallel(starts, n, rows, out)
+        _run(_fill_words, seeds, n, out)
     return out
 
 
@@ -288,12 +289,7 @@ def lane_values(
         raise ValueError("the NORMAL mode needs Acklam's coefficients")
     out = np.empty(n, dtype=np.float32)
     if n:
-        starts, rows = _plan(seeds, n)
         unused = np.zeros(1)
         a, b, c, d, p_low = normal if normal is not None else (unused,) * 4 + (0.0,)
-        args = (n, out, mode, float(scale), a, b, c, d, float(p_low))
-        if starts.shape[0] == 1:
-            _fill_values(starts[0].copy(), 0, rows, *args)
-        else:
-            _values_parallel(starts, n, rows, *args[1:])
+        _run(_fill_values, seeds, n, out, mode, float(scale), a, b, c, d, float(p_low))
     return out
