@@ -16,8 +16,8 @@ stream) uses every thread as well as 4,096 lanes do.
 The chunks run on ``torch.get_num_threads()`` Python threads, each calling a compiled
 kernel that releases the GIL (``nogil``). Not numba's ``parallel=True``: its OpenMP workers
 spin while they wait, and next to torch's own OpenMP pool on a busy 2-core machine that made
-``hiddenite.load`` of a ResNet-50 2.5-4x slower than one thread (measured; see
-``BENCHMARKS.md``); idle Python threads sleep.
+``hiddenite.load`` of a ResNet-50 several times slower than one thread (``BENCHMARKS.md``);
+idle Python threads sleep.
 
 Outputs are written straight into the caller's array: raw words (uint32), or float32 weights
 fused with the generator, so no full-size word buffer exists:
