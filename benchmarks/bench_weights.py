@@ -10,9 +10,9 @@ the machine hits all alike), the median of ``--repeats``:
 - the frozen weights of every init (signed constant, Kaiming uniform, Kaiming normal),
   fused with the generator (numba) and by the reference path (``kernel="numpy"``).
 
-It also measures, each in a fresh process, the first call of the compiled kernels: with an
-empty numba cache (compilation) and with the cache just written (a load), import of numba
-included.
+It also measures, each in a fresh process, the first call of the compiled kernels (the
+import of numba included; the import of hiddenite before it is shown apart): with an empty
+numba cache (compilation) and with the cache just written (a load from disk).
 
 Usage: python benchmarks/bench_weights.py [--n 25500000] [--repeats 7] [--json PATH]
 """
@@ -40,10 +40,12 @@ FIRST_CALL = """
 import time
 t = time.perf_counter()
 from hiddenite.init import frozen_weights
+imported = time.perf_counter() - t
+t = time.perf_counter()
 for init in ("signed-constant", "kaiming-uniform", "kaiming-normal"):
-    for shape in ((64, 64, 3, 3), (512, 512, 3, 3)):  # the serial and the parallel kernel
+    for shape in ((64, 64, 3, 3), (512, 512, 3, 3)):  # one chunk, and chunks on threads
         frozen_weights(shape, init=init, seed=0, layer_index=0, fan_in=576)
-print(time.perf_counter() - t)
+print(imported, time.perf_counter() - t)
 """
 
 
@@ -88,7 +90,9 @@ def first_calls() -> dict[str, float]:
             )
             if result.returncode:
                 raise RuntimeError(result.stderr)
-            out[label] = float(result.stdout.strip())
+            imported, first = (float(v) for v in result.stdout.split())
+            out["import hiddenite.init (torch, no numba)"] = imported
+            out[f"first kernel calls, {label}"] = first
     return out
 
 
@@ -116,7 +120,7 @@ def main() -> None:
     result = {"n": args.n, "repeats": args.repeats, "seconds": times}
     if not args.skip_first_call:
         first = first_calls()
-        print("\nFirst call in a fresh process (import of numba included), seconds:\n")
+        print("\nFresh processes (the last import figure is the second process's), seconds:\n")
         for label, seconds in first.items():
             print(f"- {label}: {seconds:.2f}")
         result["first_call_seconds"] = first
