@@ -16,8 +16,10 @@ Warm: the files are in the page cache. Cold: before each timed run the file is d
 the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (after an ``fsync``, so its pages
 are clean and can be dropped).
 
+``--profile`` instead prints where one warm load's time goes (cProfile, own time).
+
 Usage: python benchmarks/bench_load.py [--repeats 7] [--model resnet50] [--density 0.3]
-       [--codecs auto rle packed] [--json PATH]
+       [--codecs auto rle packed] [--json PATH] [--profile]
 """
 
 from __future__ import annotations
@@ -71,6 +73,26 @@ def interleaved(
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
+def profile(path: Path, top: int = 14) -> None:
+    """Print the functions that take the most time (own time) in one warm load."""
+    import cProfile
+    import pstats
+
+    hiddenite.load(path)  # warm: compiled kernels, page cache
+    profiler = cProfile.Profile()
+    began = time.perf_counter()
+    profiler.runcall(hiddenite.load, path)
+    total = time.perf_counter() - began
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    print(f"One warm `hiddenite.load` of {path.name}: {total * 1e3:,.0f} ms (under cProfile)\n")
+    print("| function (own time) | calls | ms | share |")
+    print("|---|---|---|---|")
+    for (file, line, name), (_, calls, own, _, _) in rows:
+        where = f"{Path(file).name}:{line}" if line else "built-in"
+        print(f"| `{name}` ({where}) | {calls} | {own * 1e3:,.0f} | {own / total:.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
@@ -78,6 +100,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--codecs", nargs="+", default=["auto", "rle", "packed"])
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--profile", action="store_true", help="instead: where one load's time goes (cProfile)"
+    )
     args = parser.parse_args()
     if not hasattr(os, "posix_fadvise"):
         raise SystemExit("this platform has no posix_fadvise: the cold figures need it")
@@ -108,6 +133,9 @@ def main() -> None:
         weights = sum(m.weight.numel() for m in model.modules() if hiddenite.is_supermask(m))
         del dense, model
 
+        if args.profile:
+            profile(files[args.codecs[0]])
+            return
         cases: dict[str, tuple[Path, Callable[[], object]]] = {}
         for codec, path in files.items():
             cases[f"hiddenite.load, {codec} codec"] = (path, lambda p=path: hiddenite.load(p))

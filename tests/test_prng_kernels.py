@@ -172,3 +172,37 @@ def test_loaded_file_matches_the_reference_weights(tmp_path):
 
 def _name(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
+
+
+def _partition_reference(values: np.ndarray, k: int) -> tuple[float, bool | None]:
+    part = np.partition(values, k)
+    return part[k], (bool(part[:k].max() < part[k]) if k else None)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).standard_normal(70_001).astype(np.float32),
+        (np.random.default_rng(1).random(70_000) < 0.3).astype(np.float32),  # a restored mask
+        np.array([0.0, -0.0, 1, -1, np.nan, np.inf, -np.inf, 2, 2, -0.0] * 7001, np.float32),
+        np.full(40_000, 3.5, np.float32),
+    ],
+)
+def test_radix_selection_equals_numpy_partition(values):
+    for k in (0, 1, values.size // 3, values.size // 2, values.size - 2, values.size - 1):
+        t, exact = kernels.kth_smallest_float32(values, k)
+        want, want_exact = _partition_reference(values, k)
+        assert t == want or (np.isnan(t) and np.isnan(want))
+        if k:
+            assert exact == want_exact
+
+
+def test_top_fraction_mask_of_a_large_tied_layer_keeps_the_count():
+    from hiddenite.masks import kept_count, top_fraction_mask
+
+    scores = torch.from_numpy((np.random.default_rng(2).random(100_000) < 0.5).astype(np.float32))
+    mask = top_fraction_mask(scores, 0.3)  # ties at the threshold: lowest indices kept
+    m = kept_count(100_000, 0.3)
+    assert int(mask.sum()) == m
+    ones = torch.nonzero(scores).flatten()
+    assert torch.equal(torch.nonzero(mask).flatten(), ones[:m])

@@ -305,3 +305,75 @@ def lane_values(
         a, b, c, d, p_low = normal if normal is not None else (unused,) * 4 + (0.0,)
         _run(_fill_values, seeds, n, out, mode, float(scale), a, b, c, d, float(p_low))
     return out
+
+
+@njit(inline="always")
+def _order_key(b):
+    """A uint32 whose unsigned order is the float32 order of the pattern ``b``: -0.0 counts
+    as +0.0 and every NaN as one NaN above +inf (where ``np.partition`` puts NaNs)."""
+    if b == np.uint32(0x80000000):
+        b = np.uint32(0)
+    elif (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        b = np.uint32(0x7FC00000)
+    if b >> np.uint32(31):
+        return np.uint32(~b)
+    return np.uint32(b | np.uint32(0x80000000))
+
+
+@njit(cache=True, nogil=True)
+def _histogram4(bits, low_half, high):
+    """Counts of the keys' high 16 bits (``low_half`` 0), or of the low 16 bits of the keys
+    whose high 16 bits are ``high``; four interleaved tables so that runs of equal keys do
+    not wait on one counter."""
+    tables = np.zeros((4, 65536), np.int32)
+    size = bits.size
+    for i in range(0, size - 3, 4):
+        for t in range(4):
+            key = _order_key(bits[i + t])
+            if low_half == 0:
+                tables[t, key >> np.uint32(16)] += 1
+            elif (key >> np.uint32(16)) == high:
+                tables[t, key & np.uint32(0xFFFF)] += 1
+    for i in range(size - size % 4, size):
+        key = _order_key(bits[i])
+        if low_half == 0:
+            tables[0, key >> np.uint32(16)] += 1
+        elif (key >> np.uint32(16)) == high:
+            tables[0, key & np.uint32(0xFFFF)] += 1
+    counts = np.zeros(65536, np.int64)
+    for t in range(4):
+        for v in range(65536):
+            counts[v] += tables[t, v]
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _radix_select(bits, k):
+    """The order key of the (k+1)-th smallest float32 (patterns ``bits``) and how many are
+    smaller: a histogram of the keys' high 16 bits, then of the low 16 bits in that bin."""
+    counts = _histogram4(bits, np.uint32(0), np.uint32(0))  # the high 16 bits of every key
+    below = 0
+    high = 0
+    while below + counts[high] <= k:
+        below += counts[high]
+        high += 1
+    counts = _histogram4(bits, np.uint32(1), np.uint32(high))  # low bits, in that bin
+    low = 0
+    while below + counts[low] <= k:
+        below += counts[low]
+        low += 1
+    key = np.uint32((high << 16) | low)
+    if key >> np.uint32(31):
+        return np.uint32(key ^ np.uint32(0x80000000)), below
+    return np.uint32(~key), below
+
+
+def kth_smallest_float32(values: np.ndarray, k: int) -> tuple[np.float32, bool]:
+    """The ``k``-th smallest (0-based) of float32 ``values`` and whether exactly ``k`` values
+    are smaller than it (no tie from below): what ``np.partition(values, k)[k]`` and
+    ``part[:k].max() < part[k]`` give, in two streaming passes instead of a copy and a
+    selection."""
+    if values.dtype != np.float32 or values.ndim != 1 or not 0 <= k < values.size:
+        raise ValueError("kth_smallest_float32 takes 1-D float32 values and 0 <= k < size")
+    pattern, below = _radix_select(values.view(np.uint32), k)
+    return np.array([pattern], dtype=np.uint32).view(np.float32)[0], bool(below == k)

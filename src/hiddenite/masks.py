@@ -20,6 +20,8 @@ import math
 import numpy as np
 import torch
 
+from . import _kernels
+
 __all__ = [
     "GlobalThreshold",
     "kept_count",
@@ -59,6 +61,9 @@ def _select(values: torch.Tensor, m: int) -> tuple[torch.Tensor, bool]:
         k = n - m
         if k == 0:
             return torch.tensor(array.min()), False
+        if array.dtype == np.float32 and n > _SMALL:  # two passes, no copy (hiddenite._kernels)
+            t, exact = _kernels.kth_smallest_float32(array, k)
+            return torch.tensor(t), exact
         part = np.partition(array, k)
         return torch.tensor(part[k]), bool(part[:k].max() < part[k])
     if n <= _SMALL:
