@@ -4,8 +4,10 @@
 exactly ``kept_count(n, k) = floor(k*n + 0.5)`` of them (round half up).
 
 Selection is by threshold, not by a full sort: the ``m``-th largest score is found by
-selection. On the CPU that is numpy's introselect (``np.partition``), several times faster
-than ``torch.kthvalue`` there; on other devices a sample-bracketed selection (a
+selection. On the CPU that is a two-pass radix select over the float32 bit patterns
+(``hiddenite._kernels``; no copy, linear time even when most scores are tied, as in a loaded
+model) for large layers, numpy's introselect (``np.partition``) otherwise, both several times
+faster than ``torch.kthvalue`` there; on other devices a sample-bracketed selection (a
 deterministic strided sample brackets the threshold, one pass counts what lies above the
 bracket, and ``kthvalue`` runs on the few values inside it), falling back to
 ``torch.kthvalue`` over all values when the bracket misses. On untied scores
