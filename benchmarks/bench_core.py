@@ -102,7 +102,7 @@ def bench_prng(repeats: int) -> list[dict]:
         "constant fill (memory bound)": lambda: buffer.fill_(7),
         "hiddenite lanes_numpy (uint32)": lambda: lanes_numpy(1, 0, n),
         "hiddenite lanes_torch, torch kernel (int64)": lambda: lanes_torch(1, 0, n, kernel="torch"),
-        "hiddenite lanes_torch, auto = numpy kernel on CPU (int64)": lambda: lanes_torch(1, 0, n),
+        "hiddenite lanes_torch, auto = numba kernel on CPU (int64)": lambda: lanes_torch(1, 0, n),
         "torch.randint (int64)": lambda: torch.randint(0, 2**32, (n,), dtype=torch.int64),
         "numpy default_rng integers (uint32)": lambda: rng.integers(0, 2**32, n, dtype=np.uint32),
     }

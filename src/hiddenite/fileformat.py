@@ -1409,9 +1409,13 @@ def _decode_parts(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.nd
                 symbols = codecs.decode(raw, part.n, part.codec, alphabet=part.alphabet)
             except codecs.CodecError as exc:
                 raise ModelFormatError(f"{what} does not decode ({exc})") from None
-            counts = tuple(
-                int(c) for c in np.bincount(symbols.astype(np.int64), minlength=part.alphabet)
-            )
+            if part.alphabet == 2:  # a bool mask: one count, no int64 copy
+                kept = int(np.count_nonzero(symbols))
+                counts = (symbols.size - kept, kept)
+            else:
+                counts = tuple(
+                    int(c) for c in np.bincount(symbols.astype(np.int64), minlength=part.alphabet)
+                )
             if counts != part.counts:
                 raise ModelFormatError(
                     f"{what} holds symbol counts {list(counts)}, the header says "

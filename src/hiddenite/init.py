@@ -15,6 +15,12 @@ Inits (``gain`` defaults to sqrt(2), the ReLU gain; ``fan_in`` = in_channels x k
 - ``kaiming-normal``: ``N(0, gain**2/fan_in)`` by the inverse normal CDF of u (Acklam's
   rational approximation, relative error < 1.2e-9; its logarithm is computed by exponent
   extraction and an odd series, not by a library call).
+
+Kernels (``kernel=``, as in :func:`hiddenite.prng.lanes_torch`): ``"auto"`` (the default)
+fuses the compiled lane kernel with the map above on a CPU device (numba; no word buffer,
+every core) and uses torch ops elsewhere; ``"numba"`` forces the fused kernel (then copies to
+the device); ``"numpy"`` is the reference (numpy words, numpy or torch map); ``"torch"``
+steps the lanes with torch ops on the device. All give the same bits.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import math
 import numpy as np
 import torch
 
-from .prng import STREAM_WEIGHTS, lanes_numpy, lanes_torch
+from .kernels import xorshift_cpu
+from .prng import STREAM_WEIGHTS, check_kernel, lanes_numpy, lanes_torch, layer_seeds
 
 INITS = ("signed-constant", "kaiming-uniform", "kaiming-normal")
 RELU_GAIN = math.sqrt(2.0)
@@ -35,6 +42,7 @@ __all__ = [
     "frozen_weights",
     "init_scale",
     "inverse_normal_cdf",
+    "uniform_values",
     "words_to_unit_interval",
 ]
 
@@ -128,6 +136,46 @@ def init_scale(
     return std * math.sqrt(3.0) if init == "kaiming-uniform" else std
 
 
+def _fused(
+    mode: str, scale: float, seed: int, layer_index: int, n: int, n_lanes: int, stream: int
+) -> np.ndarray:
+    """float32 values of ``mode`` made by the compiled kernel as the words are generated."""
+    seeds = layer_seeds(seed, layer_index, n, n_lanes, stream)
+    if mode == "signed-constant":
+        return xorshift_cpu.lane_values(seeds, n, xorshift_cpu.SIGN, scale)
+    if mode == "uniform":
+        return xorshift_cpu.lane_values(seeds, n, xorshift_cpu.UNIFORM, scale)
+    acklam = (np.array(_A), np.array(_B), np.array(_C), np.array(_D), _P_LOW)
+    return xorshift_cpu.lane_values(seeds, n, xorshift_cpu.NORMAL, scale, acklam)
+
+
+def _compiled(kernel: str, target: torch.device) -> bool:
+    return check_kernel(kernel) == "numba" or (kernel == "auto" and target.type == "cpu")
+
+
+def uniform_values(
+    shape: tuple[int, ...],
+    bound: float,
+    *,
+    seed: int,
+    layer_index: int,
+    stream: int,
+    n_lanes: int = 4096,
+    device: torch.device | str | None = None,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """float32 ``U(-bound, bound)`` of ``shape`` from one layer's PRNG ``stream``:
+    ``((word + 0.5) * 2**-32 * 2 - 1) * bound`` in float64, rounded once."""
+    n = math.prod(shape)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    if _compiled(kernel, target):
+        values = _fused("uniform", float(bound), seed, layer_index, n, n_lanes, stream)
+        return torch.from_numpy(values).reshape(shape).to(target)
+    words = lanes_torch(seed, layer_index, n, n_lanes, stream, device=target, kernel=kernel)
+    u = words_to_unit_interval(words)
+    return ((u * 2.0 - 1.0) * bound).to(torch.float32).reshape(shape)
+
+
 def frozen_weights(
     shape: tuple[int, ...],
     *,
@@ -140,17 +188,24 @@ def frozen_weights(
     scale_by_density: bool = False,
     n_lanes: int = 4096,
     device: torch.device | str | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Regenerate one layer's frozen float32 weights of ``shape`` from (seed, layer_index).
 
     ``fan_in`` is the number of inputs per output unit; ``density`` (kept fraction) only
-    matters with ``scale_by_density``.
+    matters with ``scale_by_density``. ``kernel``: see the module docstring (every kernel
+    gives the same bits).
     """
+    check_kernel(kernel)
     scale = init_scale(init, fan_in, gain, density, scale_by_density)
     n = math.prod(shape)
     target = torch.device(device) if device is not None else torch.device("cpu")
-    if target.type == "cpu" and init != "kaiming-normal":
-        # numpy fast path: the same IEEE operations on the same words, fewer conversions
+    if _compiled(kernel, target):
+        mode = "uniform" if init == "kaiming-uniform" else init
+        values = _fused(mode, scale, seed, layer_index, n, n_lanes, STREAM_WEIGHTS)
+        return torch.from_numpy(values).reshape(shape).to(target)
+    if kernel == "numpy" and init != "kaiming-normal":
+        # numpy reference path: the same IEEE operations on the same words
         words = lanes_numpy(seed, layer_index, n, n_lanes, STREAM_WEIGHTS)
         if init == "signed-constant":
             c = np.float32(scale)
@@ -158,8 +213,8 @@ def frozen_weights(
         else:
             unit = (words.astype(np.float64) + 0.5) * (2.0**-32)
             values = ((unit * 2.0 - 1.0) * scale).astype(np.float32)
-        return torch.from_numpy(values).reshape(shape)
-    words = lanes_torch(seed, layer_index, n, n_lanes, STREAM_WEIGHTS, device=device)
+        return torch.from_numpy(values).reshape(shape).to(target)
+    words = lanes_torch(seed, layer_index, n, n_lanes, STREAM_WEIGHTS, device=target, kernel=kernel)
     if init == "signed-constant":
         sign = (words >> 31).to(torch.float32) * 2.0 - 1.0
         values = sign * torch.tensor(scale, dtype=torch.float32, device=sign.device)

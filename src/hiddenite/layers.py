@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .init import INITS, RELU_GAIN, frozen_weights, words_to_unit_interval
+from .init import INITS, RELU_GAIN, frozen_weights, uniform_values
 from .methods import MethodConfig, get_method, method_config
 from .ops import OperatorLayer, conv2d_forward
 from .prng import DEFAULT_LANES, lanes_torch, stream_id
@@ -138,8 +138,15 @@ class SupermaskLayer(OperatorLayer):
 
     def uniform(self, shape, bound: float, stream: str) -> torch.Tensor:
         """float32 ``U(-bound, bound)`` of ``shape`` from this layer's named ``stream``."""
-        u = words_to_unit_interval(self.words(math.prod(shape), stream))
-        return ((u * 2.0 - 1.0) * bound).to(torch.float32).reshape(shape)
+        return uniform_values(
+            tuple(shape),
+            bound,
+            seed=self.seed,
+            layer_index=self.layer_index,
+            stream=stream_id(stream),
+            n_lanes=self.n_lanes,
+            device=self.weight.device,
+        )
 
     def regenerate_weights_(self) -> None:
         """Rebuild the frozen weights from the seed on the layer's current device."""

@@ -4,8 +4,10 @@
 exactly ``kept_count(n, k) = floor(k*n + 0.5)`` of them (round half up).
 
 Selection is by threshold, not by a full sort: the ``m``-th largest score is found by
-selection. On the CPU that is numpy's introselect (``np.partition``), several times faster
-than ``torch.kthvalue`` there; on other devices a sample-bracketed selection (a
+selection. On the CPU that is a two-pass radix select over the float32 bit patterns
+(``hiddenite.kernels.xorshift_cpu``; no copy, linear time even when most scores are tied,
+as in a loaded model) for large layers, numpy's introselect (``np.partition``) otherwise, both
+several times faster than ``torch.kthvalue`` there; on other devices a sample-bracketed selection (a
 deterministic strided sample brackets the threshold, one pass counts what lies above the
 bracket, and ``kthvalue`` runs on the few values inside it), falling back to
 ``torch.kthvalue`` over all values when the bracket misses. On untied scores
@@ -20,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from .kernels import topk_cpu
+from .kernels import topk_cpu, xorshift_cpu
 
 __all__ = [
     "GlobalThreshold",
@@ -62,6 +64,11 @@ def _select(values: torch.Tensor, m: int) -> tuple[torch.Tensor, bool]:
         k = n - m
         if k == 0:
             return torch.tensor(array.min()), False
+        if (
+            array.dtype == np.float32 and n > _SMALL
+        ):  # two passes, no copy (hiddenite.kernels.xorshift_cpu)
+            t, exact = xorshift_cpu.kth_smallest_float32(array, k)
+            return torch.tensor(t), exact
         part = np.partition(array, k)
         return torch.tensor(part[k]), bool(part[:k].max() < part[k])
     if n <= _SMALL:

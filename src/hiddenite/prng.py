@@ -36,6 +36,15 @@ Streams are named: :func:`stream_id` maps a name to its number, and every number
 one name only (:func:`register_stream` refuses a collision). Version 1 fixes ``weights`` = 0
 (the frozen weights), ``scores`` = 1 (initial scores), ``bias`` = 2 (biases of trained
 layers); supermask methods register the streams they draw from (``hiddenite.methods``).
+
+Kernels
+-------
+:func:`lanes_numpy` is the reference: a Python loop over the steps, numpy across the lanes.
+:func:`lanes_numba` is a compiled kernel (``hiddenite.kernels.xorshift_cpu``, numba) that gives
+the same words, using every core whatever the lane count; it is the default on the CPU
+(:func:`lanes_cpu` and :func:`lanes_torch` with ``kernel="auto"``). numba is imported with
+the package and the kernel compiled on first use, never at import (a few seconds once per
+machine, then a load from numba's on-disk cache: see ``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from .kernels import xorshift_cpu
 
 PRNG_VERSION = 1
 DEFAULT_LANES = 4096
@@ -55,6 +66,7 @@ MARSAGLIA_SEED64 = 88172645463325252
 MARSAGLIA_STATE128 = (123456789, 362436069, 521288629, 88675123)
 _ZERO_SEED_REPLACEMENT = 0x6D2B79F5
 
+KERNELS = ("auto", "numba", "numpy", "torch")
 STREAM_WEIGHTS = 0
 STREAM_SCORES = 1
 STREAM_BIAS = 2
@@ -63,14 +75,19 @@ _STREAMS: dict[str, int] = {"weights": STREAM_WEIGHTS, "scores": STREAM_SCORES, 
 
 __all__ = [
     "DEFAULT_LANES",
+    "KERNELS",
     "PRNG_VERSION",
     "STREAM_BIAS",
     "STREAM_SCORES",
     "STREAM_WEIGHTS",
+    "check_kernel",
     "fmix32",
     "lane_seeds",
+    "lanes_cpu",
+    "lanes_numba",
     "lanes_numpy",
     "lanes_torch",
+    "layer_seeds",
     "register_stream",
     "seeds_from_key",
     "splitmix64",
@@ -261,6 +278,48 @@ def lanes_numpy(
     return out.reshape(-1)[:n]
 
 
+def layer_seeds(
+    model_seed: int, layer_index: int, n: int, n_lanes: int = DEFAULT_LANES, stream: int = 0
+) -> np.ndarray:
+    """Seeds of the lanes that make ``n`` words: ``min(n_lanes, n)`` of them (at least 1)."""
+    n = _check_count(n)
+    return lane_seeds(model_seed, layer_index, _lane_count(n, n_lanes), stream)
+
+
+def lanes_numba(
+    model_seed: int, layer_index: int, n: int, n_lanes: int = DEFAULT_LANES, stream: int = 0
+) -> np.ndarray:
+    """The words of :func:`lanes_numpy`, from the compiled multi-core kernel (uint32)."""
+    seeds = layer_seeds(model_seed, layer_index, n, n_lanes, stream)
+
+    return xorshift_cpu.lane_words(seeds, int(n))
+
+
+def check_kernel(kernel: str) -> str:
+    """``kernel`` if it names a lane kernel (:data:`KERNELS`), else ValueError."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    return kernel
+
+
+def lanes_cpu(
+    model_seed: int,
+    layer_index: int,
+    n: int,
+    n_lanes: int = DEFAULT_LANES,
+    stream: int = 0,
+    *,
+    kernel: str = "auto",
+) -> np.ndarray:
+    """``n`` uint32 words of one layer on the CPU: ``kernel`` ``"numba"`` (``"auto"``, the
+    default) or ``"numpy"`` (the reference); both give the same words."""
+    if check_kernel(kernel) == "torch":
+        raise ValueError("lanes_cpu() returns numpy words: use kernel numba or numpy")
+    if kernel == "numpy":
+        return lanes_numpy(model_seed, layer_index, n, n_lanes, stream)
+    return lanes_numba(model_seed, layer_index, n, n_lanes, stream)
+
+
 def lanes_torch(
     model_seed: int,
     layer_index: int,
@@ -275,15 +334,15 @@ def lanes_torch(
 
     Returned as an int64 tensor holding values in ``[0, 2**32)`` (torch has no shifts on
     uint32 tensors on every backend; int64 with a 32-bit mask is exact everywhere).
-    ``kernel="torch"`` steps the lanes with torch ops on ``device``; ``"numpy"`` computes on
-    the CPU with :func:`lanes_numpy` and copies; ``"auto"`` uses numpy for a CPU device (it
-    is faster there) and torch elsewhere. All give identical words.
+    ``kernel="torch"`` steps the lanes with torch ops on ``device``; ``"numba"`` and
+    ``"numpy"`` compute on the CPU with :func:`lanes_numba` or :func:`lanes_numpy` and copy;
+    ``"auto"`` uses numba for a CPU device and torch elsewhere. All give identical words.
     """
-    if kernel not in ("auto", "torch", "numpy"):
-        raise ValueError(f"kernel must be auto, torch or numpy, got {kernel!r}")
+    check_kernel(kernel)
     target = torch.device(device) if device is not None else torch.device("cpu")
-    if kernel == "numpy" or (kernel == "auto" and target.type == "cpu"):
-        words = lanes_numpy(model_seed, layer_index, n, n_lanes, stream)
+    if kernel in ("numpy", "numba") or (kernel == "auto" and target.type == "cpu"):
+        cpu = "numpy" if kernel == "numpy" else "numba"
+        words = lanes_cpu(model_seed, layer_index, n, n_lanes, stream, kernel=cpu)
         return torch.from_numpy(words.astype(np.int64)).to(target)
     n = _check_count(n)
     lanes = _lane_count(n, n_lanes)

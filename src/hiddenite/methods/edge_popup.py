@@ -111,7 +111,7 @@ class EdgePopup(TopKScores):
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
         bits = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.bool_))
         with torch.no_grad():  # the top-k selection re-selects exactly the ones
-            layer.scores.copy_(bits.reshape(layer.scores.shape).to(layer.scores))
+            layer.scores.copy_(bits.reshape(layer.scores.shape))  # converts in the one pass
         if layer.mask_group is not None:
             layer.mask_group.invalidate()
 

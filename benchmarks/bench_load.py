@@ -1,0 +1,180 @@
+"""``hiddenite.load`` of a ResNet-50 against reading its float32 weights, warm and cold.
+
+One run builds a hidden ResNet-50 (edge-popup, k = 0.3, seed 0), saves it as ``.hnn`` with
+the default codec choice (the smallest: the entropy coder) and with the hardware-friendly
+``rle`` and ``packed`` codecs, and saves the same network's float32 weights (``to_dense``)
+with safetensors. It then times, interleaved (each repeat runs every case once, so changes
+in the machine's load hit all alike), the median of ``--repeats``:
+
+- ``hiddenite.load(path)``: regenerate the frozen weights, decode and check every mask, and
+  re-check that each restored layer gives back its stored mask (on by default);
+- ``hiddenite.load(path, check_masks=False)`` for comparison;
+- ``safetensors.torch.load_file`` of the float32 weights, touching every 4 KiB page (the file
+  is mapped lazily; without the touch nothing would be read).
+
+Warm: the files are in the page cache. Cold: before each timed run the file is dropped from
+the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (after an ``fsync``, so its pages
+are clean and can be dropped).
+
+``--profile`` instead prints where one warm load's time goes (cProfile, own time).
+
+Usage: python benchmarks/bench_load.py [--repeats 7] [--model resnet50] [--density 0.3]
+       [--codecs auto rle packed] [--json PATH] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+import hiddenite
+from hiddenite import SupermaskConfig, fileformat, models, to_dense
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Make the next read of ``path`` come from the disk (its clean pages are dropped)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_float32(path: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(path)
+    for t in tensors.values():  # touch every 4 KiB page: really read the file
+        float(t.reshape(-1)[::1024].sum())
+    return tensors
+
+
+def interleaved(
+    fns: dict[str, tuple[Path, Callable[[], object]]], repeats: int, cold: bool
+) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (path, fn) in fns.items():
+            if cold:
+                drop_from_page_cache(path)
+            began = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - began)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def profile(path: Path, top: int = 14) -> None:
+    """Print the functions that take the most time (own time) in one warm load."""
+    import cProfile
+    import pstats
+
+    hiddenite.load(path)  # warm: compiled kernels, page cache
+    profiler = cProfile.Profile()
+    began = time.perf_counter()
+    profiler.runcall(hiddenite.load, path)
+    total = time.perf_counter() - began
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    print(f"One warm `hiddenite.load` of {path.name}: {total * 1e3:,.0f} ms (under cProfile)\n")
+    print("| function (own time) | calls | ms | share |")
+    print("|---|---|---|---|")
+    for (file, line, name), (_, calls, own, _, _) in rows:
+        where = f"{Path(file).name}:{line}" if line else "built-in"
+        print(f"| `{name}` ({where}) | {calls} | {own * 1e3:,.0f} | {own / total:.0%} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--density", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--codecs", nargs="+", default=["auto", "rle", "packed"])
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--profile", action="store_true", help="instead: where one load's time goes (cProfile)"
+    )
+    args = parser.parse_args()
+    if not hasattr(os, "posix_fadvise"):
+        raise SystemExit("this platform has no posix_fadvise: the cold figures need it")
+
+    config = SupermaskConfig(density=args.density, seed=0)
+    model = models.create(args.model, config).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = {}
+        for codec in args.codecs:
+            path = folder / f"{args.model}-{codec}.hnn"
+            fileformat.save(
+                model, path, arch=model.hiddenite_arch, config=config,
+                codec=None if codec == "auto" else codec,
+            )  # fmt: skip
+            files[codec] = path
+            with torch.no_grad():
+                assert torch.equal(hiddenite.load(path)(x), reference), codec
+        dense = to_dense(model).state_dict()
+        st_path = folder / f"{args.model}-float32.safetensors"
+        save_file(
+            {k: v.contiguous() for k, v in dense.items() if not k.endswith("num_batches_tracked")},
+            st_path,
+        )
+        weights = sum(m.weight.numel() for m in model.modules() if hiddenite.is_supermask(m))
+        del dense, model
+
+        if args.profile:
+            profile(files[args.codecs[0]])
+            return
+        cases: dict[str, tuple[Path, Callable[[], object]]] = {}
+        for codec, path in files.items():
+            cases[f"hiddenite.load, {codec} codec"] = (path, lambda p=path: hiddenite.load(p))
+        auto = files[args.codecs[0]]
+        cases[f"hiddenite.load(check_masks=False), {args.codecs[0]} codec"] = (
+            auto,
+            lambda: hiddenite.load(auto, check_masks=False),
+        )
+        cases["safetensors.torch.load_file (float32), every page"] = (
+            st_path,
+            lambda: read_float32(st_path),
+        )
+        for _, fn in cases.values():  # warm-up: compiled kernels, page cache
+            fn()
+        warm = interleaved(cases, args.repeats, cold=False)
+        cold = interleaved(cases, args.repeats, cold=True)
+        sizes = {name: path.stat().st_size for name, (path, _) in cases.items()}
+
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, hiddenite {hiddenite.__version__}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; {args.model}, {weights:,} hidden weights, k = "
+        f"{args.density}; median of {args.repeats}; outputs of every loaded file "
+        f"bit-identical to the saved model: True\n"
+    )
+    base = "safetensors.torch.load_file (float32), every page"
+    print("| what | file bytes | warm ms | / safetensors warm | cold ms | / safetensors cold |")
+    print("|---|---|---|---|---|---|")
+    for name in cases:
+        print(
+            f"| {name} | {sizes[name]:,} | {warm[name] * 1e3:,.1f} | "
+            f"{warm[name] / warm[base]:.1f}x | {cold[name] * 1e3:,.1f} | "
+            f"{cold[name] / cold[base]:.1f}x |"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"warm": warm, "cold": cold, "bytes": sizes}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Compiled CPU kernels (numba) for the multi-lane Xorshift and the weights made from it.
+
+Bit-identical to the numpy reference (:func:`hiddenite.prng.lanes_numpy` and the reference
+paths of :mod:`hiddenite.init`); the tests compare them. Importing it imports numba (a few
+tenths of a second); each kernel is compiled on its first call (and cached on disk by numba
+where the package folder is writable), never at import.
+
+Work split (independent of the lane count): the ``S`` steps of the ``L`` lanes are cut into
+chunks of ``R`` consecutive steps, two per thread, each filling a contiguous run of
+``R * L`` words. A chunk's start states come from *jumping ahead*: xorshift32 is linear over
+GF(2), so ``R`` steps are one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a
+32-bit word, and applied as four 256-entry byte tables). So one lane (a plain xorshift32
+stream) uses every thread as well as 4,096 lanes do.
+
+The chunks run on ``torch.get_num_threads()`` Python threads, each calling a compiled
+kernel that releases the GIL (``nogil``). Not numba's ``parallel=True``: its OpenMP workers
+spin while they wait, and next to torch's own OpenMP pool on a busy 2-core machine that made
+``hiddenite.load`` of a ResNet-50 several times slower than one thread (``BENCHMARKS.md``);
+idle Python threads sleep.
+
+Outputs are written straight into the caller's array: raw words (uint32), or float32 weights
+fused with the generator, so no full-size word buffer exists:
+
+- ``SIGN``: ``+c`` when bit 31 of the word is set, else ``-c`` (signed constant);
+- ``UNIFORM``: ``((word + 0.5) * 2**-32 * 2 - 1) * bound`` in float64, rounded once;
+- ``NORMAL``: Acklam's inverse normal CDF of ``(word + 0.5) * 2**-32`` (coefficients passed
+  in by :mod:`hiddenite.init`, the one place they are written), times ``std``.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from numba import njit
+
+__all__ = ["NORMAL", "SIGN", "UNIFORM", "lane_values", "lane_words"]
+
+SIGN = 1
+UNIFORM = 2
+NORMAL = 3
+_TASK_WORDS = 1 << 17  # at least this many words per chunk (a thread start costs ~0.1 ms)
+_CHUNKS_PER_THREAD = 2
+_FEW_LANES = 16  # below this, each lane runs on its own (the lanes loop cannot vectorise)
+
+_M32 = np.uint64(0xFFFFFFFF)
+_S13 = np.uint64(13)
+_S17 = np.uint64(17)
+_S5 = np.uint64(5)
+_ONE = np.uint64(1)
+_HALF_ULP = 2.0**-32
+_LN2 = 0.6931471805599453
+_SQRT_HALF = 0.7071067811865476
+
+
+@njit(inline="always")
+def _step(x):
+    """One xorshift32 (13, 17, 5) step on a uint64 holding a 32-bit state."""
+    x ^= (x << _S13) & _M32
+    x ^= x >> _S17
+    x ^= (x << _S5) & _M32
+    return x
+
+
+@njit(inline="always")
+def _apply(columns, x):
+    """The GF(2) matrix with these 32 columns times the 32-bit state ``x``."""
+    y = np.uint64(0)
+    for b in range(32):
+        if (x >> np.uint64(b)) & _ONE:
+            y ^= columns[b]
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _jump_columns(steps):
+    """The 32 columns of T**steps, T the xorshift32 step matrix (square and multiply)."""
+    result = np.empty(32, np.uint64)
+    power = np.empty(32, np.uint64)
+    tmp = np.empty(32, np.uint64)
+    for b in range(32):
+        result[b] = _ONE << np.uint64(b)  # identity
+        power[b] = _step(_ONE << np.uint64(b))  # T
+    k = steps
+    while k > 0:
+        if k & 1:
+            for b in range(32):
+                tmp[b] = _apply(power, result[b])
+            result[:] = tmp
+        k >>= 1
+        if k:
+            for b in range(32):
+                tmp[b] = _apply(power, power[b])
+            power[:] = tmp
+    return result
+
+
+@njit(cache=True, nogil=True)
+def _byte_tables(columns):
+    """The matrix as 4 tables of 256 words: table k maps byte k of a state to its image."""
+    tables = np.zeros((4, 256), np.uint64)
+    for k in range(4):
+        for v in range(256):
+            y = np.uint64(0)
+            for b in range(8):
+                if (v >> b) & 1:
+                    y ^= columns[8 * k + b]
+            tables[k, v] = y
+    return tables
+
+
+@njit(cache=True, nogil=True)
+def _chunk_starts(seeds, chunks, rows):
+    """States of every lane at the start of each chunk of ``rows`` steps (chunks x lanes)."""
+    lanes = seeds.size
+    starts = np.empty((chunks, lanes), np.uint32)
+    tables = _byte_tables(_jump_columns(rows))
+    for j in range(lanes):
+        x = np.uint64(seeds[j])
+        starts[0, j] = np.uint32(x)
+        for c in range(1, chunks):
+            x = (
+                tables[0, x & np.uint64(255)]
+                ^ tables[1, (x >> np.uint64(8)) & np.uint64(255)]
+                ^ tables[2, (x >> np.uint64(16)) & np.uint64(255)]
+                ^ tables[3, x >> np.uint64(24)]
+            )
+            starts[c, j] = np.uint32(x)
+    return starts
+
+
+@njit(cache=True, nogil=True)
+def _fill_words(state, first, last, n, out):
+    """Steps ``first .. last-1`` of lanes in ``state`` (updated in place) into ``out``."""
+    lanes = state.size
+    if lanes < _FEW_LANES:  # too few lanes to vectorise across: one lane at a time
+        for j in range(lanes):
+            x = np.uint64(state[j])
+            for r in range(first, last):
+                x = _step(x)
+                i = r * lanes + j
+                if i < n:
+                    out[i] = np.uint32(x)
+            state[j] = np.uint32(x)
+        return
+    for r in range(first, last):
+        base = r * lanes
+        for j in range(lanes):
+            state[j] = np.uint32(_step(np.uint64(state[j])))
+        top = min(lanes, n - base)
+        out[base : base + top] = state[:top]  # a slice: contiguous stores, not a scatter
+
+
+@njit(inline="always")
+def _log(x):
+    """Natural log of a positive float64: exact exponent extraction and an atanh series,
+    the same operations as ``hiddenite.init._log`` (so the same bits)."""
+    mantissa, exponent = math.frexp(x)
+    e = float(exponent)
+    if mantissa < _SQRT_HALF:
+        mantissa = mantissa * 2.0
+        e = e - 1.0
+    s = (mantissa - 1.0) / (mantissa + 1.0)
+    s2 = s * s
+    poly = 1.0 / 25.0
+    for i in range(11, -1, -1):
+        poly = poly * s2 + 1.0 / (2 * i + 1)
+    return e * _LN2 + 2.0 * s * poly
+
+
+@njit(inline="always")
+def _horner(coeffs, x):
+    acc = coeffs[0]
+    for i in range(1, coeffs.size):
+        acc = acc * x + coeffs[i]
+    return acc
+
+
+@njit(inline="always")
+def _central(a, b, q, r):
+    """Acklam's central branch with the Horner steps written out (a loop-free body)."""
+    num = ((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]
+    den = (((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]
+    return num * q / (den * r + 1.0)
+
+
+@njit(inline="always")
+def _normal(u, a, b, c, d, p_low):
+    """Acklam's inverse normal CDF, operation for operation as ``init.inverse_normal_cdf``."""
+    tail_u = min(u, 1.0 - u)
+    if tail_u < p_low:
+        t = math.sqrt(-2.0 * _log(tail_u))
+        tail = _horner(c, t) / (_horner(d, t) * t + 1.0)
+        return tail if u < 0.5 else -tail
+    q = u - 0.5
+    return _central(a, b, q, q * q)
+
+
+@njit(inline="always")
+def _value(word, mode, scale, plus, minus, a, b, c, d, p_low):
+    if mode == SIGN:
+        return plus if word >> np.uint32(31) else minus
+    u = (float(word) + 0.5) * _HALF_ULP
+    if mode == UNIFORM:
+        return np.float32((u * 2.0 - 1.0) * scale)
+    return np.float32(_normal(u, a, b, c, d, p_low) * scale)
+
+
+@njit(cache=True, nogil=True)
+def _fill_values(state, first, last, n, out, mode, scale, a, b, c, d, p_low):
+    """Like :func:`_fill_words`, writing float32 values made from the words (``mode``)."""
+    lanes = state.size
+    plus = np.float32(scale)
+    minus = -plus
+    if lanes < _FEW_LANES:
+        for j in range(lanes):
+            x = np.uint64(state[j])
+            for r in range(first, last):
+                x = _step(x)
+                i = r * lanes + j
+                if i < n:
+                    out[i] = _value(np.uint32(x), mode, scale, plus, minus, a, b, c, d, p_low)
+            state[j] = np.uint32(x)
+        return
+    for r in range(first, last):
+        base = r * lanes
+        row = out[base : base + min(lanes, n - base)]  # a view: contiguous stores
+        for j in range(lanes):
+            state[j] = np.uint32(_step(np.uint64(state[j])))
+        if mode == SIGN:
+            for j in range(row.size):
+                row[j] = plus if state[j] >> np.uint32(31) else minus
+        elif mode == UNIFORM:
+            for j in range(row.size):
+                u = (float(state[j]) + 0.5) * _HALF_ULP
+                row[j] = np.float32((u * 2.0 - 1.0) * scale)
+        else:  # the central branch for all (vectorises), then the ~5 % in the tails again
+            for j in range(row.size):
+                q = (float(state[j]) + 0.5) * _HALF_ULP - 0.5
+                r = q * q
+                row[j] = np.float32(_central(a, b, q, r) * scale)
+            for j in range(row.size):
+                u = (float(state[j]) + 0.5) * _HALF_ULP
+                if min(u, 1.0 - u) < p_low:
+                    row[j] = np.float32(_normal(u, a, b, c, d, p_low) * scale)
+
+
+def _plan(seeds: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
+    """Start states (chunks x lanes, uint32), steps per chunk and threads for ``n`` words."""
+    lanes = seeds.size
+    steps = -(-n // lanes)
+    threads = max(1, torch.get_num_threads())
+    chunks = max(1, min(steps, _CHUNKS_PER_THREAD * threads, n // _TASK_WORDS))
+    rows = -(-steps // chunks)
+    chunks = -(-steps // rows)
+    if chunks == 1:
+        return seeds.astype(np.uint32).reshape(1, lanes), rows, 1
+    return _chunk_starts(seeds, chunks, rows), rows, min(threads, chunks)
+
+
+def _run(fill, seeds: np.ndarray, n: int, out: np.ndarray, *args) -> None:
+    """Fill ``out`` with ``fill`` chunk by chunk, the chunks spread over the threads."""
+    starts, rows, threads = _plan(seeds, n)
+    steps = -(-n // seeds.size)
+
+    def chunk(c: int) -> None:
+        fill(starts[c].copy(), c * rows, min(steps, (c + 1) * rows), n, out, *args)
+
+    if threads == 1:
+        for c in range(starts.shape[0]):
+            chunk(c)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(chunk, range(starts.shape[0])):
+            pass  # re-raises a worker's exception here
+
+
+def lane_words(seeds: np.ndarray, n: int) -> np.ndarray:
+    """``n`` uint32 words from lanes started at ``seeds`` (word i: lane i % L, step i // L)."""
+    out = np.empty(n, dtype=np.uint32)
+    if n:
+        _run(_fill_words, seeds, n, out)
+    return out
+
+
+def lane_values(
+    seeds: np.ndarray,
+    n: int,
+    mode: int,
+    scale: float,
+    normal: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None = None,
+) -> np.ndarray:
+    """``n`` float32 values made from the lane words as they are generated (see the module
+    docstring for ``mode``); ``normal`` is Acklam's (a, b, c, d, p_low) for ``NORMAL``."""
+    if mode not in (SIGN, UNIFORM, NORMAL):
+        raise ValueError(f"unknown kernel mode {mode!r}")
+    if mode == NORMAL and (normal is None or [len(v) for v in normal[:4]] != [6, 5, 6, 4]):
+        raise ValueError("the NORMAL mode needs Acklam's coefficients (6, 5, 6 and 4 of them)")
+    out = np.empty(n, dtype=np.float32)
+    if n:
+        unused = np.zeros(1)
+        a, b, c, d, p_low = normal if normal is not None else (unused,) * 4 + (0.0,)
+        _run(_fill_values, seeds, n, out, mode, float(scale), a, b, c, d, float(p_low))
+    return out
+
+
+@njit(inline="always")
+def _order_key(b):
+    """A uint32 whose unsigned order is the float32 order of the pattern ``b``: -0.0 counts
+    as +0.0 and every NaN as one NaN above +inf (where ``np.partition`` puts NaNs)."""
+    if b == np.uint32(0x80000000):
+        b = np.uint32(0)
+    elif (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        b = np.uint32(0x7FC00000)
+    if b >> np.uint32(31):
+        return np.uint32(~b)
+    return np.uint32(b | np.uint32(0x80000000))
+
+
+@njit(cache=True, nogil=True)
+def _histogram4(bits, low_half, high):
+    """Counts of the keys' high 16 bits (``low_half`` 0), or of the low 16 bits of the keys
+    whose high 16 bits are ``high``; four interleaved tables so that runs of equal keys do
+    not wait on one counter."""
+    tables = np.zeros((4, 65536), np.int32)
+    size = bits.size
+    for i in range(0, size - 3, 4):
+        for t in range(4):
+            key = _order_key(bits[i + t])
+            if low_half == 0:
+                tables[t, key >> np.uint32(16)] += 1
+            elif (key >> np.uint32(16)) == high:
+                tables[t, key & np.uint32(0xFFFF)] += 1
+    for i in range(size - size % 4, size):
+        key = _order_key(bits[i])
+        if low_half == 0:
+            tables[0, key >> np.uint32(16)] += 1
+        elif (key >> np.uint32(16)) == high:
+            tables[0, key & np.uint32(0xFFFF)] += 1
+    counts = np.zeros(65536, np.int64)
+    for t in range(4):
+        for v in range(65536):
+            counts[v] += tables[t, v]
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _radix_select(bits, k):
+    """The order key of the (k+1)-th smallest float32 (patterns ``bits``) and how many are
+    smaller: a histogram of the keys' high 16 bits, then of the low 16 bits in that bin."""
+    counts = _histogram4(bits, np.uint32(0), np.uint32(0))  # the high 16 bits of every key
+    below = 0
+    high = 0
+    while below + counts[high] <= k:
+        below += counts[high]
+        high += 1
+    counts = _histogram4(bits, np.uint32(1), np.uint32(high))  # low bits, in that bin
+    low = 0
+    while below + counts[low] <= k:
+        below += counts[low]
+        low += 1
+    key = np.uint32((high << 16) | low)
+    if key >> np.uint32(31):
+        return np.uint32(key ^ np.uint32(0x80000000)), below
+    return np.uint32(~key), below
+
+
+def kth_smallest_float32(values: np.ndarray, k: int) -> tuple[np.float32, bool]:
+    """The ``k``-th smallest (0-based) of float32 ``values`` and whether exactly ``k`` values
+    are smaller than it (no tie from below): what ``np.partition(values, k)[k]`` and
+    ``part[:k].max() < part[k]`` give, in two streaming passes instead of a copy and a
+    selection."""
+    if values.dtype != np.float32 or values.ndim != 1 or not 0 <= k < values.size:
+        raise ValueError("kth_smallest_float32 takes 1-D float32 values and 0 <= k < size")
+    pattern, below = _radix_select(values.view(np.uint32), k)
+    return np.array([pattern], dtype=np.uint32).view(np.float32)[0], bool(below == k)
