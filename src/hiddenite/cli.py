@@ -10,12 +10,14 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import models
 from .codecs import CODECS
 from .convert import SupermaskConfig
 from .data import DATASETS, load_dataset
+from .distributed import environment_world, process_group
 from .errors import UserError
 from .export import export_checkpoint
 from .fileformat import PARAM_DTYPES, read_header
@@ -141,7 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder holding the data set's files")
     p.add_argument("--out", required=True, help="run folder: config, metrics, checkpoint")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="global batch; under torchrun each of N processes trains on batch/N (default 128)",
+    )
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument(
         "--lr",
@@ -300,14 +307,18 @@ def _cmd_train(args) -> int:
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
-    result = train(
-        config,
-        out,
-        data_dir=args.data_dir,
-        resume=args.resume,
-        device=resolve_device(args.device),
-        progress=False if args.no_progress else None,
-    )
+    world = environment_world()  # set by torchrun: data-parallel over its processes
+    with process_group(world, args.device) if world else nullcontext() as device:
+        result = train(
+            config,
+            out,
+            data_dir=args.data_dir,
+            resume=args.resume,
+            device=device or resolve_device(args.device),
+            progress=False if args.no_progress else None,
+        )
+    if world and not world.is_main:
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"done: {out}/checkpoint.safetensors  (val accuracy {last.get('val_accuracy', 0):.4f})")
     return 0

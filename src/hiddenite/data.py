@@ -36,6 +36,7 @@ __all__ = [
     "load_dataset",
     "normalize",
     "num_batches",
+    "piece_bounds",
     "read_idx",
     "resolve_name",
     "train_val_split",
@@ -582,6 +583,14 @@ def augment_batch(
     return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def piece_bounds(count: int, index: int, parts: int) -> tuple[int, int]:
+    """``[start, stop)`` of the ``index``-th of ``parts`` contiguous pieces of ``count`` items
+    (sizes differ by at most one; the first ``count % parts`` pieces are one larger)."""
+    base, extra = divmod(count, parts)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
 def num_batches(dataset: Dataset, batch_size: int, drop_last: bool = False) -> int:
     """Number of batches :func:`iterate_batches` yields for these arguments."""
     _check_batch_size(batch_size)
@@ -603,6 +612,7 @@ def iterate_batches(
     augment: bool,
     drop_last: bool = False,
     device: str | torch.device = "cpu",
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches: x float32 B x C x H x W normalised, y int64 B.
 
@@ -611,7 +621,9 @@ def iterate_batches(
     :func:`augment_batch` (padding from :func:`default_padding`) drawn from ``generator``.
     Both need a CPU generator and use no global random state, so the same generator state
     gives identical batches. Augmentation runs on CPU uint8; the batch is moved to ``device``
-    before conversion to float.
+    before conversion to float. ``shard=(r, n)`` yields only the r-th of n contiguous pieces
+    of every batch (sizes differ by at most one), cut after augmentation, so the pieces of
+    all ``r`` together are exactly the unsharded batch (data-parallel training).
 
     Raises:
         ValueError: ``batch_size < 1``, or ``shuffle``/``augment`` without a CPU generator.
@@ -624,8 +636,10 @@ def iterate_batches(
         )
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator, got {generator.device}")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
     device = torch.device(device)
-    return _batches(dataset, batch_size, shuffle, generator, augment, drop_last, device)
+    return _batches(dataset, batch_size, shuffle, generator, augment, drop_last, device, shard)
 
 
 def _batches(
@@ -636,6 +650,7 @@ def _batches(
     augment: bool,
     drop_last: bool,
     device: torch.device,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else None
@@ -653,5 +668,8 @@ def _batches(
         if augment:
             assert generator is not None
             images = augment_batch(images, generator, padding=padding)
+        if shard is not None:
+            lo, hi = piece_bounds(end - start, *shard)
+            images, labels = images[lo:hi], labels[lo:hi]
         x = normalize(images.to(device), dataset.mean, dataset.std)
         yield x, labels.to(device)

@@ -8,6 +8,12 @@ end of every epoch, so ``resume`` continues exactly where the run stopped.
 Determinism: the data order and augmentation of epoch ``e`` come from a generator seeded by
 ``(data_seed, e)``; on the CPU the same config gives the same result, bit for bit, whether
 the run was interrupted and resumed or not.
+
+Data-parallel (see :mod:`hiddenite.distributed`): when a ``torch.distributed`` process group
+of several ranks is initialised (``torchrun ... -m hiddenite train``), ``batch_size`` is the
+global batch, each rank trains on its piece of every batch (the loss is scaled so that the
+all-reduced gradient is the global batch's mean), validation is sharded and all-reduced, and
+only rank 0 writes files or logs. A last batch smaller than the number of ranks is skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import models
+from . import distributed, models
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .convert import ConfigError, SupermaskConfig
@@ -312,6 +318,18 @@ def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, 
     return train_set, val_set
 
 
+def _gather_epoch(model, val_set, config, world, device, sums):
+    """Sharded validation plus the epoch's training sums, all-reduced over the ranks."""
+    lo, hi = distributed.shard_bounds(len(val_set), world)
+    piece = val_set.subset(torch.arange(lo, hi))
+    val = evaluate(model, piece, config.eval_batch_size, device) if len(piece) else None
+    local = [0.0, 0.0] if val is None else [val["loss"] * len(piece), val["accuracy"] * len(piece)]
+    loss, right, n, *train_sums = distributed.all_sum([*local, len(piece), *sums], device)
+    metrics = {"loss": loss / n, "accuracy": round(right) / n} if n else None
+    nan = {"loss": math.nan, "accuracy": math.nan}
+    return metrics or nan, (train_sums[0], round(train_sums[1]), round(train_sums[2]))
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -341,6 +359,14 @@ def train(
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
+    world = distributed.current_world()
+    if world is not None and config.batch_size % world.size:
+        raise UserError(
+            f"--batch-size {config.batch_size} (the global batch) is not a multiple of the "
+            f"{world.size} processes: choose a multiple of {world.size}"
+        )
+    if world is not None and not world.is_main:
+        out, log, progress = None, None, False  # rank 0 alone writes and prints
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
     if state is not None:
@@ -352,6 +378,10 @@ def train(
         text = config.to_json()
         atomic_write_text(out / "config.json", text)
     steps = num_batches(train_set, config.batch_size)
+    net: nn.Module = model
+    if world is not None:
+        distributed.check_frozen_identical(model, torch.device(device))
+        net = distributed.wrap(model, torch.device(device))
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed_for_data * 1_000_003 + epoch)
@@ -364,6 +394,7 @@ def train(
             generator=generator,
             augment=config.augment,
             device=device,
+            shard=None if world is None else (world.rank, world.size),
         )
         bar = tqdm(
             batches,
@@ -376,15 +407,30 @@ def train(
             lr = learning_rate(config, epoch * steps + i, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            batch = min(config.batch_size, len(train_set) - i * config.batch_size)
+            if world is not None and batch < world.size:
+                continue  # some rank would get no example
+            logits = net(x)
+            if world is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                scale = len(y)
+            else:  # DDP averages over ranks: sum / batch x size gives the global mean
+                loss = F.cross_entropy(
+                    logits, y, label_smoothing=config.label_smoothing, reduction="sum"
+                ) * (world.size / batch)
+                scale = batch / world.size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(loss.detach()) * scale
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-        val = evaluate(model, val_set, config.eval_batch_size, device)
+        if world is None:
+            val = evaluate(model, val_set, config.eval_batch_size, device)
+        else:
+            val, (loss_sum, correct, seen) = _gather_epoch(
+                model, val_set, config, world, device, [loss_sum, correct, seen]
+            )
         row = {
             "epoch": epoch + 1,
             "lr": learning_rate(config, (epoch + 1) * steps - 1, steps),
@@ -413,6 +459,8 @@ def train(
                 ),
             )
             _write_metrics(out, history)
+    if world is not None:  # when train returns on any rank, rank 0's files are complete
+        distributed.all_sum([0.0], torch.device(device))
     model.eval()
     return TrainResult(model=model, config=config, history=history, out_dir=out)
 
