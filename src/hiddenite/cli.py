@@ -141,6 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_supermask_args(p)
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    p.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="imagefolder setting: size=224, resize=256, scale=0.08, mode=auto|RGB|L, "
+        "workers=2 (repeatable)",
+    )
     p.add_argument("--out", required=True, help="run folder: config, metrics, checkpoint")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument(
@@ -301,6 +309,7 @@ def _cmd_train(args) -> int:
         augment=args.augment,
         val_fraction=args.val_fraction,
         train_subset=args.train_subset,
+        data_options=_key_values(args.data_option, "--data-option", "size=64"),
     )
     out = Path(args.out)
     if not args.resume and (out / "checkpoint.safetensors").exists():
@@ -327,7 +336,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
-    test = load_dataset(config.dataset, "test", args.data_dir)
+    test = load_dataset(config.dataset, "test", args.data_dir, config.data_options)
     metrics = evaluate(model, test, config.eval_batch_size, device)
     if args.json:
         print(

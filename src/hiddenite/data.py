@@ -12,6 +12,7 @@ standard deviations are per channel in [0, 1] units (pixel / 255).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import numbers
 import zlib
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .data_folder import FolderOptions, ImageFolder
+from .errors import DatasetError
 
 __all__ = [
     "DATASETS",
@@ -30,6 +32,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "augment_batch",
+    "check_data_options",
     "dataset_info",
     "default_padding",
     "iterate_batches",
@@ -39,11 +42,13 @@ __all__ = [
     "piece_bounds",
     "read_idx",
     "resolve_name",
+    "settled_data_options",
     "train_val_split",
 ]
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100")
-"""Canonical data-set names accepted by :func:`load_dataset`."""
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+"""Canonical data-set names accepted by :func:`load_dataset` (``imagefolder``: a folder of
+class subfolders of JPEG/PNG images, :mod:`hiddenite.data_folder`)."""
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Default folder of Fashion-MNIST (Debian package ``dataset-fashion-mnist``)."""
@@ -62,6 +67,9 @@ _ALIASES: dict[str, str] = {
     "cifar100": "cifar100",
     "cifar-100": "cifar100",
     "cifar_100": "cifar100",
+    "imagefolder": "imagefolder",
+    "image-folder": "imagefolder",
+    "image_folder": "imagefolder",
 }
 
 
@@ -96,13 +104,6 @@ _CIFAR10_TEST = ("test_batch.bin",)
 _CIFAR_PIXELS = 3 * 32 * 32  # bytes of one image, CHW, R then G then B planes
 
 
-class DatasetError(UserError):
-    """A data set is missing, unreadable or corrupt; the message is one line naming the fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
-
-
 # --------------------------------------------------------------------------- names
 
 
@@ -116,18 +117,46 @@ def resolve_name(name: str) -> str:
     if key not in _ALIASES:
         raise DatasetError(
             f"unknown data set {name!r}: use one of {', '.join(DATASETS)} "
-            "(aliases: fashion_mnist, fmnist, cifar-10, cifar-100)"
+            "(aliases: fashion_mnist, fmnist, cifar-10, cifar-100, image-folder)"
         )
     return _ALIASES[key]
 
 
-def dataset_info(name: str) -> tuple[int, int, int]:
+def dataset_info(name: str, options: dict | None = None) -> tuple[int, int, int]:
     """Return ``(in_channels, image_size, num_classes)`` of a data set without reading files.
 
-    ``image_size`` is the height (= width) in pixels.
+    ``image_size`` is the height (= width) in pixels. An image folder needs its settled
+    ``options`` (:func:`settled_data_options`: the mode and class list read from the folder).
     """
-    spec = _SPECS[resolve_name(name)]
+    key = resolve_name(name)
+    if key == "imagefolder":
+        opts = FolderOptions.from_dict(options or {})
+        if opts.classes is None or opts.mode == "auto":
+            raise DatasetError(
+                "imagefolder: the class list and image mode are read from the folder when "
+                "training starts; give data_options classes=[...] and mode=RGB|L to build it"
+            )
+        return (3 if opts.mode == "RGB" else 1), opts.size, len(opts.classes)
+    spec = _SPECS[key]
     return spec.channels, spec.size, spec.classes
+
+
+def check_data_options(name: str, options: dict) -> None:
+    """DatasetError unless ``options`` suit data set ``name`` (only image folders take any:
+    :class:`~hiddenite.data_folder.FolderOptions`)."""
+    if not isinstance(options, dict):
+        raise DatasetError(f"data options must be an object, got {options!r}")
+    if resolve_name(name) == "imagefolder":
+        FolderOptions.from_dict(options)
+    elif options:
+        raise DatasetError(f"data set {name!r} takes no data options, got {sorted(options)}")
+
+
+def settled_data_options(name: str, options: dict, dataset) -> dict:
+    """``options`` completed from the loaded data: an image folder's mode and class names."""
+    if resolve_name(name) != "imagefolder":
+        return dict(options)
+    return {**options, "mode": dataset.mode, "classes": list(dataset.classes)}
 
 
 # --------------------------------------------------------------------------- Dataset
@@ -440,14 +469,18 @@ def _load_cifar(key: str, split: str, data_dir: Path | None) -> Dataset:
     )
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load a whole split of a data set into memory.
+def load_dataset(
+    name: str, split: str, data_dir: str | Path | None = None, options: dict | None = None
+) -> Dataset | ImageFolder:
+    """Load a whole split of a data set into memory (an image folder: scan it).
 
     Args:
         name: one of :data:`DATASETS` (or an alias such as ``fmnist``).
         split: ``"train"`` or ``"test"``.
         data_dir: folder holding the files; ``None`` uses the default folder
-            (only Fashion-MNIST has one: :data:`FASHION_MNIST_DIR`).
+            (only Fashion-MNIST has one: :data:`FASHION_MNIST_DIR`). An image folder reads
+            ``data_dir`` itself, whatever the split.
+        options: image folders only, :class:`~hiddenite.data_folder.FolderOptions` fields.
 
     Raises:
         DatasetError: unknown name, missing files or corrupt files.
@@ -457,6 +490,13 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> D
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = None if data_dir is None else Path(data_dir).expanduser()
+    if key == "imagefolder":
+        if folder is None:
+            raise DatasetError(
+                "imagefolder has no default folder: pass --data-dir DIR holding one subfolder "
+                "of .jpg/.jpeg/.png images per class"
+            )
+        return ImageFolder.open(folder, FolderOptions.from_dict(options or {}), split)
     if key in ("fashion-mnist", "mnist"):
         return _load_idx_dataset(key, split, folder)
     return _load_cifar(key, split, folder)
@@ -493,17 +533,7 @@ def train_val_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[D
     perm = torch.randperm(n, generator=generator)
     val_idx = perm[:n_val].sort().values
     train_idx = perm[n_val:].sort().values
-    train = dataset.subset(train_idx)
-    val = dataset.subset(val_idx)
-    return train, Dataset(
-        name=val.name,
-        images=val.images,
-        labels=val.labels,
-        num_classes=val.num_classes,
-        mean=val.mean,
-        std=val.std,
-        split="val",
-    )
+    return dataset.subset(train_idx), dataclasses.replace(dataset.subset(val_idx), split="val")
 
 
 # --------------------------------------------------------------------------- batches
@@ -639,6 +669,10 @@ def iterate_batches(
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
     device = torch.device(device)
+    if isinstance(dataset, ImageFolder):
+        return _folder_batches(
+            dataset, batch_size, shuffle, generator, augment, drop_last, device, shard
+        )
     return _batches(dataset, batch_size, shuffle, generator, augment, drop_last, device, shard)
 
 
@@ -672,4 +706,34 @@ def _batches(
             lo, hi = piece_bounds(end - start, *shard)
             images, labels = images[lo:hi], labels[lo:hi]
         x = normalize(images.to(device), dataset.mean, dataset.std)
+        yield x, labels.to(device)
+
+
+def _folder_batches(
+    folder: ImageFolder,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    augment: bool,
+    drop_last: bool,
+    device: torch.device,
+    shard: tuple[int, int] | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`iterate_batches` of an image folder: the order, the epoch's augmentation seed
+    (one draw after the permutation) and the shard are decided here; decoding happens in the
+    folder's DataLoader workers, only for this shard's images."""
+    n = len(folder)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if augment else None
+    stop = n - n % batch_size if drop_last else n
+    lists = []
+    for start in range(0, stop, batch_size):
+        idx = order[start : min(start + batch_size, n)]
+        if shard is not None:
+            lo, hi = piece_bounds(len(idx), *shard)
+            idx = idx[lo:hi]
+        lists.append(idx.tolist())
+    pin = device.type == "cuda"
+    for images, labels in folder.batches(lists, seed, pin_memory=pin):
+        x = normalize(images.to(device, non_blocking=pin), folder.mean, folder.std)
         yield x, labels.to(device)

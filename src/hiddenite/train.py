@@ -40,11 +40,14 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_check
 from .convert import ConfigError, SupermaskConfig
 from .data import (
     Dataset,
+    DatasetError,
+    check_data_options,
     dataset_info,
     iterate_batches,
     load_dataset,
     num_batches,
     resolve_name,
+    settled_data_options,
     train_val_split,
 )
 from .errors import UserError
@@ -73,7 +76,9 @@ class TrainConfig:
     lr is the peak learning rate; it warms up linearly over ``warmup_epochs`` then follows
     a cosine to 0 at the end of ``epochs``. ``weight_decay`` applies to scores too unless
     ``score_decay`` is False. ``train_subset`` limits the training examples (0: all);
-    ``val_fraction`` of the training set is held out for validation.
+    ``val_fraction`` of the training set is held out for validation. ``data_options``: the
+    image folder's settings (:class:`~hiddenite.data_folder.FolderOptions`; training fills in
+    its mode and class names), empty for the bundled data sets.
     """
 
     model: str = "conv4"
@@ -94,6 +99,7 @@ class TrainConfig:
     train_subset: int = 0
     data_seed: int | None = None
     eval_batch_size: int = 1000
+    data_options: dict[str, Any] = field(default_factory=dict)
     version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -121,6 +127,10 @@ class TrainConfig:
             resolve_name(self.dataset)
         except Exception as exc:  # DatasetError or ValueError: both name the valid choices
             fail("dataset", str(exc))
+        try:
+            check_data_options(self.dataset, self.data_options)
+        except DatasetError as exc:
+            fail("data_options", str(exc))
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -195,7 +205,7 @@ class TrainResult:
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The zoo model of ``config``, shaped for its data set, converted by its SupermaskConfig."""
-    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    in_channels, image_size, num_classes = dataset_info(config.dataset, config.data_options)
     kwargs = {
         "in_channels": in_channels,
         "image_size": image_size,
@@ -311,7 +321,7 @@ def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, Dataset]:
-    full = load_dataset(config.dataset, "train", data_dir)
+    full = load_dataset(config.dataset, "train", data_dir, config.data_options)
     train_set, val_set = train_val_split(full, config.val_fraction, config.seed_for_data)
     if config.train_subset and config.train_subset < len(train_set):
         train_set = train_set.subset(torch.arange(config.train_subset))
@@ -359,6 +369,8 @@ def train(
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
+    options = settled_data_options(config.dataset, config.data_options, train_set)
+    config = dataclasses.replace(config, data_options=options)  # an image folder's classes
     world = distributed.current_world()
     if world is not None and config.batch_size % world.size:
         raise UserError(
