@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import save_file
 
 from hiddenite import cli, distributed
@@ -56,7 +57,13 @@ def main(folder: Path) -> None:
         with contextlib.redirect_stdout(printed):
             code = cli.main(json.loads((folder / "cli_args.json").read_text()))
         (folder / f"cli{world.rank}.txt").write_text(f"{code}\n{printed.getvalue()}")
-    with distributed.process_group(world, "cpu") as device:
+    # A second process group in this process gets its own store: re-using torchrun's after
+    # the CLI's group would let gloo read the first group's stale connection keys.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=world.rank, world_size=2
+    )
+    device = torch.device("cpu")
+    try:
         full = train(config, folder / "full", **quiet)
         train(dataclasses.replace(config, epochs=1), folder / "resumed", **quiet)
         resumed = train(config, folder / "resumed", resume=True, **quiet)
@@ -88,6 +95,8 @@ def main(folder: Path) -> None:
             "frozen_names": distributed.frozen_buffer_names(probe),
         }
         (folder / f"rank{world.rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ the accuracies (integer counts) exact.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import itertools
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from hiddenite import distributed
@@ -55,24 +54,21 @@ CONFIG = TrainConfig(
 )
 RTOL, ATOL = 1e-5, 1e-6
 CLI_ARGS = [
-    "train", "--model", "mlp", "--model-arg", "hidden=[32]", "--epochs", "2",
-    "--batch-size", "64", "--train-subset", "300", "--no-progress",
+    "train", "--dataset", "imagefolder", "--data-option", "size=8", "--data-option", "workers=1",
+    "--augment", "--model", "resnet20", "--model-arg", "width=0.25", "--epochs", "2",
+    "--batch-size", "8", "--no-progress",
 ]  # fmt: skip
 
 
-def write_fashion_mnist(folder: Path, n: int) -> None:
-    """Random 28x28 images in the IDX files ``load_dataset('fashion-mnist')`` reads."""
-    folder.mkdir(parents=True)
+def write_image_folder(root: Path) -> None:
+    """3 classes x 10 small PNG/JPEG images; class c is brightest in channel c."""
     rng = np.random.default_rng(0)
-    for prefix in ("train", "t10k"):
-        for kind, array in (
-            ("images-idx3", rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)),
-            ("labels-idx1", rng.integers(0, 10, size=n, dtype=np.uint8)),
-        ):
-            head = struct.pack(">I", 0x800 | array.ndim)
-            head += b"".join(struct.pack(">I", d) for d in array.shape)
-            path = folder / f"{prefix}-{kind}-ubyte.gz"
-            path.write_bytes(gzip.compress(head + array.tobytes(), compresslevel=1))
+    for c, name in enumerate(("ant", "bee", "cat")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            array = rng.integers(0, 60, size=(10 + i, 12, 3), dtype=np.uint8)
+            array[..., c] += 150
+            Image.fromarray(array).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +76,8 @@ def launch(tmp_path_factory) -> Path:
     """Run the 2-process worker once; return its folder."""
     folder = tmp_path_factory.mktemp("ddp")
     (folder / "config.json").write_text(CONFIG.to_json())
-    write_fashion_mnist(folder / "fmnist", 400)
-    args = [*CLI_ARGS, "--data-dir", str(folder / "fmnist"), "--out", str(folder / "cli")]
+    write_image_folder(folder / "images")
+    args = [*CLI_ARGS, "--data-dir", str(folder / "images"), "--out", str(folder / "cli")]
     (folder / "cli_args.json").write_text(json.dumps(args))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(
@@ -192,7 +188,8 @@ def test_cli_under_torchrun(launch):
     assert {p.name for p in run.iterdir()} == {
         "checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json",
     }  # fmt: skip
-    assert json.loads((run / "config.json").read_text())["batch_size"] == 64
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["batch_size"] == 8 and stored["data_options"]["classes"] == ["ant", "bee", "cat"]
 
 
 # --------------------------------------------------------------------------- one process
