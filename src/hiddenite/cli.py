@@ -177,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
         help="training-set fraction held out for validation (default 0.1)",
     )
     p.add_argument("--train-subset", type=int, default=0, help="use only N training examples")
+    p.add_argument(
+        "--amp", default="none", choices=["none", "bf16"], help="bfloat16 autocast (training)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -310,6 +313,7 @@ def _cmd_train(args) -> int:
         val_fraction=args.val_fraction,
         train_subset=args.train_subset,
         data_options=_key_values(args.data_option, "--data-option", "size=64"),
+        amp=args.amp,
     )
     out = Path(args.out)
     if not args.resume and (out / "checkpoint.safetensors").exists():

@@ -55,6 +55,7 @@ from .layers import SupermaskLayer
 
 TRAIN_CONFIG_VERSION = 1
 OPTIMIZERS = ("sgd", "adam")
+AMP_MODES = ("none", "bf16")
 
 __all__ = [
     "OPTIMIZERS",
@@ -78,7 +79,8 @@ class TrainConfig:
     ``score_decay`` is False. ``train_subset`` limits the training examples (0: all);
     ``val_fraction`` of the training set is held out for validation. ``data_options``: the
     image folder's settings (:class:`~hiddenite.data_folder.FolderOptions`; training fills in
-    its mode and class names), empty for the bundled data sets.
+    its mode and class names), empty for the bundled data sets. ``amp`` ``"bf16"`` runs the
+    training forward pass under bfloat16 autocast (parameters and optimizer stay float32).
     """
 
     model: str = "conv4"
@@ -100,6 +102,7 @@ class TrainConfig:
     data_seed: int | None = None
     eval_batch_size: int = 1000
     data_options: dict[str, Any] = field(default_factory=dict)
+    amp: str = "none"
     version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -139,6 +142,8 @@ class TrainConfig:
             fail("train_subset", f"must be an integer, got {self.train_subset!r}")
         if self.train_subset < 0:
             fail("train_subset", f"must be >= 0 (0 = all), got {self.train_subset}")
+        if self.amp not in AMP_MODES:
+            fail("amp", f"unknown {self.amp!r}; choose one of {', '.join(AMP_MODES)}")
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"unknown {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name, low, high in (
@@ -422,7 +427,9 @@ def train(
             batch = min(config.batch_size, len(train_set) - i * config.batch_size)
             if world is not None and batch < world.size:
                 continue  # some rank would get no example
-            logits = net(x)
+            autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=config.amp == "bf16")
+            with autocast:
+                logits = net(x).float()
             if world is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 scale = len(y)
