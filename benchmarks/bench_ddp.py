@@ -116,7 +116,8 @@ def main() -> None:
     load_dataset("fashion-mnist", "train")  # fail early if the data are missing
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}; {args.subset} examples x {args.epochs} epochs, global batch 128"
+        f"{torch.__version__}; {args.subset} examples x {args.epochs} epochs, global batch 128; "
+        f"load average {os.getloadavg()[0]:.1f} at start"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +141,7 @@ def main() -> None:
             base = base or rate
             rows.append({"folder_workers": workers, "images_per_s": rate, "ratio": rate / base})
             print(f"  workers {workers}: {rate:8.0f} images/s  ({rate / base:.2f}x)")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
