@@ -5,6 +5,10 @@ version* of CIFAR-10 / CIFAR-100), a :class:`Dataset` holding uint8 images (N x 
 int64 labels, a seeded train/validation split, and a batch iterator that normalises to float32
 and applies seeded, vectorised crop + flip augmentation.
 
+Image folders (``imagefolder``: one subfolder of JPEG/PNG files per class) are scanned, not
+held in memory: :mod:`hiddenite.data_folder` decodes them in DataLoader workers, and
+:func:`iterate_batches` and :func:`train_val_split` accept them like a :class:`Dataset`.
+
 Nothing is read at import time; every file access happens inside :func:`load_dataset` or
 :func:`read_idx`. Pixel values are uint8 in 0..255 on disk and in :class:`Dataset`; means and
 standard deviations are per channel in [0, 1] units (pixel / 255).
@@ -654,6 +658,9 @@ def iterate_batches(
     before conversion to float. ``shard=(r, n)`` yields only the r-th of n contiguous pieces
     of every batch (sizes differ by at most one), cut after augmentation, so the pieces of
     all ``r`` together are exactly the unsharded batch (data-parallel training).
+
+    An :class:`~hiddenite.data_folder.ImageFolder` yields the same kind of batches, decoded
+    by its DataLoader workers (its own augmentation: random resized crop and flip).
 
     Raises:
         ValueError: ``batch_size < 1``, or ``shuffle``/``augment`` without a CPU generator.
