@@ -239,3 +239,26 @@ def test_frozen_digest_tracks_the_frozen_weights():
     assert distributed.frozen_digest(a) != distributed.frozen_digest(b)
     other = build_model(dataclasses.replace(CONFIG, supermask=SupermaskConfig(density=0.5)))
     assert distributed.frozen_digest(other) != distributed.frozen_digest(a)
+
+
+def test_global_batch_must_split_evenly(monkeypatch, tmp_path):
+    # checked before any collective call, so a fake three-rank world suffices
+    monkeypatch.setattr(distributed, "current_world", lambda: distributed.World(0, 3))
+    with pytest.raises(UserError, match=r"--batch-size 32 .* not a multiple of the 3 processes"):
+        single(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_process_group_rejects_unusable_devices():
+    world = distributed.World(0, 2)
+    with (
+        pytest.raises(UserError, match="use cpu, cuda or auto with torchrun"),
+        distributed.process_group(world, "mps"),
+    ):
+        pass
+    if not torch.cuda.is_available():
+        with (
+            pytest.raises(UserError, match="no CUDA device is available"),
+            distributed.process_group(world, "cuda"),
+        ):
+            pass
