@@ -9,7 +9,8 @@
    On a machine shared with other jobs the wall-clock figure mostly measures the share of
    the CPU the scheduler gives (two processes get two shares), so the script also reports
    images per CPU-second: all epochs' images over the CPU time of all ranks' whole
-   ``train`` call (model build and first epoch included), which shows DDP's overhead.
+   ``train`` call (model build and first epoch included, after a small warm-up run that
+   pays the one-off imports), which shows DDP's overhead.
 2. Image-folder decoding: ``--folder-images`` JPEGs of 320 x 240 written to a temporary
    folder, read back through :func:`hiddenite.data.iterate_batches` (random resized crop to
    224 and flip) with 0 and ``--cores`` DataLoader worker processes.
@@ -22,6 +23,7 @@ Usage: python benchmarks/bench_ddp.py [--subset N] [--epochs E] [--cores C]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -56,6 +58,8 @@ def worker(args) -> None:
     )
 
     def run():
+        warm = dataclasses.replace(config, epochs=1, train_subset=256)
+        train(warm, None, log=None, progress=False)  # imports (torch.optim loads dynamo)
         began = time.process_time()
         result = train(config, None, log=None, progress=False)
         return result, time.process_time() - began
