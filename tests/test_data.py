@@ -95,7 +95,7 @@ def tiny_dataset(n: int = 10, channels: int = 1, size: int = 28, classes: int = 
 
 
 def test_names_and_info():
-    assert DATASETS == ("fashion-mnist", "mnist", "cifar10", "cifar100")
+    assert DATASETS == ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
     assert dataset_info("fashion-mnist") == (1, 28, 10)
     assert dataset_info("fmnist") == (1, 28, 10)
     assert dataset_info("fashion_mnist") == (1, 28, 10)

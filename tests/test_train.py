@@ -594,3 +594,20 @@ def test_config_from_dict_reads_a_version_1_supermask():
     assert cfg.to_dict()["supermask"]["version"] == 2
     dense = {**old, "supermask": {"mode": "dense", "seed": 7, "version": 1}}
     assert TrainConfig.from_dict(dense).supermask == SupermaskConfig(method="dense", seed=7)
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+
+def test_bf16_autocast_trains_in_float32_state(data):
+    _, val_set = data
+    plain, amp = run(config(epochs=3), data), run(config(epochs=3, amp="bf16"), data)
+    assert evaluate(amp.model, val_set, 64)["accuracy"] > 0.9  # learns like float32
+    assert all(v.dtype == torch.float32 for v in amp.model.state_dict().values())
+    # bfloat16 keeps 8 significant bits: the runs differ, but by rounding, not by much
+    a, b = scores_of(plain.model), scores_of(amp.model)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert amp.history[-1]["train_loss"] == pytest.approx(plain.history[-1]["train_loss"], rel=0.2)
+    assert TrainConfig.from_dict(json.loads(config(amp="bf16").to_json())).amp == "bf16"
+    with pytest.raises(ConfigError, match="amp: unknown 'fp8'"):
+        config(amp="fp8")

@@ -10,12 +10,14 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import models
 from .codecs import CODECS
 from .convert import SupermaskConfig
 from .data import DATASETS, load_dataset
+from .distributed import environment_world, process_group
 from .errors import UserError
 from .export import export_checkpoint
 from .fileformat import PARAM_DTYPES, read_header
@@ -139,9 +141,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_supermask_args(p)
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--data-dir", default=None, help="folder holding the data set's files")
+    p.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="imagefolder setting: size=224, resize=256, scale=0.08, mode=auto|RGB|L, "
+        "workers=2 (repeatable)",
+    )
     p.add_argument("--out", required=True, help="run folder: config, metrics, checkpoint")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="global batch; under torchrun each of N processes trains on batch/N (default 128)",
+    )
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument(
         "--lr",
@@ -162,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
         help="training-set fraction held out for validation (default 0.1)",
     )
     p.add_argument("--train-subset", type=int, default=0, help="use only N training examples")
+    p.add_argument(
+        "--amp", default="none", choices=["none", "bf16"], help="bfloat16 autocast (training)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -319,20 +337,26 @@ def _cmd_train(args) -> int:
         augment=args.augment,
         val_fraction=args.val_fraction,
         train_subset=args.train_subset,
+        data_options=_key_values(args.data_option, "--data-option", "size=64"),
+        amp=args.amp,
     )
     out = Path(args.out)
     if not args.resume and (out / "checkpoint.safetensors").exists():
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
-    result = train(
-        config,
-        out,
-        data_dir=args.data_dir,
-        resume=args.resume,
-        device=resolve_device(args.device),
-        progress=False if args.no_progress else None,
-    )
+    world = environment_world()  # set by torchrun: data-parallel over its processes
+    with process_group(world, args.device) if world else nullcontext() as device:
+        result = train(
+            config,
+            out,
+            data_dir=args.data_dir,
+            resume=args.resume,
+            device=device or resolve_device(args.device),
+            progress=False if args.no_progress else None,
+        )
+    if world and not world.is_main:
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"done: {out}/checkpoint.safetensors  (val accuracy {last.get('val_accuracy', 0):.4f})")
     return 0
@@ -341,7 +365,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
-    test = load_dataset(config.dataset, "test", args.data_dir)
+    test = load_dataset(config.dataset, "test", args.data_dir, config.data_options)
     metrics = evaluate(model, test, config.eval_batch_size, device)
     if args.json:
         print(

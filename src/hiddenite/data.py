@@ -5,6 +5,10 @@ version* of CIFAR-10 / CIFAR-100), a :class:`Dataset` holding uint8 images (N x 
 int64 labels, a seeded train/validation split, and a batch iterator that normalises to float32
 and applies seeded, vectorised crop + flip augmentation.
 
+Image folders (``imagefolder``: one subfolder of JPEG/PNG files per class) are scanned, not
+held in memory: :mod:`hiddenite.data_folder` decodes them in DataLoader workers, and
+:func:`iterate_batches` and :func:`train_val_split` accept them like a :class:`Dataset`.
+
 Nothing is read at import time; every file access happens inside :func:`load_dataset` or
 :func:`read_idx`. Pixel values are uint8 in 0..255 on disk and in :class:`Dataset`; means and
 standard deviations are per channel in [0, 1] units (pixel / 255).
@@ -12,6 +16,7 @@ standard deviations are per channel in [0, 1] units (pixel / 255).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import numbers
 import zlib
@@ -22,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .data_folder import FolderOptions, ImageFolder
+from .errors import DatasetError
 
 __all__ = [
     "DATASETS",
@@ -30,19 +36,23 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "augment_batch",
+    "check_data_options",
     "dataset_info",
     "default_padding",
     "iterate_batches",
     "load_dataset",
     "normalize",
     "num_batches",
+    "piece_bounds",
     "read_idx",
     "resolve_name",
+    "settled_data_options",
     "train_val_split",
 ]
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100")
-"""Canonical data-set names accepted by :func:`load_dataset`."""
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+"""Canonical data-set names accepted by :func:`load_dataset` (``imagefolder``: a folder of
+class subfolders of JPEG/PNG images, :mod:`hiddenite.data_folder`)."""
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Default folder of Fashion-MNIST (Debian package ``dataset-fashion-mnist``)."""
@@ -61,6 +71,9 @@ _ALIASES: dict[str, str] = {
     "cifar100": "cifar100",
     "cifar-100": "cifar100",
     "cifar_100": "cifar100",
+    "imagefolder": "imagefolder",
+    "image-folder": "imagefolder",
+    "image_folder": "imagefolder",
 }
 
 
@@ -95,13 +108,6 @@ _CIFAR10_TEST = ("test_batch.bin",)
 _CIFAR_PIXELS = 3 * 32 * 32  # bytes of one image, CHW, R then G then B planes
 
 
-class DatasetError(UserError):
-    """A data set is missing, unreadable or corrupt; the message is one line naming the fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
-
-
 # --------------------------------------------------------------------------- names
 
 
@@ -115,18 +121,46 @@ def resolve_name(name: str) -> str:
     if key not in _ALIASES:
         raise DatasetError(
             f"unknown data set {name!r}: use one of {', '.join(DATASETS)} "
-            "(aliases: fashion_mnist, fmnist, cifar-10, cifar-100)"
+            "(aliases: fashion_mnist, fmnist, cifar-10, cifar-100, image-folder)"
         )
     return _ALIASES[key]
 
 
-def dataset_info(name: str) -> tuple[int, int, int]:
+def dataset_info(name: str, options: dict | None = None) -> tuple[int, int, int]:
     """Return ``(in_channels, image_size, num_classes)`` of a data set without reading files.
 
-    ``image_size`` is the height (= width) in pixels.
+    ``image_size`` is the height (= width) in pixels. An image folder needs its settled
+    ``options`` (:func:`settled_data_options`: the mode and class list read from the folder).
     """
-    spec = _SPECS[resolve_name(name)]
+    key = resolve_name(name)
+    if key == "imagefolder":
+        opts = FolderOptions.from_dict(options or {})
+        if opts.classes is None or opts.mode == "auto":
+            raise DatasetError(
+                "imagefolder: the class list and image mode are read from the folder when "
+                "training starts; give data_options classes=[...] and mode=RGB|L to build it"
+            )
+        return (3 if opts.mode == "RGB" else 1), opts.size, len(opts.classes)
+    spec = _SPECS[key]
     return spec.channels, spec.size, spec.classes
+
+
+def check_data_options(name: str, options: dict) -> None:
+    """DatasetError unless ``options`` suit data set ``name`` (only image folders take any:
+    :class:`~hiddenite.data_folder.FolderOptions`)."""
+    if not isinstance(options, dict):
+        raise DatasetError(f"data options must be an object, got {options!r}")
+    if resolve_name(name) == "imagefolder":
+        FolderOptions.from_dict(options)
+    elif options:
+        raise DatasetError(f"data set {name!r} takes no data options, got {sorted(options)}")
+
+
+def settled_data_options(name: str, options: dict, dataset) -> dict:
+    """``options`` completed from the loaded data: an image folder's mode and class names."""
+    if resolve_name(name) != "imagefolder":
+        return dict(options)
+    return {**options, "mode": dataset.mode, "classes": list(dataset.classes)}
 
 
 # --------------------------------------------------------------------------- Dataset
@@ -439,14 +473,18 @@ def _load_cifar(key: str, split: str, data_dir: Path | None) -> Dataset:
     )
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load a whole split of a data set into memory.
+def load_dataset(
+    name: str, split: str, data_dir: str | Path | None = None, options: dict | None = None
+) -> Dataset | ImageFolder:
+    """Load a whole split of a data set into memory (an image folder: scan it).
 
     Args:
         name: one of :data:`DATASETS` (or an alias such as ``fmnist``).
         split: ``"train"`` or ``"test"``.
         data_dir: folder holding the files; ``None`` uses the default folder
-            (only Fashion-MNIST has one: :data:`FASHION_MNIST_DIR`).
+            (only Fashion-MNIST has one: :data:`FASHION_MNIST_DIR`). An image folder reads
+            ``data_dir`` itself, whatever the split.
+        options: image folders only, :class:`~hiddenite.data_folder.FolderOptions` fields.
 
     Raises:
         DatasetError: unknown name, missing files or corrupt files.
@@ -456,6 +494,13 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> D
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = None if data_dir is None else Path(data_dir).expanduser()
+    if key == "imagefolder":
+        if folder is None:
+            raise DatasetError(
+                "imagefolder has no default folder: pass --data-dir DIR holding one subfolder "
+                "of .jpg/.jpeg/.png images per class"
+            )
+        return ImageFolder.open(folder, FolderOptions.from_dict(options or {}), split)
     if key in ("fashion-mnist", "mnist"):
         return _load_idx_dataset(key, split, folder)
     return _load_cifar(key, split, folder)
@@ -492,17 +537,7 @@ def train_val_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[D
     perm = torch.randperm(n, generator=generator)
     val_idx = perm[:n_val].sort().values
     train_idx = perm[n_val:].sort().values
-    train = dataset.subset(train_idx)
-    val = dataset.subset(val_idx)
-    return train, Dataset(
-        name=val.name,
-        images=val.images,
-        labels=val.labels,
-        num_classes=val.num_classes,
-        mean=val.mean,
-        std=val.std,
-        split="val",
-    )
+    return dataset.subset(train_idx), dataclasses.replace(dataset.subset(val_idx), split="val")
 
 
 # --------------------------------------------------------------------------- batches
@@ -582,6 +617,14 @@ def augment_batch(
     return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def piece_bounds(count: int, index: int, parts: int) -> tuple[int, int]:
+    """``[start, stop)`` of the ``index``-th of ``parts`` contiguous pieces of ``count`` items
+    (sizes differ by at most one; the first ``count % parts`` pieces are one larger)."""
+    base, extra = divmod(count, parts)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
 def num_batches(dataset: Dataset, batch_size: int, drop_last: bool = False) -> int:
     """Number of batches :func:`iterate_batches` yields for these arguments."""
     _check_batch_size(batch_size)
@@ -603,6 +646,7 @@ def iterate_batches(
     augment: bool,
     drop_last: bool = False,
     device: str | torch.device = "cpu",
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches: x float32 B x C x H x W normalised, y int64 B.
 
@@ -611,7 +655,12 @@ def iterate_batches(
     :func:`augment_batch` (padding from :func:`default_padding`) drawn from ``generator``.
     Both need a CPU generator and use no global random state, so the same generator state
     gives identical batches. Augmentation runs on CPU uint8; the batch is moved to ``device``
-    before conversion to float.
+    before conversion to float. ``shard=(r, n)`` yields only the r-th of n contiguous pieces
+    of every batch (sizes differ by at most one), cut after augmentation, so the pieces of
+    all ``r`` together are exactly the unsharded batch (data-parallel training).
+
+    An :class:`~hiddenite.data_folder.ImageFolder` yields the same kind of batches, decoded
+    by its DataLoader workers (its own augmentation: random resized crop and flip).
 
     Raises:
         ValueError: ``batch_size < 1``, or ``shuffle``/``augment`` without a CPU generator.
@@ -624,8 +673,14 @@ def iterate_batches(
         )
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator, got {generator.device}")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
     device = torch.device(device)
-    return _batches(dataset, batch_size, shuffle, generator, augment, drop_last, device)
+    if isinstance(dataset, ImageFolder):
+        return _folder_batches(
+            dataset, batch_size, shuffle, generator, augment, drop_last, device, shard
+        )
+    return _batches(dataset, batch_size, shuffle, generator, augment, drop_last, device, shard)
 
 
 def _batches(
@@ -636,6 +691,7 @@ def _batches(
     augment: bool,
     drop_last: bool,
     device: torch.device,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else None
@@ -653,5 +709,38 @@ def _batches(
         if augment:
             assert generator is not None
             images = augment_batch(images, generator, padding=padding)
+        if shard is not None:
+            lo, hi = piece_bounds(end - start, *shard)
+            images, labels = images[lo:hi], labels[lo:hi]
         x = normalize(images.to(device), dataset.mean, dataset.std)
+        yield x, labels.to(device)
+
+
+def _folder_batches(
+    folder: ImageFolder,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    augment: bool,
+    drop_last: bool,
+    device: torch.device,
+    shard: tuple[int, int] | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`iterate_batches` of an image folder: the order, the epoch's augmentation seed
+    (one draw after the permutation) and the shard are decided here; decoding happens in the
+    folder's DataLoader workers, only for this shard's images."""
+    n = len(folder)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if augment else None
+    stop = n - n % batch_size if drop_last else n
+    lists = []
+    for start in range(0, stop, batch_size):
+        idx = order[start : min(start + batch_size, n)]
+        if shard is not None:
+            lo, hi = piece_bounds(len(idx), *shard)
+            idx = idx[lo:hi]
+        lists.append(idx.tolist())
+    pin = device.type == "cuda"
+    for images, labels in folder.batches(lists, seed, pin_memory=pin):
+        x = normalize(images.to(device, non_blocking=pin), folder.mean, folder.std)
         yield x, labels.to(device)

@@ -7,11 +7,18 @@ exits with code 2. Anything else that escapes is a bug in hiddenite and keeps it
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "UserError"]
+__all__ = ["ConfigError", "DatasetError", "UserError"]
 
 
 class UserError(Exception):
     """An error in the user's input; the message names the problem and the fix."""
+
+
+class DatasetError(UserError):
+    """A data set is missing, unreadable or corrupt; the message is one line naming the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 class ConfigError(UserError, ValueError):

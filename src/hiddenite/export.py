@@ -22,7 +22,7 @@ def arch_of(config: TrainConfig) -> tuple[str, dict[str, Any]]:
     The same arguments :func:`hiddenite.train.build_model` passes: the data set's input
     channels, image size and class count, then the config's ``model_kwargs``.
     """
-    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    in_channels, image_size, num_classes = dataset_info(config.dataset, config.data_options)
     kwargs = {
         "in_channels": in_channels,
         "image_size": image_size,

@@ -8,6 +8,12 @@ end of every epoch, so ``resume`` continues exactly where the run stopped.
 Determinism: the data order and augmentation of epoch ``e`` come from a generator seeded by
 ``(data_seed, e)``; on the CPU the same config gives the same result, bit for bit, whether
 the run was interrupted and resumed or not.
+
+Data-parallel (see :mod:`hiddenite.distributed`): when a ``torch.distributed`` process group
+of several ranks is initialised (``torchrun ... -m hiddenite train``), ``batch_size`` is the
+global batch, each rank trains on its piece of every batch (the loss is scaled so that the
+all-reduced gradient is the global batch's mean), validation is sharded and all-reduced, and
+only rank 0 writes files or logs. A last batch smaller than the number of ranks is skipped.
 """
 
 from __future__ import annotations
@@ -28,17 +34,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import models
+from . import distributed, models
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .convert import ConfigError, SupermaskConfig
 from .data import (
     Dataset,
+    DatasetError,
+    check_data_options,
     dataset_info,
     iterate_batches,
     load_dataset,
     num_batches,
     resolve_name,
+    settled_data_options,
     train_val_split,
 )
 from .errors import UserError
@@ -46,6 +55,7 @@ from .layers import SupermaskLayer
 
 TRAIN_CONFIG_VERSION = 1
 OPTIMIZERS = ("sgd", "adam")
+AMP_MODES = ("none", "bf16")
 
 __all__ = [
     "OPTIMIZERS",
@@ -67,7 +77,10 @@ class TrainConfig:
     lr is the peak learning rate; it warms up linearly over ``warmup_epochs`` then follows
     a cosine to 0 at the end of ``epochs``. ``weight_decay`` applies to scores too unless
     ``score_decay`` is False. ``train_subset`` limits the training examples (0: all);
-    ``val_fraction`` of the training set is held out for validation.
+    ``val_fraction`` of the training set is held out for validation. ``data_options``: the
+    image folder's settings (:class:`~hiddenite.data_folder.FolderOptions`; training fills in
+    its mode and class names), empty for the bundled data sets. ``amp`` ``"bf16"`` runs the
+    training forward pass under bfloat16 autocast (parameters and optimizer stay float32).
     """
 
     model: str = "conv4"
@@ -88,6 +101,8 @@ class TrainConfig:
     train_subset: int = 0
     data_seed: int | None = None
     eval_batch_size: int = 1000
+    data_options: dict[str, Any] = field(default_factory=dict)
+    amp: str = "none"
     version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -115,6 +130,10 @@ class TrainConfig:
             resolve_name(self.dataset)
         except Exception as exc:  # DatasetError or ValueError: both name the valid choices
             fail("dataset", str(exc))
+        try:
+            check_data_options(self.dataset, self.data_options)
+        except DatasetError as exc:
+            fail("data_options", str(exc))
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,6 +142,8 @@ class TrainConfig:
             fail("train_subset", f"must be an integer, got {self.train_subset!r}")
         if self.train_subset < 0:
             fail("train_subset", f"must be >= 0 (0 = all), got {self.train_subset}")
+        if self.amp not in AMP_MODES:
+            fail("amp", f"unknown {self.amp!r}; choose one of {', '.join(AMP_MODES)}")
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"unknown {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name, low, high in (
@@ -189,7 +210,7 @@ class TrainResult:
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The zoo model of ``config``, shaped for its data set, converted by its SupermaskConfig."""
-    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    in_channels, image_size, num_classes = dataset_info(config.dataset, config.data_options)
     kwargs = {
         "in_channels": in_channels,
         "image_size": image_size,
@@ -305,11 +326,23 @@ def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, Dataset]:
-    full = load_dataset(config.dataset, "train", data_dir)
+    full = load_dataset(config.dataset, "train", data_dir, config.data_options)
     train_set, val_set = train_val_split(full, config.val_fraction, config.seed_for_data)
     if config.train_subset and config.train_subset < len(train_set):
         train_set = train_set.subset(torch.arange(config.train_subset))
     return train_set, val_set
+
+
+def _gather_epoch(model, val_set, config, world, device, sums):
+    """Sharded validation plus the epoch's training sums, all-reduced over the ranks."""
+    lo, hi = distributed.shard_bounds(len(val_set), world)
+    piece = val_set.subset(torch.arange(lo, hi))
+    val = evaluate(model, piece, config.eval_batch_size, device) if len(piece) else None
+    local = [0.0, 0.0] if val is None else [val["loss"] * len(piece), val["accuracy"] * len(piece)]
+    loss, right, n, *train_sums = distributed.all_sum([*local, len(piece), *sums], device)
+    metrics = {"loss": loss / n, "accuracy": round(right) / n} if n else None
+    nan = {"loss": math.nan, "accuracy": math.nan}
+    return metrics or nan, (train_sums[0], round(train_sums[1]), round(train_sums[2]))
 
 
 def train(
@@ -341,6 +374,16 @@ def train(
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
+    options = settled_data_options(config.dataset, config.data_options, train_set)
+    config = dataclasses.replace(config, data_options=options)  # an image folder's classes
+    world = distributed.current_world()
+    if world is not None and config.batch_size % world.size:
+        raise UserError(
+            f"--batch-size {config.batch_size} (the global batch) is not a multiple of the "
+            f"{world.size} processes: choose a multiple of {world.size}"
+        )
+    if world is not None and not world.is_main:
+        out, log, progress = None, None, False  # rank 0 alone writes and prints
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
     if state is not None:
@@ -352,6 +395,10 @@ def train(
         text = config.to_json()
         atomic_write_text(out / "config.json", text)
     steps = num_batches(train_set, config.batch_size)
+    net: nn.Module = model
+    if world is not None:
+        distributed.check_frozen_identical(model, torch.device(device))
+        net = distributed.wrap(model, torch.device(device))
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed_for_data * 1_000_003 + epoch)
@@ -364,6 +411,7 @@ def train(
             generator=generator,
             augment=config.augment,
             device=device,
+            shard=None if world is None else (world.rank, world.size),
         )
         bar = tqdm(
             batches,
@@ -376,15 +424,32 @@ def train(
             lr = learning_rate(config, epoch * steps + i, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            batch = min(config.batch_size, len(train_set) - i * config.batch_size)
+            if world is not None and batch < world.size:
+                continue  # some rank would get no example
+            autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=config.amp == "bf16")
+            with autocast:
+                logits = net(x).float()
+            if world is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                scale = len(y)
+            else:  # DDP averages over ranks: sum / batch x size gives the global mean
+                loss = F.cross_entropy(
+                    logits, y, label_smoothing=config.label_smoothing, reduction="sum"
+                ) * (world.size / batch)
+                scale = batch / world.size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(loss.detach()) * scale
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-        val = evaluate(model, val_set, config.eval_batch_size, device)
+        if world is None:
+            val = evaluate(model, val_set, config.eval_batch_size, device)
+        else:
+            val, (loss_sum, correct, seen) = _gather_epoch(
+                model, val_set, config, world, device, [loss_sum, correct, seen]
+            )
         row = {
             "epoch": epoch + 1,
             "lr": learning_rate(config, (epoch + 1) * steps - 1, steps),
@@ -413,6 +478,8 @@ def train(
                 ),
             )
             _write_metrics(out, history)
+    if world is not None:  # when train returns on any rank, rank 0's files are complete
+        distributed.all_sum([0.0], torch.device(device))
     model.eval()
     return TrainResult(model=model, config=config, history=history, out_dir=out)
 

@@ -1,0 +1,103 @@
+"""One rank of the data-parallel tests (launched by tests/test_train_distributed.py).
+
+Run as ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py
+DIR``: DIR holds ``config.json`` (a TrainConfig); each rank trains the same tiny data set
+(regenerated here from fixed seeds) and leaves its results in DIR for the test to compare:
+
+- ``full/``: an uninterrupted run (only rank 0 may write there);
+- ``resumed/``: the same run stopped after epoch 1 and resumed with ``resume=True``;
+- ``own<rank>/``: a one-epoch run whose out_dir differs per rank (rank 1's must not exist);
+- ``rank<rank>.safetensors``: the final model state and frozen weights this rank holds;
+- ``cli<rank>.txt``: exit code and stdout of ``hiddenite train`` run with the arguments of
+  ``cli_args.json`` (if present) under this same launch;
+- ``rank<rank>.json``: the all-gathered frozen-weight digests, histories and the
+  no-broadcast probe (frozen weights perturbed on rank 1 stay perturbed under DDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from hiddenite import cli, distributed
+from hiddenite.data import Dataset
+from hiddenite.train import TrainConfig, build_model, train
+
+
+def quadrant_data(n: int, seed: int, split: str = "train") -> Dataset:
+    """8x8 one-channel images; the class (0..3) is the brightest 4x4 quadrant."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    for i, label in enumerate(labels.tolist()):
+        r, c = divmod(label, 2)
+        images[i, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 150
+    return Dataset("fashion-mnist", images, labels, 4, (0.3,), (0.35,), split=split)
+
+
+def data() -> tuple[Dataset, Dataset]:
+    return quadrant_data(201, seed=0), quadrant_data(63, seed=1, split="val")
+
+
+def main(folder: Path) -> None:
+    world = distributed.environment_world()
+    assert world is not None and world.size == 2, world
+    config = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    quiet = {"datasets": data(), "log": None, "progress": False}
+    if (folder / "cli_args.json").is_file():
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(json.loads((folder / "cli_args.json").read_text()))
+        (folder / f"cli{world.rank}.txt").write_text(f"{code}\n{printed.getvalue()}")
+    # A second process group in this process gets its own store: re-using torchrun's after
+    # the CLI's group would let gloo read the first group's stale connection keys.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=world.rank, world_size=2
+    )
+    device = torch.device("cpu")
+    try:
+        full = train(config, folder / "full", **quiet)
+        train(dataclasses.replace(config, epochs=1), folder / "resumed", **quiet)
+        resumed = train(config, folder / "resumed", resume=True, **quiet)
+        train(dataclasses.replace(config, epochs=1), folder / f"own{world.rank}", **quiet)
+        digests = distributed.all_gather_ints(distributed.frozen_digest(full.model), device)
+
+        probe = build_model(config)
+        if world.rank == 1:
+            with torch.no_grad():
+                next(iter(dict(probe.named_buffers()).values())).add_(1.0)
+        mine = distributed.frozen_digest(probe)
+        ddp = distributed.wrap(probe, device)
+        ddp(torch.zeros(2, 1, 8, 8))
+        kept = distributed.frozen_digest(probe) == mine
+        ignored = sorted(ddp.parameters_to_ignore)
+
+        state = dict(full.model.state_dict())
+        state.update({f"frozen.{k}": v for k, v in full.model.named_buffers()})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            folder / f"rank{world.rank}.safetensors",
+        )
+        report = {
+            "digests": digests,
+            "history": full.history,
+            "resumed_history": resumed.history,
+            "probe_kept_own_frozen": kept,
+            "ignored": ignored,
+            "frozen_names": distributed.frozen_buffer_names(probe),
+        }
+        (folder / f"rank{world.rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,264 @@
+"""Tests for data-parallel training (hiddenite.distributed + the torchrun path of train).
+
+One ``python -m torch.distributed.run --standalone --nproc_per_node 2`` launch of
+``tests/ddp_worker.py`` (gloo, 2 CPU processes, a free port chosen by the launcher) trains a
+tiny hidden MLP several ways and runs ``hiddenite train`` through the CLI; the tests below
+compare what it left against one process trained here with the same global batch.
+
+Tolerance: the two runs compute the same mathematics but not the same floating-point sums.
+One process takes the mean loss of a 32-example batch in one reduction; two ranks each sum 16
+examples, scale by 2/32, and DDP all-reduces (sums) then halves the gradients. float32
+rounding differs at about 1e-7 relative per step and grows through 14 SGD steps with
+momentum; we allow 1e-5 relative + 1e-6 absolute on the learned scores and 1e-5 on the
+losses (measured 2026-12-03: at most 2.2e-8 on scores of magnitude up to 0.28, one or two
+float32 ulps, and 5e-8 on the losses). The masks (top-k of the scores) must be identical, and
+the accuracies (integer counts) exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hiddenite import distributed
+from hiddenite.convert import SupermaskConfig
+from hiddenite.data import iterate_batches, piece_bounds
+from hiddenite.errors import UserError
+from hiddenite.layers import SupermaskLayer
+from hiddenite.train import TrainConfig, build_model, train
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from ddp_worker import data  # noqa: E402
+
+CONFIG = TrainConfig(
+    model="mlp",
+    model_kwargs={"image_size": 8, "num_classes": 4, "hidden": [16]},
+    supermask=SupermaskConfig(density=0.5, seed=3),
+    epochs=2,
+    batch_size=32,
+    lr=0.1,
+    eval_batch_size=50,
+    augment=True,
+)
+RTOL, ATOL = 1e-5, 1e-6
+CLI_ARGS = [
+    "train", "--dataset", "imagefolder", "--data-option", "size=8", "--data-option", "workers=1",
+    "--augment", "--model", "resnet20", "--model-arg", "width=0.25", "--epochs", "2",
+    "--batch-size", "8", "--no-progress",
+]  # fmt: skip
+
+
+def write_image_folder(root: Path) -> None:
+    """3 classes x 10 small PNG/JPEG images; class c is brightest in channel c."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("ant", "bee", "cat")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            array = rng.integers(0, 60, size=(10 + i, 12, 3), dtype=np.uint8)
+            array[..., c] += 150
+            Image.fromarray(array).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory) -> Path:
+    """Run the 2-process worker once; return its folder."""
+    folder = tmp_path_factory.mktemp("ddp")
+    (folder / "config.json").write_text(CONFIG.to_json())
+    write_image_folder(folder / "images")
+    args = [*CLI_ARGS, "--data-dir", str(folder / "images"), "--out", str(folder / "cli")]
+    (folder / "cli_args.json").write_text(json.dumps(args))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(HERE / "ddp_worker.py"), str(folder)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return folder
+
+
+def single(out: Path, resume: bool = False, **overrides):
+    """One process, same config (global batch 32)."""
+    cfg = dataclasses.replace(CONFIG, **overrides)
+    return train(cfg, out, datasets=data(), log=None, progress=False, resume=resume)
+
+
+def assert_close_history(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x["epoch"] == y["epoch"] and x["lr"] == y["lr"]
+        assert x["train_accuracy"] == y["train_accuracy"]
+        assert x["val_accuracy"] == y["val_accuracy"]
+        for key in ("train_loss", "val_loss"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5), key
+
+
+# --------------------------------------------------------------------------- 2 processes
+
+
+def test_two_processes_match_one_process(launch, tmp_path):
+    ref = single(tmp_path / "one")
+    report = json.loads((launch / "rank0.json").read_text())
+    assert_close_history(report["history"], ref.history)
+    state = load_file(launch / "rank0.safetensors")
+    expected = ref.model.state_dict()
+    assert expected  # scores (and nothing frozen)
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value, rtol=RTOL, atol=ATOL)
+        assert not torch.equal(value, build_model(CONFIG).state_dict()[key])  # it trained
+    # identical masks: rebuild the distributed result and compare the effective weights
+    model = build_model(CONFIG)
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("frozen.")})
+    for (name, a), (_, b) in zip(model.named_modules(), ref.model.named_modules(), strict=True):
+        if isinstance(a, SupermaskLayer):
+            assert torch.equal(a.effective_weight() != 0, b.effective_weight() != 0), name
+    # the checkpoint rank 0 wrote is the final state
+    saved = load_file(launch / "full" / "checkpoint.safetensors")
+    for key in expected:
+        assert torch.equal(saved[f"model.{key}"], state[key])
+
+
+def test_ranks_end_with_identical_state(launch):
+    a = load_file(launch / "rank0.safetensors")
+    b = load_file(launch / "rank1.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_frozen_weights_identical_across_ranks_and_regenerated(launch):
+    reports = [json.loads((launch / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # all-gathered digests: equal across ranks and equal to this process's regeneration
+    expected = distributed.frozen_digest(build_model(CONFIG))
+    assert reports[0]["digests"] == reports[1]["digests"] == [expected, expected]
+    frozen = {k: v for k, v in load_file(launch / "rank1.safetensors").items() if "frozen" in k}
+    fresh = dict(build_model(CONFIG).named_buffers())
+    assert frozen and all(torch.equal(v, fresh[k[len("frozen.") :]]) for k, v in frozen.items())
+
+
+def test_frozen_weights_are_never_broadcast(launch):
+    # rank 1 perturbed its frozen weights before wrapping in DDP and running a forward pass;
+    # they were neither overwritten at construction nor by the per-forward buffer broadcast
+    for rank in (0, 1):
+        report = json.loads((launch / f"rank{rank}.json").read_text())
+        assert report["probe_kept_own_frozen"] is True
+        assert report["frozen_names"] == ["net.1.weight", "net.3.weight"]
+        assert set(report["frozen_names"]) <= set(report["ignored"])
+
+
+def test_only_rank_zero_writes(launch):
+    assert sorted(p.name for p in (launch / "own0").iterdir()) == [
+        "checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json",
+    ]  # fmt: skip
+    assert not (launch / "own1").exists()
+
+
+def test_resume_in_distributed_mode(launch, tmp_path):
+    # 1 epoch, then resumed to 2 epochs, in both worlds: same result within tolerance
+    single(tmp_path / "r", epochs=1)
+    ref = single(tmp_path / "r", resume=True)
+    report = json.loads((launch / "rank0.json").read_text())
+    assert_close_history(report["resumed_history"], ref.history)
+    saved = load_file(launch / "resumed" / "checkpoint.safetensors")
+    for key, value in ref.model.state_dict().items():
+        torch.testing.assert_close(saved[f"model.{key}"], value, rtol=RTOL, atol=ATOL)
+    meta = json.loads((launch / "resumed" / "metrics.json").read_text())
+    assert [row["epoch"] for row in meta] == [1, 2]
+
+
+def test_cli_under_torchrun(launch):
+    code0, *out0 = (launch / "cli0.txt").read_text().split("\n", 1)
+    code1, *out1 = (launch / "cli1.txt").read_text().split("\n", 1)
+    assert code0 == code1 == "0"
+    assert out1 == [""]  # rank 1 prints nothing
+    assert "done:" in out0[0] and "epoch 2/2" in out0[0]
+    run = launch / "cli"
+    assert {p.name for p in run.iterdir()} == {
+        "checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json",
+    }  # fmt: skip
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["batch_size"] == 8 and stored["data_options"]["classes"] == ["ant", "bee", "cat"]
+
+
+# --------------------------------------------------------------------------- one process
+
+
+def test_sharded_batches_concatenate_to_the_unsharded_batch():
+    train_set, _ = data()
+    g = [torch.Generator().manual_seed(5) for _ in range(4)]
+    whole = list(iterate_batches(train_set, 32, shuffle=True, generator=g[0], augment=True))
+    parts = [
+        list(iterate_batches(
+            train_set, 32, shuffle=True, generator=g[1 + r], augment=True, shard=(r, 3)
+        ))
+        for r in range(3)
+    ]  # fmt: skip
+    for i, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([p[i][0] for p in parts]), x)
+        assert torch.equal(torch.cat([p[i][1] for p in parts]), y)
+    assert [len(p[-1][1]) for p in parts] == [3, 3, 3]  # 201 = 6 x 32 + 9
+
+
+def test_piece_bounds_cover_in_order():
+    for count in range(0, 12):
+        for parts in range(1, 5):
+            bounds = [piece_bounds(count, r, parts) for r in range(parts)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == count
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_environment_world():
+    assert distributed.environment_world({}) is None
+    w = distributed.environment_world({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (w.rank, w.size, w.local_rank, w.is_main) == (1, 4, 1, False)
+    with pytest.raises(UserError, match="RANK=4 does not lie"):
+        distributed.environment_world({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(UserError, match="WORLD_SIZE='two' is not an integer"):
+        distributed.environment_world({"WORLD_SIZE": "two"})
+
+
+def test_frozen_digest_tracks_the_frozen_weights():
+    a, b = build_model(CONFIG), build_model(CONFIG)
+    assert distributed.frozen_digest(a) == distributed.frozen_digest(b)
+    with torch.no_grad():
+        b.net[1].weight[0, 0] += 1e-6
+    assert distributed.frozen_digest(a) != distributed.frozen_digest(b)
+    other = build_model(dataclasses.replace(CONFIG, supermask=SupermaskConfig(density=0.5)))
+    assert distributed.frozen_digest(other) != distributed.frozen_digest(a)
+
+
+def test_global_batch_must_split_evenly(monkeypatch, tmp_path):
+    # checked before any collective call, so a fake three-rank world suffices
+    monkeypatch.setattr(distributed, "current_world", lambda: distributed.World(0, 3))
+    with pytest.raises(UserError, match=r"--batch-size 32 .* not a multiple of the 3 processes"):
+        single(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_process_group_rejects_unusable_devices():
+    world = distributed.World(0, 2)
+    with (
+        pytest.raises(UserError, match="use cpu, cuda or auto with torchrun"),
+        distributed.process_group(world, "mps"),
+    ):
+        pass
+    if not torch.cuda.is_available():
+        with (
+            pytest.raises(UserError, match="no CUDA device is available"),
+            distributed.process_group(world, "cuda"),
+        ):
+            pass
