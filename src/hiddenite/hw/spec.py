@@ -164,9 +164,13 @@ class EnergyTable:
     dram_pj_per_byte: float = _HOROWITZ_DRAM_PJ_PER_BYTE
     prng_step_pj: float = 0.1
     decoder_pj_per_bit: float = 0.01
+    # bit-serial PE (ProgressiveNN): one {-1,+1} digit = a +-activation add into the 24-bit
+    # accumulator (the shift of MSB-first Horner accumulation is wiring); Horowitz ISSCC 2014,
+    # 45 nm integer add interpolated at 24 bits (16 b 0.05 pJ, 32 b 0.1 pJ) = 0.075 pJ
+    bit_serial_digit_pj: float = 0.075
 
     _TABLES = ("add_pj", "mult_pj", "sram_read_pj_per_byte", "sram_write_pj_per_byte")
-    _SCALARS = ("dram_pj_per_byte", "prng_step_pj", "decoder_pj_per_bit")
+    _SCALARS = ("dram_pj_per_byte", "prng_step_pj", "decoder_pj_per_bit", "bit_serial_digit_pj")
 
     def __post_init__(self) -> None:
         for name in self._TABLES:
