@@ -264,6 +264,10 @@ class Method(abc.ABC):
     def weight(self, layer: Any) -> torch.Tensor:
         """The effective weight of the forward pass, with its straight-through gradient."""
 
+    def bias(self, layer: Any) -> torch.Tensor | None:
+        """The effective bias of the forward pass (default: the layer's own, or None)."""
+        return layer.bias
+
     def support(self, layer: Any) -> torch.Tensor:
         """Boolean tensor (weight-shaped): positions whose effective weight is used."""
         with torch.no_grad():
