@@ -214,6 +214,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--onnx", default=None, metavar="PATH", help="also write the dense ONNX model")
 
+    p = sub.add_parser(
+        "progressive",
+        help="ProgressiveNN: run a trained checkpoint at 1..N bits (accuracy, compute)",
+    )
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--bits", default="1-8", help="precisions: A-B or a list 1,2,4,8 (N = max)")
+    p.add_argument("--recalibrate", action="store_true", help="per-precision BN statistics")
+    p.add_argument("--calibration-examples", type=int, default=5000, help="training images used")
+    p.add_argument("--scale", default="channel", choices=["channel", "layer"])
+    p.add_argument("--out", default="progressive-out", help="folder for CSV, JSON, plot")
+    p.add_argument("--model-file", default=None, help="also write the N-bit model (.hnn)")
+    p.add_argument("--data-dir", default=None)
+
     p = sub.add_parser("inspect", help="per-layer sizes of a model file (reads only its header)")
     p.add_argument("model_file", help="a .hnn model file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -696,6 +709,51 @@ def _cmd_cim(args) -> int:
         print(rep.to_text(), end="\n\n")
     print("All figures are modelled (docs/cim.md: per-event energies, 28 nm), not measured.")
     print(f"wrote {len(files)} files to {args.out}: " + ", ".join(Path(f).name for f in files))
+
+
+def _cmd_progressive(args) -> int:
+    from .fileformat import save
+    from .progressive import ProgressiveConfig, sweep, sweep_table, to_progressive, write_sweep
+
+    text = args.bits.replace(" ", "")
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-", 1))
+            bits = list(range(lo, hi + 1))
+        else:
+            bits = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--bits: {args.bits!r} is not A-B or a list such as 1,2,4,8") from None
+    if not bits or min(bits) < 1 or max(bits) > 8:
+        raise UserError(f"--bits: {args.bits!r} must name precisions in 1..8")
+    if args.calibration_examples < 1:
+        raise UserError("--calibration-examples must be >= 1")
+    model, config = load_trained(args.checkpoint)
+    prog = to_progressive(model, ProgressiveConfig(bits=max(bits), scale=args.scale))
+    test = load_dataset(config.dataset, "test", args.data_dir)
+    calibration = None
+    if args.recalibrate:
+        full = load_dataset(config.dataset, "train", args.data_dir)
+        calibration = full.subset(range(min(args.calibration_examples, len(full))))
+    rows = sweep(prog, test, bits, calibration=calibration, batch_size=config.eval_batch_size)
+    print(sweep_table(rows))
+    title = f"{config.model} on {config.dataset}: ProgressiveNN N={max(bits)}"
+    try:
+        files = write_sweep(rows, args.out, title=title)
+        if args.model_file:
+            if calibration is not None:  # the file stores the recalibrated statistics
+                from .data import iterate_batches
+                from .methods.progressive import recalibrate_bn
+
+                batches = iterate_batches(
+                    calibration, 500, shuffle=False, generator=None, augment=False
+                )
+                recalibrate_bn(prog, [x for x, _ in batches], bits)
+            save(prog, args.model_file)
+            files.append(args.model_file)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
+    print("wrote " + ", ".join(files))
     return 0
 
 
@@ -715,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": _cmd_simulate,
         "sweep": _cmd_sweep,
         "cim": _cmd_cim,
+        "progressive": _cmd_progressive,
     }
     try:
         return commands[args.command](args)

@@ -284,9 +284,9 @@ def _twin(
     return SupermaskLinear(*_shape_args(module), **common)
 
 
-def _shape_args(module: nn.Module) -> tuple:
+def _shape_args(module: nn.Module, has_bias: bool | None = None) -> tuple:
     """The positional constructor arguments that rebuild ``module``'s layer geometry."""
-    has_bias = module.bias is not None
+    has_bias = module.bias is not None if has_bias is None else has_bias
     if isinstance(module, nn.Conv2d):
         return (
             module.in_channels,
@@ -349,10 +349,11 @@ def to_dense(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def _plain(module: SupermaskLayer) -> nn.Module:
     weight = module.effective_weight().detach().clone()
+    bias = module.effective_bias()
     kind = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
-    plain = skip_init(kind, *_shape_args(module), device=weight.device)
+    plain = skip_init(kind, *_shape_args(module, bias is not None), device=weight.device)
     plain.weight = nn.Parameter(weight)
-    if module.bias is not None:
-        plain.bias = nn.Parameter(module.bias.detach().clone())
+    if bias is not None:
+        plain.bias = nn.Parameter(bias.detach().clone())
     plain.train(module.training)
     return plain

@@ -168,6 +168,10 @@ class SupermaskLayer(OperatorLayer):
         """The weight the forward pass uses, built by the method (straight-through gradient)."""
         return self.method.weight(self)
 
+    def effective_bias(self) -> torch.Tensor | None:
+        """The bias the forward pass uses (the method's; usually the layer's own)."""
+        return self.method.bias(self)
+
     def supermask_repr(self) -> str:
         return (
             f"{self.method.describe(self)}, init={self.init}, seed={self.seed}, "
@@ -227,7 +231,7 @@ class SupermaskConv2d(SupermaskLayer, nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d_forward(self, x, self.effective_weight(), self.bias)
+        return conv2d_forward(self, x, self.effective_weight(), self.effective_bias())
 
     def extra_repr(self) -> str:
         return nn.Conv2d.extra_repr(self) + ", " + self.supermask_repr()
@@ -267,7 +271,7 @@ class SupermaskLinear(SupermaskLayer, nn.Linear):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.active_operator().linear(x, self.effective_weight(), self.bias)
+        return self.active_operator().linear(x, self.effective_weight(), self.effective_bias())
 
     def extra_repr(self) -> str:
         return nn.Linear.extra_repr(self) + ", " + self.supermask_repr()

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 from ..errors import ConfigError
 
 __all__ = [
+    "BIT_SERIAL_DIGIT_PJ_45NM",
     "CALIBRATION",
     "HOROWITZ_45NM",
     "PUBLISHED",
@@ -75,6 +76,9 @@ def scale_energy(
     ``to_vdd_v``): ``pj x (to_nm / from_nm) x (to_vdd_v / from_vdd_v)^2`` (E = C V^2, C
     proportional to the feature size)."""
     return pj * (to_nm / from_nm) * (to_vdd_v / from_vdd_v) ** 2
+
+
+BIT_SERIAL_DIGIT_PJ_45NM = (HOROWITZ_45NM["add_pj"][16] + HOROWITZ_45NM["add_pj"][32]) / 2
 
 
 def horowitz_sram_pj_per_byte(capacity_bytes: int) -> float:
@@ -236,6 +240,10 @@ def energy_fields(cal: Calibration = CALIBRATION) -> dict[str, Any]:
         # doi:10.1145/3453688.3461509) and 2.3x power efficiency for a whole training engine
         # (Cheng, Yu, Hashimoto, PATMOS 2019, doi:10.1109/PATMOS.2019.8862162).
         "log_mult_pj": {b: e * s for b, e in HOROWITZ_45NM["add_pj"].items()},
+        # bit-serial PE (ProgressiveNN): one {-1,+1} digit = a +-activation add into the 24-bit
+        # accumulator (the shift of MSB-first Horner accumulation is wiring); Horowitz's 45 nm
+        # integer add interpolated at 24 bits (16 b 0.05 pJ, 32 b 0.1 pJ) = 0.075 pJ, scaled
+        "bit_serial_digit_pj": BIT_SERIAL_DIGIT_PJ_45NM * s,
         "sram_read_pj_per_byte": {cal.sram_bank_bytes: sram},
         "sram_write_pj_per_byte": {cal.sram_bank_bytes: sram},
         "dram_pj_per_byte": cal.dram_pj_per_byte,

@@ -17,6 +17,7 @@ weight traffic; the PE op energy follows the layer's ``op`` and ``weight_bits``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -141,11 +142,11 @@ class _Costs:
     prng: float
     dec: float
     leak_pj_per_s: float
-    ops: dict[tuple[str, int, str], float] = field(default_factory=dict)  # -> pJ
+    ops: dict[tuple[str, int, str, int], float] = field(default_factory=dict)  # -> pJ
 
     def op(self, spec: ArchSpec, op: str, bits: int, datapath: str = "exact") -> float:
-        """:func:`_op_pj`, memoised per (op, bits, datapath)."""
-        key = (op, bits, datapath)
+        """:func:`_op_pj`, memoised per (op, bits, datapath, activation bits)."""
+        key = (op, bits, datapath, spec.act_bits)
         if key not in self.ops:
             self.ops[key] = _op_pj(spec, op, bits, datapath)
         return self.ops[key]
@@ -206,9 +207,12 @@ def _op_pj(spec: ArchSpec, op: str, bits: int, datapath: str = "exact") -> float
     ``mac`` (and ``add`` / ``xnor`` with wider weights): ``mult(max(act_bits, bits)) +
     add(accum_bits)``; with the ``log`` datapath (a Mitchell operator) the multiply of a
     ``mac`` costs ``log_mult(max(act_bits, bits))`` instead (ops without a multiply are
-    unchanged).
+    unchanged); ``bit-serial`` (weights as ``bits`` {-1,+1} digits accumulated one per
+    cycle): ``bits x bit_serial_digit_pj``.
     """
     e = spec.energy
+    if op == "bit-serial":  # one +-activation add per {-1,+1} digit, MSB first (ProgressiveNN)
+        return bits * e.bit_serial_digit_pj
     if op in ("add", "xnor") and bits == 1:
         return e.add(spec.accum_bits)
     operand = max(spec.act_bits, bits)
@@ -227,6 +231,9 @@ def _estimate(
     input_on_chip: bool,
     output_on_chip: bool,
 ) -> LayerEstimate:
+    if w.act_bits and w.act_bits != spec.act_bits:  # the model's quantizer sets the width
+        spec = spec.replace(act_bits=w.act_bits)
+        c = dataclasses.replace(c, pe_op=spec.pe_op_pj, ops={})
     pe_ic, pe_oh, pe_ow, pe_oc = spec.pe_ic, spec.pe_oh, spec.pe_ow, spec.pe_oc
     g = w.groups
     cg = w.in_channels // g
@@ -255,6 +262,8 @@ def _estimate(
         bits = max(w.weight_bits, spec.weight_bits) if regenerated else w.weight_bits
         if op in ("add", "xnor") and bits > 1:
             op = "mac"
+        if op == "bit-serial":  # digits accumulated serially: cycles grow with the digits
+            compute *= w.weight_bits
         weight_bytes = w.weight_bytes
         mask_bytes = w.mask_bytes if masked else 0
         decoded = w.decoded_bits if masked else 0
@@ -438,7 +447,7 @@ def estimate_layer(
     energy (clock-gated; cycles are unchanged, the array runs in lock step)."""
     spec = resolve_arch(spec)
     (w,) = workloads_from_dicts([workload])
-    ab = spec.act_bits
+    ab = w.act_bits or spec.act_bits
     in_chip = activations_on_chip and _bits_to_bytes(w.ifmap_elems, ab) <= spec.act_in_sram_bytes
     out_chip = activations_on_chip and (
         _bits_to_bytes(w.ofmap_elems, ab) <= spec.act_out_sram_bytes
@@ -618,10 +627,10 @@ def estimate(
     spec = resolve_arch(spec)
     wl = workloads_from_dicts(workloads)
     costs = _Costs.of(spec)
-    ab = spec.act_bits
     rows: list[LayerEstimate] = []
     prev_kept = False
     for i, w in enumerate(wl):
+        ab = w.act_bits or spec.act_bits
         in_chip = (
             activations_on_chip
             and prev_kept

@@ -21,7 +21,13 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import UserError
-from .calibration import CALIBRATION, HOROWITZ_45NM, energy_fields, spec_fields
+from .calibration import (
+    BIT_SERIAL_DIGIT_PJ_45NM,
+    CALIBRATION,
+    HOROWITZ_45NM,
+    energy_fields,
+    spec_fields,
+)
 
 __all__ = [
     "PRESETS",
@@ -172,6 +178,8 @@ class EnergyTable:
     leakage_mw: float = _CAL_ENERGY["leakage_mw"]  # static power of the die (mW)
     # Mitchell multiply at operand width b: derived in hiddenite.hw.calibration.energy_fields
     log_mult_pj: tuple[tuple[int, float], ...] = _pairs(_CAL_ENERGY["log_mult_pj"])
+    # bit-serial PE (ProgressiveNN), one {-1,+1} digit: hiddenite.hw.calibration.energy_fields
+    bit_serial_digit_pj: float = _CAL_ENERGY["bit_serial_digit_pj"]
 
     _TABLES = (
         "add_pj",
@@ -180,7 +188,13 @@ class EnergyTable:
         "sram_write_pj_per_byte",
         "log_mult_pj",
     )
-    _SCALARS = ("dram_pj_per_byte", "prng_step_pj", "decoder_pj_per_bit", "leakage_mw")
+    _SCALARS = (
+        "dram_pj_per_byte",
+        "prng_step_pj",
+        "decoder_pj_per_bit",
+        "leakage_mw",
+        "bit_serial_digit_pj",
+    )
 
     def __post_init__(self) -> None:
         for name in self._TABLES:
@@ -200,6 +214,7 @@ class EnergyTable:
             add_pj=h["add_pj"],
             mult_pj=h["mult_pj"],
             log_mult_pj=h["add_pj"],  # a b-bit Mitchell multiply is a b-bit add (calibration.py)
+            bit_serial_digit_pj=BIT_SERIAL_DIGIT_PJ_45NM,
             sram_read_pj_per_byte=h["sram_pj_per_byte"],
             sram_write_pj_per_byte=h["sram_pj_per_byte"],
             dram_pj_per_byte=h["dram_pj_per_byte"],

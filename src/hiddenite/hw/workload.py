@@ -25,6 +25,7 @@ from ..codecs import entropy_bound_bits
 from ..errors import UserError
 from ..masks import kept_count
 from ..ops import DATAPATHS, operator_for
+from ..quant import input_bits
 
 __all__ = [
     "OPS",
@@ -32,6 +33,7 @@ __all__ = [
     "LayerWorkload",
     "MaskBytesFn",
     "WorkloadError",
+    "at_precision",
     "entropy_bits_per_weight",
     "mask_bytes_for",
     "method_fields",
@@ -41,7 +43,7 @@ __all__ = [
 
 KINDS = ("conv", "linear")
 WEIGHT_SOURCES = ("prng", "stored")
-OPS = ("add", "shift-add", "xnor", "mac")
+OPS = ("add", "shift-add", "xnor", "mac", "bit-serial")
 MASK_CODECS = (*codecs.CODECS, "none")
 
 MaskBytesFn = Callable[[str, Any], tuple[str, int]]
@@ -181,6 +183,7 @@ class LayerWorkload:
     call: int = 1
     prng_streams: int = -1  # -1: 1 (prng: the frozen weights), 0 (stored)
     datapath: str = "exact"  # the layer operator's multiplier: "exact" or "log" (Mitchell)
+    act_bits: int = 0  # input activation width from the model's quantizer; 0: the spec's
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -248,6 +251,8 @@ class LayerWorkload:
             object.__setattr__(self, "decoded_bits", decoded)
         if self.prng_streams == -1:
             object.__setattr__(self, "prng_streams", 1 if prng else 0)
+        if isinstance(self.act_bits, bool) or self.act_bits not in range(0, 33):
+            raise WorkloadError(f"{self.name}: act_bits must be in 0..32, got {self.act_bits!r}")
         for f in ("mask_bytes", "weight_bytes", "param_bytes", "decoded_bits", "prng_streams"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -369,6 +374,22 @@ class LayerWorkload:
             mask_bytes=nbytes,
             decoded_bits=0 if codec == "none" else self.weights,
         )
+
+
+def at_precision(workloads: Iterable[LayerWorkload], bits: int) -> list[LayerWorkload]:
+    """The workloads run at ``bits`` digits: every ``bit-serial`` layer (weights stored as
+    ``weight_bits`` digit planes, accumulated most significant first) uses its first
+    ``min(bits, weight_bits)`` planes, so its PE work and the weight bytes it loads shrink in
+    proportion; other layers are unchanged."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise WorkloadError(f"precision must be an integer >= 1 (digits), got {bits!r}")
+    out = []
+    for w in workloads:
+        if w.op == "bit-serial" and bits < w.weight_bits:
+            nbytes = math.ceil(w.weight_bytes * bits / w.weight_bits)
+            w = dataclasses.replace(w, weight_bits=bits, weight_bytes=nbytes)
+        out.append(w)
+    return out
 
 
 def _bn_param_count(module: Any) -> int:
@@ -566,6 +587,7 @@ def workloads_from_module(
             "param_bytes": (
                 charged[idx] if charged is not None else param_bytes_per_value * n_params
             ),
+            "act_bits": input_bits(mod) or 0,
             **layer_fields(rec),
         }
         if isinstance(mod, nn.Conv2d):

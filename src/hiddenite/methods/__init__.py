@@ -11,13 +11,24 @@ name               what is learned / stored
 ``frozen``         edge-popup over the free positions of a seed-frozen layer; 1 bit each
 ``binarized``      baseline: trained latent weights, sign x per-channel mean|w|
 ``analog``         fixed seed topology; learned sign + b-bit magnitude per link
+``progressive``    ProgressiveNN: N {-1,+1} digit planes, run at any 1..N bits
 =================  ==============================================================
 
 ``method_config("edge-popup", scope="global")`` builds a method's typed config;
 ``get_method(name)`` returns the registered :class:`Method`.
 """
 
-from . import analog, binarized, dense, edge_popup, frozen, multicoat, signed, trichromatic
+from . import (
+    analog,
+    binarized,
+    dense,
+    edge_popup,
+    frozen,
+    multicoat,
+    progressive,
+    signed,
+    trichromatic,
+)
 from .base import (
     METHODS,
     LayerCost,
@@ -49,6 +60,7 @@ __all__ = [
     "get_method",
     "method_config",
     "multicoat",
+    "progressive",
     "register_method",
     "signed",
     "trichromatic",

@@ -74,7 +74,8 @@ class LayerCost:
     weight_bits: bits of the weight operand each PE multiplies or adds (1: a sign, add/sub
       only; more: a multiplier level or a stored weight).
     op: what a PE does per kept weight: ``"add"`` (signed add of the activation),
-      ``"shift-add"`` (small integer multiple), ``"xnor"`` (binarized), ``"mac"`` (full multiply).
+      ``"shift-add"`` (small integer multiple), ``"xnor"`` (binarized), ``"mac"`` (full multiply),
+      ``"bit-serial"`` (``weight_bits`` {-1,+1} digits accumulated one per cycle, MSB first).
     prng_streams: named PRNG streams the chip steps to build the layer.
     """
 
@@ -86,8 +87,8 @@ class LayerCost:
     def __post_init__(self) -> None:
         if self.weight_source not in ("prng", "stored"):
             raise ValueError(f"weight_source must be prng or stored, got {self.weight_source!r}")
-        if self.op not in ("add", "shift-add", "xnor", "mac"):
-            raise ValueError(f"op must be add, shift-add, xnor or mac, got {self.op!r}")
+        if self.op not in ("add", "shift-add", "xnor", "mac", "bit-serial"):
+            raise ValueError(f"op must be add, shift-add, xnor, mac or bit-serial, got {self.op!r}")
         if self.weight_bits < 1:
             raise ValueError(f"weight_bits must be >= 1, got {self.weight_bits}")
 
@@ -262,6 +263,10 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def weight(self, layer: Any) -> torch.Tensor:
         """The effective weight of the forward pass, with its straight-through gradient."""
+
+    def bias(self, layer: Any) -> torch.Tensor | None:
+        """The effective bias of the forward pass (default: the layer's own, or None)."""
+        return layer.bias
 
     def support(self, layer: Any) -> torch.Tensor:
         """Boolean tensor (weight-shaped): positions whose effective weight is used."""

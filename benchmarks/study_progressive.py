@@ -1,0 +1,162 @@
+"""ProgressiveNN on Fashion-MNIST: one N-bit network run at 1..N bits, against separately
+trained networks at 1, 2, 4 and 8 bits (the Any-Precision anchor), with modelled energy.
+
+1. Train ``--model`` (default conv4, width 0.5) with the ``progressive`` method at N = 8 bits
+   (quantization-aware training of the weights at 8 bits, straight-through), ``--epochs`` on
+   ``--train-subset`` training images.
+2. Evaluate it on the test set at every precision n = 1..8 (the n most significant digits of
+   the single stored model): with the statistics as trained (no correction), and with
+   per-precision batch-norm statistics recalibrated on ``--calibration`` training images;
+   also recalibrated with 8-bit activation quantizers (calibrated on the same images).
+3. Train the same network separately with the ``progressive`` method at N = b for b in
+   ``--anchors`` (QAT at b bits, same data and budget) and evaluate each at its own b.
+4. Model the energy of one inference at each precision on the Hiddenite preset (bit-serial
+   PEs accumulating n digits, :func:`hiddenite.hw.workload.at_precision`).
+
+Usage (the budget of BENCHMARKS.md)::
+
+    OMP_NUM_THREADS=1 python benchmarks/study_progressive.py --train-subset 10000 --epochs 2 \
+        --out runs/progressive
+
+Full size: ``--train-subset 0 --epochs 20 --test-subset 0``. The validation split (10 %)
+is cut to 1,000 images (it only reports progress; the test set gives every figure).
+Prints a markdown table and writes ``<out>/study_progressive.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from hiddenite import SupermaskConfig
+from hiddenite.atomic import atomic_write_text
+from hiddenite.data import iterate_batches, load_dataset, train_val_split
+from hiddenite.hw import estimate
+from hiddenite.hw.workload import at_precision, workloads_from_module
+from hiddenite.methods.progressive import ProgressiveConfig, precision, recalibrate_bn
+from hiddenite.quant import ActQuantConfig, add_act_quantizers_, calibrate
+from hiddenite.train import TrainConfig, evaluate, train
+
+
+def train_at(bits: int, args, datasets) -> tuple[torch.nn.Module, float]:
+    config = TrainConfig(
+        model=args.model,
+        model_kwargs={"width": args.width},
+        supermask=SupermaskConfig(method=ProgressiveConfig(bits=bits), density=1.0, seed=args.seed),
+        epochs=args.epochs,
+        batch_size=128,
+        optimizer="adam",
+        lr=args.lr,
+        weight_decay=0.0,
+        train_subset=args.train_subset,
+        data_seed=args.seed,
+    )
+    began = time.perf_counter()
+    result = train(config, None, datasets=datasets, progress=False, log=None)
+    return result.model.eval(), time.perf_counter() - began
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="conv4")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--bits", type=int, default=8, help="N of the progressive network")
+    p.add_argument("--anchors", type=int, nargs="*", default=[1, 2, 4, 8])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-subset", type=int, default=10000, help="0: all 54,000")
+    p.add_argument("--test-subset", type=int, default=5000, help="0: all 10,000")
+    p.add_argument("--calibration", type=int, default=2000, help="training images for BN stats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/progressive")
+    args = p.parse_args()
+
+    full = load_dataset("fashion-mnist", "train")
+    train_set, val_set = train_val_split(full, 0.1, args.seed)
+    if args.train_subset:  # train() applies train_subset only to data it loads itself
+        train_set = train_set.subset(torch.arange(args.train_subset))
+    datasets = (train_set, val_set.subset(torch.arange(1000)))  # validation: a progress figure
+    test = load_dataset("fashion-mnist", "test")
+    if args.test_subset:
+        test = test.subset(torch.arange(args.test_subset))
+    calib = [
+        x
+        for x, _ in iterate_batches(
+            datasets[0].subset(torch.arange(args.calibration)),
+            500,
+            shuffle=False,
+            generator=None,
+            augment=False,
+        )
+    ]
+    n_top = args.bits
+    model, seconds = train_at(n_top, args, datasets)
+    recal = recalibrate_bn(copy.deepcopy(model), calib)
+    acts = add_act_quantizers_(copy.deepcopy(recal), ActQuantConfig(bits=8))
+    calibrate(acts, calib)
+    shape = (1, 1, 28, 28)
+    workloads = workloads_from_module(model, shape)
+    rows = []
+    for n in range(1, n_top + 1):
+        row = {"bits": n, "relative_compute": n / n_top}
+        for key, net in (("stored", model), ("recalibrated", recal), ("recal_a8", acts)):
+            with precision(net, n):
+                row[key] = evaluate(net, test, 1000)["accuracy"]
+        rep = estimate(at_precision(workloads, n), "hiddenite")
+        row["energy_uj"] = rep.totals["energy_pj"] / 1e6
+        row["energy_compute_nj"] = sum(r.energy_compute_pj for r in rep.rows) / 1e3
+        rows.append(row)
+    anchors = {}
+    for b in args.anchors:
+        net, secs = train_at(b, args, datasets)
+        anchors[b] = {"accuracy": evaluate(net, test, 1000)["accuracy"], "seconds": secs}
+    float_cfg = TrainConfig(
+        model=args.model,
+        model_kwargs={"width": args.width},
+        supermask=SupermaskConfig(method="dense", density=1.0, seed=args.seed),
+        epochs=args.epochs,
+        optimizer="adam",
+        lr=args.lr,
+        weight_decay=0.0,
+        train_subset=args.train_subset,
+        data_seed=args.seed,
+    )
+    dense = train(float_cfg, None, datasets=datasets, progress=False, log=None).model
+    float_acc = evaluate(dense, test, 1000)["accuracy"]
+
+    print(
+        f"{args.model} width {args.width}, {args.epochs} epochs on "
+        f"{args.train_subset or len(datasets[0])} images, test {len(test)}; "
+        f"progressive N={n_top} trained in {seconds:.0f} s; float32 twin {100 * float_acc:.2f} %"
+    )
+    print(
+        "| bits | compute | stored stats | recalibrated | recal. + A8 | trained at b | energy/inf |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        anchor = anchors.get(r["bits"])
+        a = f"{100 * anchor['accuracy']:.2f} %" if anchor else ""
+        print(
+            f"| {r['bits']} | {r['relative_compute']:.3f} | {100 * r['stored']:.2f} % | "
+            f"{100 * r['recalibrated']:.2f} % | {100 * r['recal_a8']:.2f} % | {a} | "
+            f"{r['energy_uj']:.2f} uJ |"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "args": vars(args),
+        "rows": rows,
+        "anchors": anchors,
+        "float_accuracy": float_acc,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    atomic_write_text(out / "study_progressive.json", json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
