@@ -709,6 +709,7 @@ def _cmd_cim(args) -> int:
         print(rep.to_text(), end="\n\n")
     print("All figures are modelled (docs/cim.md: per-event energies, 28 nm), not measured.")
     print(f"wrote {len(files)} files to {args.out}: " + ", ".join(Path(f).name for f in files))
+    return 0
 
 
 def _cmd_progressive(args) -> int:
