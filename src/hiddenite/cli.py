@@ -16,13 +16,30 @@ from pathlib import Path
 from . import models
 from .codecs import CODECS
 from .convert import SupermaskConfig
-from .data import DATASETS, load_dataset
+from .data import DATASETS, iterate_batches, load_dataset
 from .distributed import environment_world, process_group
 from .errors import UserError
 from .export import export_checkpoint
-from .fileformat import PARAM_DTYPES, read_header
+from .fileformat import PARAM_DTYPES, load, read_header, save
+from .hw import ArchSpec, estimate, sweep
+from .hw.cim import CimSpec, analyze_cim, get_cim_preset, parse_granularity
+from .hw.cim_plots import write_cim
+from .hw.model import _json_safe, load_source
+from .hw.outputs import (
+    MODELLED_NOTE,
+    mask_source_note,
+    summary_totals,
+    totals_table,
+    write_simulation,
+)
+from .hw.plots import plot_pareto
 from .init import INITS
+from .main_job import run_main_job
 from .methods import METHODS, method_config
+from .methods.progressive import recalibrate_bn
+from .onnx_export import export_onnx
+from .progressive import ProgressiveConfig, sweep_table, to_progressive, write_sweep
+from .progressive import sweep as progressive_sweep
 from .summary import summary
 from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, resolve_device, train
 
@@ -428,9 +445,6 @@ def _cmd_export(args) -> int:
         f"binarized {t['binarized_bytes']:,} bytes ({t['ratio_binarized']:.2f}x)"
     )
     if args.onnx:
-        from .fileformat import load
-        from .onnx_export import export_onnx
-
         model = load(args.output)
         name, kwargs = info.arch
         shape = models.default_input_shape(name, **kwargs)
@@ -461,8 +475,6 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
 def _load_spec(path: str):
     import yaml
 
-    from .hw import ArchSpec
-
     try:
         return ArchSpec.from_yaml(path)
     except yaml.YAMLError as exc:
@@ -476,7 +488,6 @@ def _load_spec(path: str):
 
 def _hw_workloads(args, density_fallback: float | None = None):
     """Workloads and source description for ``simulate`` / ``sweep``."""
-    from .hw.model import load_source
 
     is_zoo = args.source in models.MODELS and not Path(args.source).exists()
     if not is_zoo and (args.density is not None or args.model_arg):
@@ -497,14 +508,6 @@ def _hw_workloads(args, density_fallback: float | None = None):
 
 
 def _cmd_simulate(args) -> int:
-    from .hw import estimate
-    from .hw.outputs import (
-        MODELLED_NOTE,
-        mask_source_note,
-        summary_totals,
-        totals_table,
-        write_simulation,
-    )
 
     spec = _load_spec(args.spec) if args.spec else None
     workloads, meta = _hw_workloads(args)
@@ -533,8 +536,6 @@ def _cmd_simulate(args) -> int:
     except OSError as exc:
         raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
     if args.json:
-        from .hw.model import _json_safe
-
         doc = {
             "source": meta,
             "note": MODELLED_NOTE,
@@ -590,10 +591,6 @@ def _parse_grid(items: list[str]) -> dict:
 def _cmd_sweep(args) -> int:
     import time
 
-    from .hw import sweep
-    from .hw.model import _json_safe
-    from .hw.outputs import MODELLED_NOTE, mask_source_note
-
     grid = _parse_grid(args.grid)
     if not grid:
         raise UserError("give at least one --grid KEY=V1,V2,... (e.g. --grid density=0.1,0.3)")
@@ -617,7 +614,6 @@ def _cmd_sweep(args) -> int:
         csv_path=out / "sweep.csv",
     )
     seconds = time.perf_counter() - began
-    from .hw.plots import plot_pareto
 
     plot_pareto(rows, out / "pareto.png")
     front = [r for r in rows if r["pareto"]]
@@ -665,15 +661,8 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_cim(args) -> int:
-    from .data import iterate_batches
-    from .fileformat import load
-    from .hw.cim import analyze_cim, get_cim_preset, parse_granularity
-    from .hw.cim_plots import write_cim
-    from .hw.model import _json_safe
 
     if args.spec:
-        from .hw.cim import CimSpec
-
         try:
             spec = CimSpec.from_yaml(args.spec)
         except FileNotFoundError:
@@ -713,8 +702,6 @@ def _cmd_cim(args) -> int:
 
 
 def _cmd_progressive(args) -> int:
-    from .fileformat import save
-    from .progressive import ProgressiveConfig, sweep, sweep_table, to_progressive, write_sweep
 
     text = args.bits.replace(" ", "")
     try:
@@ -736,16 +723,15 @@ def _cmd_progressive(args) -> int:
     if args.recalibrate:
         full = load_dataset(config.dataset, "train", args.data_dir)
         calibration = full.subset(range(min(args.calibration_examples, len(full))))
-    rows = sweep(prog, test, bits, calibration=calibration, batch_size=config.eval_batch_size)
+    rows = progressive_sweep(
+        prog, test, bits, calibration=calibration, batch_size=config.eval_batch_size
+    )
     print(sweep_table(rows))
     title = f"{config.model} on {config.dataset}: ProgressiveNN N={max(bits)}"
     try:
         files = write_sweep(rows, args.out, title=title)
         if args.model_file:
             if calibration is not None:  # the file stores the recalibrated statistics
-                from .data import iterate_batches
-                from .methods.progressive import recalibrate_bn
-
                 batches = iterate_batches(
                     calibration, 500, shuffle=False, generator=None, augment=False
                 )
@@ -762,7 +748,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hiddenite`` console script; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    from .main_job import run_main_job
 
     commands = {
         "run": run_main_job,

@@ -26,6 +26,9 @@ from .data import load_dataset, train_val_split
 from .errors import UserError
 from .export import export_checkpoint
 from .fileformat import load
+from .hw import compare
+from .hw.model import _json_safe
+from .hw.outputs import MODELLED_NOTE, mask_source_note, summary_totals
 from .summary import summary
 from .train import TrainConfig, evaluate, load_trained, predict, resolve_device, train
 
@@ -67,9 +70,6 @@ def hidden_and_dense_configs(epochs: int, train_subset: int) -> tuple[TrainConfi
 def _accelerator_estimate(model_path: Path) -> dict:
     """Step 6: the model file on the three accelerator presets; prints a short comparison and
     returns the ``report.json`` entry."""
-    from .hw import compare
-    from .hw.model import _json_safe
-    from .hw.outputs import MODELLED_NOTE, mask_source_note, summary_totals
 
     reports = compare(model_path)
     print(mask_source_note(reports["hiddenite"].options["source"]))

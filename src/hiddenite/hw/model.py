@@ -26,7 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .. import codecs, models
+from ..fileformat import load, read_header
+from ..layers import SupermaskLayer
 from ..masks import kept_count
+from ..storage import FLOAT_BYTES
+from ..train import load_trained
 from .spec import ArchSpec, SpecError, _atomic_write_text, get_preset
 from .workload import (
     LayerWorkload,
@@ -667,7 +672,6 @@ def _per_channel_bytes(model: Any, bytes_per_value: int = 4) -> dict[str, int]:
     """Bytes of the per-channel tensors a model file stores for ``model`` (at
     ``bytes_per_value`` per value): every ``state_dict`` entry except what the supermask
     layers' methods export as parts and the batch-norm counters."""
-    from ..layers import SupermaskLayer
 
     skip = set()
     for name, m in model.named_modules(remove_duplicate=False):
@@ -687,7 +691,6 @@ def _batch_shape(shape: Sequence[int] | None, default: Sequence[int]) -> tuple[i
 
 def _module_input_shape(module: Any, input_shape: Sequence[int] | None) -> tuple[int, ...]:
     """``input_shape`` (batch first; C,H,W gets batch 1), else a zoo model's own input size."""
-    from .. import models
 
     if input_shape is not None:
         return _batch_shape(input_shape, ())
@@ -718,8 +721,6 @@ def _from_module(
     codec: str | None,
     mask_bytes_fn: MaskBytesFn | None = None,
 ) -> tuple[list[LayerWorkload], dict[str, Any]]:
-    from .. import codecs
-    from ..layers import SupermaskLayer
 
     if codec is not None and codec not in codecs.CODECS:
         raise WorkloadError(
@@ -755,9 +756,6 @@ def _from_module(
 def _from_model_file(
     path: str, input_shape: Sequence[int] | None
 ) -> tuple[list[LayerWorkload], dict[str, Any]]:
-    from .. import models
-    from ..fileformat import load, read_header
-    from ..storage import FLOAT_BYTES
 
     info = read_header(path)
     if info.arch is None:
@@ -796,7 +794,6 @@ def _from_model_file(
 def _from_checkpoint(
     path: str, input_shape: Sequence[int] | None
 ) -> tuple[list[LayerWorkload], dict[str, Any]]:
-    from ..train import load_trained
 
     module, config = load_trained(path)
     wl, meta = _from_module(module, input_shape, codec=None)
@@ -822,7 +819,6 @@ def load_source(
             return _from_checkpoint(path, input_shape)
         if os.path.isfile(path):
             return _from_model_file(path, input_shape)
-        from .. import models
 
         if isinstance(source, str) and source in models.MODELS:
             if density is None:
