@@ -631,6 +631,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception:  # not a user error: a bug; keep its traceback (printed below)
+        print(
+            "hiddenite: internal error, a bug in hiddenite rather than in your input; please "
+            "report it with the command and the traceback below",
+            file=sys.stderr,
+        )
+        raise
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ from .storage import (
     entropy_of_counts,
 )
 from .texttable import text_table
+from .validate import check_json_depth
 
 FORMAT = "hiddenite-model"
 FORMAT_VERSION = 2
@@ -223,6 +224,7 @@ def _json(text: str, what: str) -> Any:
             raise ModelFormatError(f"{what} holds an out-of-range number {_show(text)}")
         return value
 
+    check_json_depth(text, what, ModelFormatError)
     try:
         return json.loads(
             text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number

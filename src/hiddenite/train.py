@@ -30,7 +30,13 @@ from tqdm import tqdm
 
 from . import models
 from .atomic import atomic_write_text
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_fits,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .convert import ConfigError, SupermaskConfig
 from .data import (
     Dataset,
@@ -336,17 +342,14 @@ def train(
     if resume:
         if out is None:
             raise ValueError("resume needs the run directory (out_dir)")
-        state = load_checkpoint(out / "checkpoint.safetensors")
-        stored = TrainConfig.from_dict(state.config)
+        state, stored = _read_run(out / "checkpoint.safetensors")
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
     if state is not None:
-        model.load_state_dict(state.model_state)
-        if state.optimizer_state is not None:
-            optimizer.load_state_dict(state.optimizer_state)
+        _restore(out / "checkpoint.safetensors", state, model, optimizer)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         text = config.to_json()
@@ -421,15 +424,34 @@ def load_trained(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainConfig]:
     """Rebuild a trained model from a checkpoint (weights regenerated from the seed)."""
+    state, config = _read_run(path)
+    model = build_model(config)
+    _restore(path, state, model)
+    return model.to(device).eval(), config
+
+
+def _read_run(path: str | Path) -> tuple[Checkpoint, TrainConfig]:
+    """A checkpoint and its config, both checked: the one reading path of every command."""
     state = load_checkpoint(path)
     try:
         config = TrainConfig.from_dict(state.config)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint config is invalid ({exc})") from None
-    model = build_model(config)
-    try:
-        model.load_state_dict(state.model_state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        raise CheckpointError(f"{path}: checkpoint does not fit its model ({first})") from None
-    return model.to(device).eval(), config
+    if state.epoch > config.epochs:
+        raise CheckpointError(
+            f"{path}: checkpoint epoch {state.epoch} exceeds its config's epochs ({config.epochs})"
+        )
+    return state, config
+
+
+def _restore(
+    path: str | Path,
+    state: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Check that ``state`` fits ``model`` (and ``optimizer``) exactly, then load it."""
+    check_fits(path, state, model, optimizer)
+    model.load_state_dict(state.model_state)
+    if optimizer is not None and state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
