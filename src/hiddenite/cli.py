@@ -393,6 +393,8 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
         dims = ()
     if len(dims) != 3 or min(dims) < 1:
         raise UserError(f"--input-shape {text!r}: expected C,H,W (three positive integers)")
+    if max(dims) > 1 << 20:
+        raise UserError(f"--input-shape {text!r}: each size must be at most {1 << 20:,}")
     return dims
 
 

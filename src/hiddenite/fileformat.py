@@ -52,7 +52,7 @@ from .convert import SupermaskConfig, supermask_
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
-from .prng import PRNG_VERSION
+from .prng import DEFAULT_LANES, PRNG_VERSION
 from .storage import (
     FLOAT_BYTES,
     PARAM_DTYPES,
@@ -72,6 +72,10 @@ META_KEY = "hiddenite"
 META_SHA_KEY = "hiddenite_sha256"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_WEIGHTS = 1 << 28
+# Sequential xorshift steps to regenerate every layer: sum over layers of ceil(n / lanes).
+# 2**17 steps is about 1 s per stream in numpy; 2**28 weights at the default 4,096 lanes need
+# 2**16. A file with fewer lanes (n_lanes = 1: one step per weight) is refused.
+MAX_PRNG_STEPS = 1 << 17
 
 _DTYPE_CODES = {"float32": "F32", "float16": "F16"}
 _NP_DTYPES = {"U8": np.dtype("uint8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
@@ -759,6 +763,7 @@ def save(
         _layer_entry(name, layer, parts)
         for (name, layer), parts in zip(layers, stored, strict=True)
     )
+    _check_lanes(config, entries)
     layout = _layout(model)
     arch_meta = None
     try:
@@ -908,6 +913,7 @@ def _parse_meta(
         layers = tuple(_check_layer_v1(x, i, param_dtype, config) for i, x in enumerate(raw_layers))
     else:
         layers = tuple(_check_layer(x, i, param_dtype) for i, x in enumerate(raw_layers))
+    _check_lanes(config, layers)
     names = set()
     for layer in layers:
         if layer.name in names:
@@ -926,6 +932,17 @@ def _parse_meta(
             raise ModelFormatError(f"per-channel tensor {name!r} appears twice")
         seen.add(name)
     return meta, config, layers
+
+
+def _check_lanes(config: SupermaskConfig, layers: tuple[LayerEntry, ...]) -> None:
+    """Bound the sequential work of regenerating the weights (see ``MAX_PRNG_STEPS``)."""
+    steps = sum(-(-e.n // min(config.n_lanes, e.n)) for e in layers if e.n)
+    if steps > MAX_PRNG_STEPS:
+        raise ModelFormatError(
+            f"n_lanes = {config.n_lanes} makes regenerating the weights take {steps:,} "
+            f"sequential PRNG steps, more than the limit of {MAX_PRNG_STEPS:,}; use more lanes "
+            f"(default {DEFAULT_LANES})"
+        )
 
 
 def _expected_tensors(
