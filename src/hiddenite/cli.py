@@ -23,6 +23,9 @@ from .init import INITS
 from .methods import METHODS, method_config
 from .summary import summary
 from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, resolve_device, train
+from .validate import check_output_file, check_output_folder
+
+RUN_FILES = ("checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json")
 
 
 def _key_values(pairs: list[str], flag: str, example: str) -> dict:
@@ -295,7 +298,9 @@ def _cmd_train(args) -> int:
         val_fraction=args.val_fraction,
         train_subset=args.train_subset,
     )
-    out = Path(args.out)
+    out = check_output_folder(args.out, "run folder (--out)")
+    for name in RUN_FILES:
+        check_output_file(out / name, "run file")
     if not args.resume and (out / "checkpoint.safetensors").exists():
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
@@ -351,6 +356,11 @@ def _cmd_summary(args) -> int:
 
 def _cmd_export(args) -> int:
     codec = None if args.codec == "auto" else args.codec
+    check_output_file(args.output, "model file (-o)")
+    if args.onnx:
+        check_output_file(args.onnx, "ONNX file (--onnx)")
+        if os.path.abspath(args.onnx) == os.path.abspath(args.output):
+            raise UserError("--onnx and -o name the same file; give two paths")
     try:
         info = export_checkpoint(
             args.checkpoint, args.output, codec=codec, param_dtype=args.param_dtype
@@ -446,6 +456,7 @@ def _cmd_simulate(args) -> int:
         write_simulation,
     )
 
+    check_output_folder(args.out, "output folder (--out)")
     spec = _load_spec(args.spec) if args.spec else None
     workloads, meta = _hw_workloads(args)
     options = {
@@ -534,6 +545,7 @@ def _cmd_sweep(args) -> int:
     from .hw.model import _json_safe
     from .hw.outputs import MODELLED_NOTE, mask_source_note
 
+    check_output_folder(args.out, "output folder (--out)")
     grid = _parse_grid(args.grid)
     if not grid:
         raise UserError("give at least one --grid KEY=V1,V2,... (e.g. --grid density=0.1,0.3)")

@@ -62,7 +62,7 @@ from .storage import (
     entropy_of_counts,
 )
 from .texttable import text_table
-from .validate import check_json_depth
+from .validate import check_json_depth, open_regular
 
 FORMAT = "hiddenite-model"
 FORMAT_VERSION = 2
@@ -1316,16 +1316,13 @@ def _read_head(fh, path: str) -> tuple[bytes, int]:
 
 
 def _open(path: str | os.PathLike):
-    try:
-        return open(path, "rb")  # closed by the caller's with-block
-    except FileNotFoundError:
+    """Open a model file for reading (closed by the caller's with-block): a regular file
+    only, never blocking on a FIFO or device."""
+    if not os.path.exists(path):
         raise ModelFormatError(
             f"{path}: no such model file (write one with `hiddenite export CHECKPOINT -o FILE`)"
-        ) from None
-    except IsADirectoryError:
-        raise ModelFormatError(f"{path}: is a directory, not a model file") from None
-    except OSError as exc:
-        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        )
+    return open_regular(path, "model file", ModelFormatError)
 
 
 def _guard(path: str | os.PathLike, fn: Callable[[], Any]) -> Any:

@@ -166,7 +166,7 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
         raise UserError(f"{what}: an empty path; give a file name")
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         st = None
     except OSError as exc:
         raise UserError(f"{path}: cannot write this {what} ({_reason(exc)})") from None
@@ -189,7 +189,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
     path = Path(path)
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         st = None
     except OSError as exc:
         raise UserError(f"{path}: cannot use this {what} ({_reason(exc)})") from None
