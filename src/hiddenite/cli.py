@@ -100,6 +100,20 @@ def _add_supermask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-last-dense", action="store_true", help="last layer stays dense")
 
 
+_SUPERMASK_DESTS = (
+    "model",
+    "model_arg",
+    "density",
+    "init",
+    "seed",
+    "method",
+    "method_arg",
+    "scale_by_density",
+    "keep_first_dense",
+    "keep_last_dense",
+)
+
+
 def _supermask_config(args) -> SupermaskConfig:
     return SupermaskConfig(
         density=args.density,
@@ -344,6 +358,14 @@ def _cmd_eval(args) -> int:
 
 def _cmd_summary(args) -> int:
     if args.checkpoint:
+        defaults = vars(_parser().parse_args(["summary"]))
+        given = [k for k in _SUPERMASK_DESTS if getattr(args, k) != defaults[k]]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(
+                f"{flag} describes a zoo model; a checkpoint's summary uses the checkpoint's own "
+                f"settings: drop {flag} or the checkpoint"
+            )
         model, _ = load_trained(args.checkpoint)
     else:
         kwargs = _model_kwargs(args.model_arg)

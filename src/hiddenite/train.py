@@ -318,6 +318,17 @@ def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, 
     return train_set, val_set
 
 
+def _check_data_fit(config: TrainConfig, shape: tuple[int, int, int], what: str) -> None:
+    """ConfigError if a model argument contradicts the data (channels, size, classes)."""
+    for key, value in zip(("in_channels", "image_size", "num_classes"), shape, strict=True):
+        given = config.model_kwargs.get(key, value)
+        if given != value:
+            raise ConfigError(
+                f"TrainConfig.model_kwargs: {key}={given!r} does not fit {what} ({key} {value}); "
+                "leave it out"
+            )
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -345,6 +356,12 @@ def train(
         state, stored = _read_run(out / "checkpoint.safetensors")
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
+    if datasets is None:
+        _check_data_fit(config, dataset_info(config.dataset), config.dataset)
+    else:
+        images = datasets[0].images
+        shape = (images.shape[1], images.shape[2], datasets[0].num_classes)
+        _check_data_fit(config, shape, "the training data")
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
