@@ -670,3 +670,11 @@ def test_the_largest_gain_keeps_the_deepest_unnormalised_zoo_model_finite():
             out = model(x)
         assert torch.isfinite(out).all()
         assert out.abs().max() < 2.0**100  # far inside float32's 2**128
+
+
+def test_a_boolean_version_is_not_version_1():
+    data = {**SupermaskConfig().to_dict(), "version": True}
+    with pytest.raises(ConfigError, match="version"):
+        SupermaskConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="version True"):
+        method_config({"name": "edge-popup", "version": True})

@@ -577,10 +577,6 @@ def _cmd_sweep(args) -> int:
         raise UserError(f"--grid density: expected numbers, got {grid['density']!r}")
     workloads, meta = _hw_workloads(args, density_fallback=first_density)
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
     began = time.perf_counter()
     rows = sweep(
         workloads,
@@ -588,10 +584,16 @@ def _cmd_sweep(args) -> int:
         grid,
         skip_masked=not args.no_skip_masked,
         activations_on_chip=args.activations_on_chip,
-        csv_path=out / "sweep.csv",
     )
     seconds = time.perf_counter() - began
+    try:  # only once every point ran: a refused grid leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
     from .hw.plots import plot_pareto
+    from .hw.sweep import write_rows_csv
+
+    write_rows_csv(rows, out / "sweep.csv")
 
     plot_pareto(rows, out / "pareto.png")
     front = [r for r in rows if r["pareto"]]

@@ -142,7 +142,7 @@ class SupermaskConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"SupermaskConfig: expected a JSON object, got {type(data).__name__}")
         data = dict(data)
-        if data.get("version") == 1:
+        if data.get("version") == 1 and not isinstance(data["version"], bool):
             data = _from_version_1(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

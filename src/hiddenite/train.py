@@ -154,7 +154,7 @@ class TrainConfig:
             or self.data_seed < 0
         ):
             fail("data_seed", f"must be a non-negative integer or null, got {self.data_seed!r}")
-        if self.version != TRAIN_CONFIG_VERSION:
+        if self.version != TRAIN_CONFIG_VERSION or isinstance(self.version, bool):
             fail("version", f"{self.version} is not supported (this build: {TRAIN_CONFIG_VERSION})")
 
     @property
@@ -366,7 +366,7 @@ def train(
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
     if state is not None:
-        _restore(out / "checkpoint.safetensors", state, model, optimizer)
+        _restore(out / "checkpoint.safetensors", state, config, model, optimizer)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         text = config.to_json()
@@ -443,7 +443,7 @@ def load_trained(
     """Rebuild a trained model from a checkpoint (weights regenerated from the seed)."""
     state, config = _read_run(path)
     model = build_model(config)
-    _restore(path, state, model)
+    _restore(path, state, config, model)
     return model.to(device).eval(), config
 
 
@@ -464,11 +464,15 @@ def _read_run(path: str | Path) -> tuple[Checkpoint, TrainConfig]:
 def _restore(
     path: str | Path,
     state: Checkpoint,
+    config: TrainConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
-    """Check that ``state`` fits ``model`` (and ``optimizer``) exactly, then load it."""
-    check_fits(path, state, model, optimizer)
+    """Check that ``state`` fits ``model`` and the optimizer ``config`` builds exactly (the
+    same checks whether or not the optimizer state is used), then load it."""
+    check_fits(
+        path, state, model, optimizer if optimizer is not None else _optimizer(model, config)
+    )
     model.load_state_dict(state.model_state)
     if optimizer is not None and state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
