@@ -1084,3 +1084,16 @@ def test_deeply_nested_container_header_is_a_clean_error(tmp_path, tiny_file):
     expect_error(path, "container header nests 100001 levels deep")
     with pytest.raises(ModelFormatError, match="levels deep"):
         read_header(path)
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch):
+    from hiddenite import resources
+
+    model = create(("mlp", {"hidden": [8]}), SupermaskConfig(density=0.5))
+    path = tmp_path / "m.hnn"
+    save(model, path)
+    weights = 784 * 8 + 8 * 10
+    monkeypatch.setattr(resources, "available_memory", lambda: 32 * weights - 1)
+    expect_error(path, f"needs about {resources.format_bytes(32 * weights)} of memory")
+    monkeypatch.setattr(resources, "available_memory", lambda: 32 * weights)
+    load(path)

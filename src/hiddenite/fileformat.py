@@ -53,6 +53,7 @@ from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
 from .prng import DEFAULT_LANES, PRNG_VERSION
+from .resources import LOAD_BYTES_PER_WEIGHT, ResourceError, check_available
 from .storage import (
     FLOAT_BYTES,
     PARAM_DTYPES,
@@ -1424,6 +1425,10 @@ def _target(
             f"{what} has {layout.weights:,} weights, more than max_weights ({max_weights:,}); "
             "pass a larger max_weights to load it"
         )
+    try:
+        check_available(LOAD_BYTES_PER_WEIGHT * layout.weights, f"loading {what}")
+    except ResourceError as exc:
+        raise ModelFormatError(str(exc)) from None
     _fit(layout, info.entries, config)
     _fit_params(layout, {p["name"]: tuple(p["shape"]) for p in info.meta["params"]}, what)
     return model, layout

@@ -29,6 +29,7 @@ __all__ = [
     "activation_values",
     "available_memory",
     "check_activations",
+    "check_available",
     "check_weights",
     "format_bytes",
     "weight_count",
@@ -37,6 +38,10 @@ __all__ = [
 MAX_MODEL_WEIGHTS = 1 << 28
 TRAIN_BYTES_PER_WEIGHT = 16
 MAX_ACTIVATION_BYTES = 16 * 1024**3
+# Peak memory per weight while a model file is loaded (frozen weights, learned state, the
+# PRNG's words and their conversions): 20.6 to 26.8 B measured by
+# benchmarks/hostile_amplification.py; 32 leaves a margin.
+LOAD_BYTES_PER_WEIGHT = 32
 
 
 class ResourceError(UserError):
@@ -121,4 +126,14 @@ def check_activations(values: int, what: str, bytes_per_value: int = 4) -> None:
         raise ResourceError(
             f"{what} needs about {format_bytes(need)} of activations ({values:,} values), "
             f"more than {where}; use a smaller input"
+        )
+
+
+def check_available(need: int, what: str) -> None:
+    """Raise ResourceError if ``need`` bytes exceed the memory available now (when known)."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise ResourceError(
+            f"{what} needs about {format_bytes(need)} of memory, more than the "
+            f"{format_bytes(free)} available"
         )

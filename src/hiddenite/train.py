@@ -458,6 +458,15 @@ def _read_run(path: str | Path) -> tuple[Checkpoint, TrainConfig]:
         raise CheckpointError(
             f"{path}: checkpoint epoch {state.epoch} exceeds its config's epochs ({config.epochs})"
         )
+    # fitted on the meta device first: a config naming a bigger model than the checkpoint
+    # holds is refused before that model is allocated
+    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    kwargs = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    with torch.device("meta"):
+        skeleton = models.create(
+            config.model, config.supermask, init_state=False, **{**kwargs, **config.model_kwargs}
+        )
+    check_fits(path, state, skeleton, _optimizer(skeleton, config))
     return state, config
 
 
