@@ -35,7 +35,7 @@ __all__ = [
     "open_regular",
 ]
 
-# Deepest nesting of any JSON document hiddenite reads (its own files nest at most 5 deep).
+# Deepest nesting of any JSON document hiddenite reads (its own files nest at most 6 deep).
 MAX_JSON_DEPTH = 64
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
