@@ -339,7 +339,19 @@ def checkpoint_cases(rng: random.Random, world_meta: dict, flips: int) -> list[C
 
         os.open = guarded
 
+    def other_classes(world, folder):  # consistent, checksummed, but for 5 classes
+        from hiddenite.checkpoint import Checkpoint, save_checkpoint
+        from hiddenite.train import TrainConfig, build_model
+
+        config = TrainConfig(model="mlp", model_kwargs={"hidden": [16], "num_classes": 5})
+        run = folder / "run"
+        save_checkpoint(run / "checkpoint.safetensors", Checkpoint(
+            config=config.to_dict(), epoch=0, history=[],
+            model_state=build_model(config).state_dict(), optimizer_state=None))  # fmt: skip
+        return ["eval", str(run), "--data-dir", str(world.data)]
+
     cases += [
+        Case("checkpoint", "eval:five-classes-on-ten", other_classes),
         Case("checkpoint", "eval:deep-header", deep_header),
         Case("checkpoint", "summary:deep-metadata", deep_metadata),
         Case("checkpoint", "export:garbage-after-data", garbage_after),

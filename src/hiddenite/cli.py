@@ -22,7 +22,15 @@ from .fileformat import PARAM_DTYPES, read_header
 from .init import INITS
 from .methods import METHODS, method_config
 from .summary import summary
-from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, resolve_device, train
+from .train import (
+    OPTIMIZERS,
+    TrainConfig,
+    check_data_fit,
+    evaluate,
+    load_trained,
+    resolve_device,
+    train,
+)
 from .validate import check_output_file, check_output_folder
 
 RUN_FILES = ("checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json")
@@ -336,6 +344,7 @@ def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
     test = load_dataset(config.dataset, "test", args.data_dir)
+    check_data_fit(config, (*test.images.shape[1:3], test.num_classes), f"{config.dataset} test")
     metrics = evaluate(model, test, config.eval_batch_size, device)
     if args.json:
         print(

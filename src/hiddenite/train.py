@@ -58,6 +58,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "check_data_fit",
     "evaluate",
     "learning_rate",
     "load_trained",
@@ -318,7 +319,7 @@ def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, 
     return train_set, val_set
 
 
-def _check_data_fit(config: TrainConfig, shape: tuple[int, int, int], what: str) -> None:
+def check_data_fit(config: TrainConfig, shape: tuple[int, int, int], what: str) -> None:
     """ConfigError if a model argument contradicts the data (channels, size, classes)."""
     for key, value in zip(("in_channels", "image_size", "num_classes"), shape, strict=True):
         given = config.model_kwargs.get(key, value)
@@ -357,11 +358,11 @@ def train(
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
     if datasets is None:
-        _check_data_fit(config, dataset_info(config.dataset), config.dataset)
+        check_data_fit(config, dataset_info(config.dataset), config.dataset)
     else:
         images = datasets[0].images
         shape = (images.shape[1], images.shape[2], datasets[0].num_classes)
-        _check_data_fit(config, shape, "the training data")
+        check_data_fit(config, shape, "the training data")
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
