@@ -22,6 +22,7 @@ import random
 import select
 import shutil
 import signal
+import stat
 import struct
 import sys
 import time
@@ -611,8 +612,10 @@ def special_file_cases() -> list[Case]:
             cases.append(Case("special-file", f"{name}:{kind}", lambda w, f, a=argv, k=kind: a(
                 w, f, k)))  # fmt: skip
     for name, argv in (
-        ("export -o /dev/null", lambda w, f: ["export", str(w.run_sgd), "-o", "/dev/null"]),
-        ("export -o /dev/full", lambda w, f: ["export", str(w.run_sgd), "-o", "/dev/full"]),
+        ("export -o a null device", lambda w, f: ["export", str(w.run_sgd), "-o",
+                                                 str(_device(f, "null", 3))]),
+        ("export -o a full device", lambda w, f: ["export", str(w.run_sgd), "-o",
+                                                 str(_device(f, "full", 7))]),
         ("inspect /dev/zero", lambda w, f: ["inspect", "/dev/zero"]),
         ("eval /dev/zero", lambda w, f: ["eval", "/dev/zero"]),
         ("--spec /dev/zero", lambda w, f: ["simulate", "mlp", "--density", "0.5", "--spec",
@@ -630,6 +633,18 @@ def special_file_cases() -> list[Case]:
     ):  # fmt: skip
         cases.append(Case("special-file", name, argv))
     return cases
+
+
+def _device(folder: Path, name: str, minor: int) -> Path:
+    """A private character device (memory devices, major 1) in the case folder, never one of
+    /dev's: a reader that replaced its output would otherwise replace the machine's /dev/null.
+    Without the right to make one (not root), a FIFO stands in for it."""
+    path = folder / name
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    except (PermissionError, AttributeError):
+        os.mkfifo(path)
+    return path
 
 
 def _data_with(world: World, folder: Path, kind: str, node) -> list[str]:
