@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,13 +22,25 @@ from hiddenite.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     CheckpointError,
+    check_fits,
     load_checkpoint,
     save_checkpoint,
 )
 from hiddenite.convert import SupermaskConfig, supermask_
 
 CONFIG = {"model": "mlp", "model_kwargs": {"hidden": [4]}, "epochs": 2}
-HISTORY = [{"epoch": 1, "lr": 0.05, "train_loss": 1.25, "val_accuracy": 0.5, "seconds": 0.1}]
+HISTORY = [
+    {
+        "epoch": e,
+        "lr": 0.05,
+        "train_loss": 1.25,
+        "train_accuracy": 0.25,
+        "val_loss": 1.5,
+        "val_accuracy": 0.5,
+        "seconds": 0.1,
+    }
+    for e in (1, 2, 3)
+]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -81,7 +94,7 @@ def meta(**changes) -> dict:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": dict(CONFIG),
-        "epoch": 1,
+        "epoch": 0,
         "history": [],
     }
     data.update(changes)
@@ -89,9 +102,14 @@ def meta(**changes) -> dict:
 
 
 def write_crafted(path: Path, hiddenite_meta, tensors=None) -> Path:
+    """A checkpoint with this metadata and valid checksums (a version 2 dict gets its
+    ``tensors_sha256`` unless it has one)."""
     tensors = {"model.0.scores": torch.zeros(2)} if tensors is None else tensors
+    if isinstance(hiddenite_meta, dict) and hiddenite_meta.get("format_version") == 2:
+        hiddenite_meta = {"tensors_sha256": ckpt_mod.tensors_sha256(tensors), **hiddenite_meta}
     text = hiddenite_meta if isinstance(hiddenite_meta, str) else json.dumps(hiddenite_meta)
-    save_file(tensors, str(path), metadata={"hiddenite": text})
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    save_file(tensors, str(path), metadata={"hiddenite": text, "hiddenite_sha256": sha})
     return path
 
 
@@ -204,10 +222,11 @@ def test_save_overwrites_atomically_and_leaves_no_temp_files(tmp_path):
     path = saved(tmp_path)
     first = path.read_bytes()
     c, _, _ = make_checkpoint("adam")
-    c.epoch = 4
+    c.epoch = 2
+    c.history = c.history[:2]
     save_checkpoint(path, c)
     assert path.read_bytes() != first
-    assert load_checkpoint(path).epoch == 4
+    assert load_checkpoint(path).epoch == 2
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
@@ -359,7 +378,7 @@ def test_safetensors_file_without_hiddenite_metadata(tmp_path):
         ("{not json", "no hiddenite metadata"),
         ([1, 2], "format is not hiddenite-checkpoint"),
         (meta(format="hiddenite-model"), "format is not hiddenite-checkpoint"),
-        (meta(format_version=2), "format version 2 is not supported"),
+        (meta(format_version=3), "format version 3 is not supported"),
         (meta(format_version="1"), "format version '1' is not supported"),
         (meta(format_version=None), "format version None is not supported"),
         (meta(config=None), "field 'config' is missing"),
@@ -464,3 +483,200 @@ def test_small_length_prefixed_headers(tmp_path, data):
     path.write_bytes(len(body).to_bytes(8, "little") + body)
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- integrity (v2)
+
+
+def _rewrite_metadata(path: Path, edit) -> None:
+    """Re-frame ``path`` with its hiddenite JSON passed through ``edit`` (checksums kept)."""
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    data = json.loads(metadata["hiddenite"])
+    edit(data, tensors)
+    text = json.dumps(data)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    save_file(tensors, str(path), metadata={"hiddenite": text, "hiddenite_sha256": sha})
+
+
+def test_version_2_carries_both_checksums(tmp_path):
+    path = saved(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    text = metadata["hiddenite"]
+    assert metadata["hiddenite_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    data = json.loads(metadata["hiddenite"])
+    # the digest, recomputed by hand: key, dtype, shape as JSON, a NUL, then the raw bytes
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        digest.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode() + b"\0")
+        digest.update(bytes(t.reshape(-1).view(torch.uint8).tolist()))
+    assert data["tensors_sha256"] == digest.hexdigest()
+
+
+def test_flipped_data_byte_is_a_checksum_error(tmp_path):
+    path = saved(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10  # inside the last tensor's bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="tensor checksum mismatch"):
+        load_checkpoint(path)
+
+
+def test_edited_metadata_is_a_checksum_error(tmp_path):
+    path = saved(tmp_path)
+    raw = path.read_bytes()
+    edited = raw.replace(b'\\"epoch\\": 3', b'\\"epoch\\": 2', 1)
+    assert edited != raw and len(edited) == len(raw)
+    path.write_bytes(edited)
+    with pytest.raises(CheckpointError, match="metadata checksum mismatch"):
+        load_checkpoint(path)
+
+
+def test_missing_metadata_checksum(tmp_path):
+    save_file(
+        {"model.a": torch.zeros(1)},
+        str(tmp_path / "c"),
+        metadata={"hiddenite": json.dumps(meta(tensors_sha256="0" * 64))},
+    )
+    with pytest.raises(CheckpointError, match="lacks its metadata checksum"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_version_1_is_still_read(tmp_path):
+    path = tmp_path / "v1.safetensors"
+    save_file(
+        {"model.a": torch.ones(2)},
+        str(path),
+        metadata={"hiddenite": json.dumps(meta(format_version=1))},
+    )
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.model_state["a"], torch.ones(2)) and loaded.epoch == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_learned_tensor(tmp_path, value):
+    tensors = {"model.0.scores": torch.tensor([0.5, value])}
+    path = write_crafted(tmp_path / "c.safetensors", meta(), tensors)
+    with pytest.raises(CheckpointError, match=r"'model\.0\.scores' holds NaN or infinity"):
+        load_checkpoint(path)
+
+
+def _row(epoch, **changes):
+    return {**HISTORY[0], "epoch": epoch, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"epoch": -1}, "epoch -1 is not in"),
+        ({"epoch": 1, "history": [_row(1), _row(2)]}, "history has 2 rows, more than its"),
+        ({"epoch": 1, "history": [[1, 2]]}, "must hold exactly"),
+        ({"epoch": 1, "history": [{"epoch": 1}]}, "must hold exactly"),
+        ({"epoch": 1, "history": [_row(2)]}, "has epoch 2, expected 1"),
+        ({"epoch": 1, "history": [_row(1, lr="x")]}, "lr must be a finite number"),
+        ({"epoch": 1, "history": [_row(1, seconds=-1.0)]}, "seconds must be >= 0"),
+        ({"epoch": 1, "history": [_row(1, train_loss=True)]}, "train_loss must be"),
+        ({"unknown": 1}, "unknown field"),
+        ({"optimizer": {"param_groups": [], "scalars": {}}}, "param_groups must be a list"),
+        ({"optimizer": {"param_groups": [{"params": ["a"]}]}}, "'params' must be a list"),
+        ({"optimizer": {"param_groups": [{"params": [0, 0]}]}}, "appears twice"),
+        ({"optimizer": {"param_groups": [{"params": [0], "lr": {"a": 1}}]}}, "'lr' must be"),
+        ({"optimizer": {"param_groups": [{"params": [0]}], "x": 1}}, "optimizer state"),
+        ({"tensors_sha256": "abc"}, "'tensors_sha256' is malformed"),
+    ],
+    ids=lambda v: str(v)[:40] if isinstance(v, str) else None,
+)
+def test_every_field_is_checked(tmp_path, changes, problem):
+    path = write_crafted(tmp_path / "c.safetensors", meta(**changes))
+    with pytest.raises(CheckpointError, match=problem):
+        load_checkpoint(path)
+
+
+def test_deeply_nested_header_is_a_clean_error(tmp_path):
+    path = tmp_path / "c.safetensors"
+    body = b'{"__metadata__": {"hiddenite": "x"}, "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    with pytest.raises(CheckpointError, match="nests 100001 levels deep"):
+        load_checkpoint(path)
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_crafted(tmp_path / "d.safetensors", deep)
+    with pytest.raises(CheckpointError, match="levels deep"):
+        load_checkpoint(path)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "c.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="is a FIFO"):
+        load_checkpoint(fifo)
+
+
+# --------------------------------------------------------------------------- check_fits
+
+
+def test_check_fits_accepts_its_own_model_and_optimizer(tmp_path):
+    for name in ("sgd", "adam"):
+        original, model, opt = make_checkpoint(name)
+        save_checkpoint(tmp_path / name, original)
+        check_fits(tmp_path / name, load_checkpoint(tmp_path / name), model, opt)
+
+
+def _fresh(name):
+    _, model, opt = make_checkpoint(name)
+    return model, opt
+
+
+@pytest.mark.parametrize(
+    "name, edit, problem",
+    [
+        ("sgd", lambda d, t: d["optimizer"]["param_groups"][0].pop("momentum"), "lacks"),
+        ("sgd", lambda d, t: d["optimizer"]["param_groups"][0].update(momentum=0.5), "momentum"),
+        ("sgd", lambda d, t: d["optimizer"]["param_groups"][0].update(lr=-1), "lr must be"),
+        ("sgd", lambda d, t: d["optimizer"]["param_groups"].append({"params": []}), "groups"),
+        (
+            "sgd",
+            lambda d, t: t.update({"optimizer.0.momentum": t.pop("optimizer.0.momentum_buffer")}),
+            "SGD keeps",
+        ),
+        ("adam", lambda d, t: t.pop("optimizer.1.exp_avg"), "Adam keeps"),
+        ("adam", lambda d, t: t.update({"optimizer.1.exp_avg": torch.zeros(7)}), "exp_avg"),
+        ("adam", lambda d, t: t.update({"optimizer.99.exp_avg": torch.zeros(7)}), "not exist"),
+        ("sgd", lambda d, t: t.update({"model.0.scores": torch.zeros(3)}), "does not fit"),
+        ("sgd", lambda d, t: t.pop("model.0.scores"), "missing"),
+        (
+            "sgd",
+            lambda d, t: t.update({"model.1.running_var": -torch.ones(5)}),
+            "negative variances",
+        ),
+    ],
+    ids=[
+        "no-momentum",
+        "other-momentum",
+        "negative-lr",
+        "extra-group",
+        "renamed-momentum-buffer",
+        "no-exp-avg",
+        "exp-avg-shape",
+        "state-of-no-param",
+        "scores-shape",
+        "scores-missing",
+        "negative-var",
+    ],
+)
+def test_check_fits_refuses_what_does_not_fit(tmp_path, name, edit, problem):
+    original, _, _ = make_checkpoint(name)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, original)
+
+    def apply(data, tensors):
+        edit(data, tensors)
+        data["tensors_sha256"] = ckpt_mod.tensors_sha256(tensors)
+
+    _rewrite_metadata(path, apply)
+    model, opt = _fresh(name)
+    with pytest.raises(CheckpointError, match=problem):
+        check_fits(path, load_checkpoint(path), model, opt)

@@ -650,3 +650,31 @@ def test_plan_layers_on_a_meta_skeleton():
     assert [p.index for p in plans] == [0, 1, 2, 3, 4]
     assert isinstance(plans[0].config, DenseConfig) and plans[0].density == 1.0
     assert [p.density for p in plans[1:]] == [0.4] * 4
+
+
+@pytest.mark.parametrize("gain", [1e38, 16.000001, float("inf"), float("nan"), 0.0, -1.0])
+def test_gains_that_could_overflow_float32_are_refused(gain):
+    with pytest.raises(ConfigError, match="gain"):
+        SupermaskConfig(gain=gain)
+
+
+def test_the_largest_gain_keeps_the_deepest_unnormalised_zoo_model_finite():
+    from hiddenite import models
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28) * 3  # a few standard deviations of a normalised image
+    for density in (0.05, 1.0):
+        config = SupermaskConfig(gain=16.0, density=density, init="kaiming-normal", seed=2)
+        model = models.create("conv8", config, width=0.25).eval()
+        with torch.no_grad():
+            out = model(x)
+        assert torch.isfinite(out).all()
+        assert out.abs().max() < 2.0**100  # far inside float32's 2**128
+
+
+def test_a_boolean_version_is_not_version_1():
+    data = {**SupermaskConfig().to_dict(), "version": True}
+    with pytest.raises(ConfigError, match="version"):
+        SupermaskConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="version True"):
+        method_config({"name": "edge-popup", "version": True})

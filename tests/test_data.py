@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -505,3 +507,23 @@ def test_real_fashion_mnist():
     pixels = train.images.float().div_(255)
     assert abs(float(pixels.mean()) - train.mean[0]) < 1e-3
     assert abs(float(pixels.std()) - train.std[0]) < 1e-3
+
+
+def test_gzip_bombs_are_refused_while_inflating(tmp_path, monkeypatch):
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb.write_bytes(co.compress(b"\0" * 1_000_000) + co.flush())
+    assert bomb.stat().st_size < 2_000
+    monkeypatch.setattr(data, "MAX_DECOMPRESSED_BYTES", 999_999)
+    with pytest.raises(DatasetError, match="inflates to more than 999,999 bytes"):
+        read_idx(bomb)
+    monkeypatch.setattr(data, "MAX_DECOMPRESSED_BYTES", 1_000_000)
+    with pytest.raises(DatasetError, match="magic"):  # inflated fully: now read as IDX
+        read_idx(bomb)
+
+
+def test_a_fifo_data_file_does_not_block(tmp_path):
+    fifo = tmp_path / "train-images-idx3-ubyte.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match="is a FIFO"):
+        read_idx(fifo)

@@ -923,7 +923,7 @@ def test_metadata_json_traps(tmp_path, tiny_file):
         (text.replace('"density":0.3', '"density":NaN', 1), "NaN"),
         (text.replace('"density":0.3', '"density":1e999', 1), "out-of-range number"),
         (text[:-1], "not valid JSON"),
-        ("[" * 100_000 + "]" * 100_000, "not valid JSON|not a JSON object|format"),
+        ("[" * 100_000 + "]" * 100_000, "levels deep, more than the limit"),
         ('"just a string"', "not a JSON object"),
     ]:
         path.write_bytes(join(signed(header, bad), data))
@@ -1166,3 +1166,48 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path):
     other.write_bytes(b"another file's")
     save(tiny_model(), path, arch=TINY_ARCH)
     assert live.exists() and other.exists()
+
+
+def test_too_few_lanes_are_refused_before_any_regeneration(tmp_path):
+    """n_lanes = 1 would take one sequential PRNG step per weight (minutes for ResNet-50)."""
+    model = create(("mlp", {}), SupermaskConfig(density=0.5, seed=3))
+    good = tmp_path / "mlp.hnn"
+    save(model, good)
+    n = sum(e.n for e in read_header(good).entries)  # 784*300 + 300*100 + 100*10
+    assert n == 266_200 > fileformat.MAX_PRNG_STEPS
+    bad = tmp_path / "one-lane.hnn"
+    bad.write_bytes(resign(good.read_bytes(), lambda m: m["supermask"].update(n_lanes=1)))
+    message = expect_error(bad, "n_lanes = 1 makes regenerating the weights take 266,200")
+    assert "more than the limit of 131,072" in message
+    with pytest.raises(ValueError, match="n_lanes = 1"):
+        save(create(("mlp", {}), SupermaskConfig(density=0.5, n_lanes=1)), tmp_path / "x.hnn")
+    assert not (tmp_path / "x.hnn").exists()
+    # few lanes on small layers is fine: the work is what is bounded
+    small = create(("mlp", {"hidden": [8]}), SupermaskConfig(density=0.5, n_lanes=2))
+    save(small, tmp_path / "small.hnn")
+    load(tmp_path / "small.hnn")
+
+
+def test_deeply_nested_container_header_is_a_clean_error(tmp_path, tiny_file):
+    _, blob = tiny_file
+    header, data = split(blob)
+    text = json.dumps(header)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    raw = text.encode()
+    path = tmp_path / "deep.hnn"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    expect_error(path, "container header nests 100001 levels deep")
+    with pytest.raises(ModelFormatError, match="levels deep"):
+        read_header(path)
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch):
+    from hiddenite import resources
+
+    model = create(("mlp", {"hidden": [8]}), SupermaskConfig(density=0.5))
+    path = tmp_path / "m.hnn"
+    save(model, path)
+    weights = 784 * 8 + 8 * 10
+    monkeypatch.setattr(resources, "available_memory", lambda: 32 * weights - 1)
+    expect_error(path, f"needs about {resources.format_bytes(32 * weights)} of memory")
+    monkeypatch.setattr(resources, "available_memory", lambda: 32 * weights)
+    load(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import time
@@ -675,3 +676,21 @@ def test_repeated_calls_charge_model_bytes_once(tmp_path):
     for arch in ("bnn", "int8"):  # a baseline also stores the shared weights once
         rows = simulate(model, arch, input_shape=(1, 8)).rows
         assert rows[2].model_bytes == 4 * 64 < rows[1].model_bytes
+
+
+@pytest.mark.parametrize(
+    "grid, words",
+    [
+        ({"density": [0.5], "codec": ["packed", "zstd"]}, "unknown mask codec 'zstd'"),
+        ({"skip_masked": [True, "maybe"]}, "expected true or false, got 'maybe'"),
+        ({"activations_on_chip": [1]}, "expected true or false, got 1"),
+        ({"codec": ["packed"], "density": [0.5, 2.0]}, r"must be in \(0, 1\], got 2.0"),
+    ],
+)
+def test_sweep_checks_every_value_before_the_first_point(monkeypatch, grid, words):
+    sweep_mod = importlib.import_module("hiddenite.hw.sweep")  # the name is also a function
+    ran = []
+    monkeypatch.setattr(sweep_mod, "estimate", lambda *a, **k: ran.append(1))
+    with pytest.raises(UserError, match=words):
+        sweep([SMALL], "hiddenite", grid)
+    assert ran == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import yaml
@@ -169,3 +170,36 @@ def test_unknown_fields_are_rejected_with_a_suggestion(tmp_path):
         get_preset("bnn").replace(sram=3)
     with pytest.raises(SpecError, match="expected a mapping"):
         ArchSpec.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- hostile YAML
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("a: " + "[" * 5000 + "]" * 5000, "nested more than 16 levels deep"),
+        ("".join(" " * i + f"k{i}:\n" for i in range(100)), "nested more than 16 levels"),
+        ("name: a\nname: b\n", "key 'name' appears twice"),
+        ("a: &x [1, 2]\nb: *x\n", "aliases"),
+        ("# " + "x" * (1 << 20), "larger than 1,048,576 bytes"),
+        ("name: \xff", None),
+    ],
+    ids=["deep-flow", "deep-block", "duplicate", "alias", "huge", "latin1"],
+)
+def test_hostile_spec_files_are_spec_errors(tmp_path, text, words):
+    path = tmp_path / "spec.yaml"
+    if words is None:
+        path.write_bytes(text.encode("latin-1"))
+        words = "not UTF-8"
+    else:
+        path.write_text(text)
+    with pytest.raises(SpecError, match=words):
+        ArchSpec.from_yaml(path)
+
+
+def test_a_fifo_spec_does_not_block(tmp_path):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError, match="is a FIFO"):
+        ArchSpec.from_yaml(fifo)

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from hiddenite import train as train_mod
-from hiddenite.checkpoint import load_checkpoint
+from hiddenite.checkpoint import CheckpointError, load_checkpoint
 from hiddenite.convert import ConfigError, SupermaskConfig
 from hiddenite.data import Dataset
 from hiddenite.layers import SupermaskLayer
@@ -611,3 +611,74 @@ def test_bf16_autocast_trains_in_float32_state(data):
     assert TrainConfig.from_dict(json.loads(config(amp="bf16").to_json())).amp == "bf16"
     with pytest.raises(ConfigError, match="amp: unknown 'fp8'"):
         config(amp="fp8")
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"num_classes": 5}, "num_classes=5 does not fit fashion-mnist"),
+        ({"in_channels": 3}, "in_channels=3 does not fit fashion-mnist"),
+        ({"image_size": 32}, "image_size=32 does not fit fashion-mnist"),
+    ],
+)
+def test_model_arguments_that_do_not_fit_the_data_set(tmp_path, kwargs, words):
+    config = TrainConfig(model="mlp", model_kwargs=kwargs, epochs=1)
+    with pytest.raises(ConfigError, match=words):  # before the data is even looked for
+        train(config, tmp_path / "run", data_dir=tmp_path / "no-data", log=None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_arguments_must_fit_given_data(tmp_path, data):
+    wrong = config(model_kwargs={**MLP_KWARGS, "num_classes": 3})
+    with pytest.raises(ConfigError, match="num_classes=3 does not fit the training data"):
+        run(wrong, data)
+
+
+def _tamper(run, edit):
+    """Rewrite ``run``'s checkpoint with ``edit(meta, tensors)`` applied, checksums renewed."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from hiddenite.checkpoint import tensors_sha256
+
+    path = run / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["hiddenite"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    edit(meta, tensors)
+    meta["tensors_sha256"] = tensors_sha256(tensors)
+    text = json.dumps(meta)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    save_file(tensors, str(path), metadata={"hiddenite": text, "hiddenite_sha256": sha})
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m, t: m["optimizer"]["param_groups"][0].pop("momentum"), "lacks"),
+        (lambda m, t: m.update(epoch=-1), "epoch -1"),
+        (lambda m, t: m.update(epoch=99), "exceeds its config's epochs"),
+        (lambda m, t: m["config"]["model_kwargs"].update(hidden=[9]), "does not fit its model"),
+        (lambda m, t: m["history"].append(5), "history"),
+        (lambda m, t: m["optimizer"]["param_groups"][0].update(params="x"), "'params'"),
+    ],
+    ids=["no-momentum", "negative-epoch", "epoch-past-config", "other-args", "history", "params"],
+)
+def test_resume_and_load_share_one_validation(tmp_path, data, edit, words):
+    cfg = config(epochs=1)
+    folder = tmp_path / "run"
+    train(cfg, folder, datasets=data, log=None, progress=False)
+    _tamper(folder, edit)
+    before = (folder / "checkpoint.safetensors").read_bytes()
+    longer = dataclasses.replace(cfg, epochs=2)
+    with pytest.raises(CheckpointError, match=words):
+        train(longer, folder, resume=True, datasets=data, log=None, progress=False)
+    with pytest.raises(CheckpointError, match=words):  # the same checks, state unused
+        load_trained(folder)
+    assert (folder / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_a_boolean_version_is_refused():
+    with pytest.raises(ConfigError, match="version: True"):
+        TrainConfig(version=True)

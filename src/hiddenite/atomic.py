@@ -13,8 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UserError
+from .validate import file_kind
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
@@ -65,6 +69,16 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _refuse_special(path: Path) -> None:
+    """A directory, FIFO, device or socket at ``path`` is never replaced by a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (or unreachable: the write itself reports it)
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: is {file_kind(mode)}; hiddenite writes only regular files")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` to produce the content, then move it onto ``path`` atomically.
 
@@ -72,6 +86,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     Returns ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
+    _refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -89,6 +104,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _refuse_special(path)  # again: it may have appeared while the content was written
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

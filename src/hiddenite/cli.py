@@ -33,6 +33,7 @@ from .hw.outputs import (
     write_simulation,
 )
 from .hw.plots import plot_pareto
+from .hw.sweep import write_rows_csv
 from .init import INITS
 from .main_job import run_main_job
 from .methods import METHODS, method_config
@@ -41,7 +42,18 @@ from .onnx_export import export_onnx
 from .progressive import ProgressiveConfig, sweep_table, to_progressive, write_sweep
 from .progressive import sweep as progressive_sweep
 from .summary import summary
-from .train import OPTIMIZERS, TrainConfig, evaluate, load_trained, resolve_device, train
+from .train import (
+    OPTIMIZERS,
+    TrainConfig,
+    check_data_fit,
+    evaluate,
+    load_trained,
+    resolve_device,
+    train,
+)
+from .validate import check_output_file, check_output_folder
+
+RUN_FILES = ("checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json")
 
 
 def _key_values(pairs: list[str], flag: str, example: str) -> dict:
@@ -114,6 +126,20 @@ def _add_supermask_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--keep-first-dense", action="store_true", help="first layer stays dense")
     g.add_argument("--keep-last-dense", action="store_true", help="last layer stays dense")
+
+
+_SUPERMASK_DESTS = (
+    "model",
+    "model_arg",
+    "density",
+    "init",
+    "seed",
+    "method",
+    "method_arg",
+    "scale_by_density",
+    "keep_first_dense",
+    "keep_last_dense",
+)
 
 
 def _supermask_config(args) -> SupermaskConfig:
@@ -370,7 +396,9 @@ def _cmd_train(args) -> int:
         data_options=_key_values(args.data_option, "--data-option", "size=64"),
         amp=args.amp,
     )
-    out = Path(args.out)
+    out = check_output_folder(args.out, "run folder (--out)")
+    for name in RUN_FILES:
+        check_output_file(out / name, "run file")
     if not args.resume and (out / "checkpoint.safetensors").exists():
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
@@ -396,6 +424,7 @@ def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
     test = load_dataset(config.dataset, "test", args.data_dir, config.data_options)
+    check_data_fit(config, (*test.images.shape[1:3], test.num_classes), f"{config.dataset} test")
     metrics = evaluate(model, test, config.eval_batch_size, device)
     if args.json:
         print(
@@ -418,6 +447,14 @@ def _cmd_eval(args) -> int:
 
 def _cmd_summary(args) -> int:
     if args.checkpoint:
+        defaults = vars(_parser().parse_args(["summary"]))
+        given = [k for k in _SUPERMASK_DESTS if getattr(args, k) != defaults[k]]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(
+                f"{flag} describes a zoo model; a checkpoint's summary uses the checkpoint's own "
+                f"settings: drop {flag} or the checkpoint"
+            )
         model, _ = load_trained(args.checkpoint)
     else:
         kwargs = _model_kwargs(args.model_arg)
@@ -430,6 +467,11 @@ def _cmd_summary(args) -> int:
 
 def _cmd_export(args) -> int:
     codec = None if args.codec == "auto" else args.codec
+    check_output_file(args.output, "model file (-o)")
+    if args.onnx:
+        check_output_file(args.onnx, "ONNX file (--onnx)")
+        if os.path.abspath(args.onnx) == os.path.abspath(args.output):
+            raise UserError("--onnx and -o name the same file; give two paths")
     try:
         info = export_checkpoint(
             args.checkpoint, args.output, codec=codec, param_dtype=args.param_dtype
@@ -469,6 +511,8 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
         dims = ()
     if len(dims) != 3 or min(dims) < 1:
         raise UserError(f"--input-shape {text!r}: expected C,H,W (three positive integers)")
+    if max(dims) > 1 << 20:
+        raise UserError(f"--input-shape {text!r}: each size must be at most {1 << 20:,}")
     return dims
 
 
@@ -509,6 +553,7 @@ def _hw_workloads(args, density_fallback: float | None = None):
 
 def _cmd_simulate(args) -> int:
 
+    check_output_folder(args.out, "output folder (--out)")
     spec = _load_spec(args.spec) if args.spec else None
     workloads, meta = _hw_workloads(args)
     options = {
@@ -591,6 +636,7 @@ def _parse_grid(items: list[str]) -> dict:
 def _cmd_sweep(args) -> int:
     import time
 
+    check_output_folder(args.out, "output folder (--out)")
     grid = _parse_grid(args.grid)
     if not grid:
         raise UserError("give at least one --grid KEY=V1,V2,... (e.g. --grid density=0.1,0.3)")
@@ -600,10 +646,6 @@ def _cmd_sweep(args) -> int:
         raise UserError(f"--grid density: expected numbers, got {grid['density']!r}")
     workloads, meta = _hw_workloads(args, density_fallback=first_density)
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
     began = time.perf_counter()
     rows = sweep(
         workloads,
@@ -611,9 +653,13 @@ def _cmd_sweep(args) -> int:
         grid,
         skip_masked=not args.no_skip_masked,
         activations_on_chip=args.activations_on_chip,
-        csv_path=out / "sweep.csv",
     )
     seconds = time.perf_counter() - began
+    try:  # only once every point ran: a refused grid leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
+    write_rows_csv(rows, out / "sweep.csv")
 
     plot_pareto(rows, out / "pareto.png")
     front = [r for r in rows if r["pareto"]]
@@ -774,6 +820,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception:  # not a user error: a bug; keep its traceback (printed below)
+        print(
+            "hiddenite: internal error, a bug in hiddenite rather than in your input; please "
+            "report it with the command and the traceback below",
+            file=sys.stderr,
+        )
+        raise
 
 
 if __name__ == "__main__":

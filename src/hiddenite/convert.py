@@ -30,6 +30,12 @@ from .methods import DenseConfig, EdgePopupConfig, MethodConfig, get_method, met
 from .prng import DEFAULT_LANES, PRNG_VERSION
 
 CONFIG_VERSION = 2
+# Largest initialisation gain: relative to the variance-keeping ReLU gain sqrt(2), each layer
+# without normalisation multiplies the activations by gain / sqrt(2); the deepest zoo network
+# without batch norm (conv8: 11 layers) then grows them by at most (16 / sqrt(2))**11, about
+# 2**38.5, far inside float32's 2**128: every zoo model's outputs stay finite. (gain = 1e38
+# made them infinite.)
+MAX_GAIN = 16.0
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -59,7 +65,7 @@ class SupermaskConfig:
       deep networks without batch norm, see BENCHMARKS.md).
     keep_first_dense / keep_last_dense: leave the first / last converted layer as a
       ``dense`` twin (trained weights), as the edge-popup recipe often does.
-    gain: initialisation gain (sqrt(2) for ReLU).
+    gain: initialisation gain (sqrt(2) for ReLU), in (0, MAX_GAIN = 16].
     n_lanes: Xorshift lanes per layer (PRNG version 1 default: 4096).
 
     Version 1 dicts (``mode`` hidden/dense and ``scope``) are read as edge-popup / dense.
@@ -104,8 +110,8 @@ class SupermaskConfig:
             object.__setattr__(self, "method", method_config(self.method))
         except ConfigError as exc:
             fail("method", str(exc))
-        if not (self.gain > 0 and math.isfinite(self.gain)):
-            fail("gain", f"must be a positive finite number, got {self.gain}")
+        if not (0 < self.gain <= MAX_GAIN):
+            fail("gain", f"must be in (0, {MAX_GAIN}], got {self.gain}")
         if self.n_lanes < 1:
             fail("n_lanes", f"must be >= 1, got {self.n_lanes}")
         if self.prng_version != PRNG_VERSION:
@@ -136,7 +142,7 @@ class SupermaskConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"SupermaskConfig: expected a JSON object, got {type(data).__name__}")
         data = dict(data)
-        if data.get("version") == 1:
+        if data.get("version") == 1 and not isinstance(data["version"], bool):
             data = _from_version_1(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

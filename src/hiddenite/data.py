@@ -17,7 +17,6 @@ standard deviations are per channel in [0, 1] units (pixel / 255).
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import numbers
 import zlib
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ import torch
 
 from .data_folder import FolderOptions, ImageFolder
 from .errors import DatasetError
+from .validate import open_regular
 
 __all__ = [
     "DATASETS",
@@ -267,14 +267,39 @@ def _as_index(indices: Sequence[int] | torch.Tensor | np.ndarray, n: int) -> tor
 # --------------------------------------------------------------------------- readers
 
 
+# Largest decompressed data file read (Fashion-MNIST's training images are 47 MB): a gzip
+# file that inflates beyond it (a "zip bomb") is refused while inflating.
+MAX_DECOMPRESSED_BYTES = 1 << 31
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """Inflate every gzip member of ``raw``, never beyond MAX_DECOMPRESSED_BYTES."""
+    out = bytearray()
+    data = raw
+    while data:
+        inflater = zlib.decompressobj(wbits=31)
+        out += inflater.decompress(data, MAX_DECOMPRESSED_BYTES + 1 - len(out))
+        if len(out) > MAX_DECOMPRESSED_BYTES or inflater.unconsumed_tail:
+            raise DatasetError(
+                f"{path} inflates to more than {MAX_DECOMPRESSED_BYTES:,} bytes: not a data file"
+            )
+        if not inflater.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker")
+        data = inflater.unused_data
+    return bytes(out)
+
+
 def _read_bytes(path: Path, *, allow_gzip: bool) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not path.exists():
+        raise DatasetError(f"cannot read {path}: no such file")
+    with open_regular(path, "data file", DatasetError) as fh:
+        try:
+            raw = fh.read()
+        except OSError as exc:
+            raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if allow_gzip and (path.suffix == ".gz" or raw[:2] == _GZIP_MAGIC):
         try:
-            return gzip.decompress(raw)
+            return _gunzip(raw, path)
         except (OSError, EOFError, zlib.error) as exc:
             raise DatasetError(
                 f"{path} is a corrupt or truncated gzip file ({exc}): download it again"

@@ -58,7 +58,8 @@ from .convert import SupermaskConfig, supermask_
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
-from .prng import PRNG_VERSION
+from .prng import DEFAULT_LANES, PRNG_VERSION
+from .resources import LOAD_BYTES_PER_WEIGHT, ResourceError, check_available
 from .storage import (
     FLOAT_BYTES,
     PARAM_DTYPES,
@@ -68,6 +69,7 @@ from .storage import (
     entropy_of_counts,
 )
 from .texttable import text_table
+from .validate import check_json_depth, open_regular
 
 FORMAT = "hiddenite-model"
 FORMAT_VERSION = 3
@@ -77,6 +79,10 @@ META_KEY = "hiddenite"
 META_SHA_KEY = "hiddenite_sha256"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_WEIGHTS = 1 << 28
+# Sequential xorshift steps to regenerate every layer: sum over layers of ceil(n / lanes).
+# 2**17 steps is about 1 s per stream in numpy; 2**28 weights at the default 4,096 lanes need
+# 2**16. A file with fewer lanes (n_lanes = 1: one step per weight) is refused.
+MAX_PRNG_STEPS = 1 << 17
 
 _DTYPE_CODES = {"float32": "F32", "float16": "F16"}
 _NP_DTYPES = {"U8": np.dtype("uint8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
@@ -230,6 +236,7 @@ def _json(text: str, what: str) -> Any:
             raise ModelFormatError(f"{what} holds an out-of-range number {_show(text)}")
         return value
 
+    check_json_depth(text, what, ModelFormatError)
     try:
         return json.loads(
             text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number
@@ -764,6 +771,7 @@ def save(
         _layer_entry(name, layer, parts)
         for (name, layer), parts in zip(layers, stored, strict=True)
     )
+    _check_lanes(config, entries)
     layout = _layout(model)
     arch_meta = None
     try:
@@ -957,6 +965,7 @@ def _parse_meta(
         layers = tuple(_check_layer_v1(x, i, param_dtype, config) for i, x in enumerate(raw_layers))
     else:
         layers = tuple(_check_layer(x, i, param_dtype) for i, x in enumerate(raw_layers))
+    _check_lanes(config, layers)
     names = set()
     for layer in layers:
         if layer.name in names:
@@ -975,6 +984,17 @@ def _parse_meta(
             raise ModelFormatError(f"per-channel tensor {name!r} appears twice")
         seen.add(name)
     return meta, config, layers
+
+
+def _check_lanes(config: SupermaskConfig, layers: tuple[LayerEntry, ...]) -> None:
+    """Bound the sequential work of regenerating the weights (see ``MAX_PRNG_STEPS``)."""
+    steps = sum(-(-e.n // min(config.n_lanes, e.n)) for e in layers if e.n)
+    if steps > MAX_PRNG_STEPS:
+        raise ModelFormatError(
+            f"n_lanes = {config.n_lanes} makes regenerating the weights take {steps:,} "
+            f"sequential PRNG steps, more than the limit of {MAX_PRNG_STEPS:,}; use more lanes "
+            f"(default {DEFAULT_LANES})"
+        )
 
 
 def _expected_tensors(
@@ -1348,16 +1368,13 @@ def _read_head(fh, path: str) -> tuple[bytes, int]:
 
 
 def _open(path: str | os.PathLike):
-    try:
-        return open(path, "rb")  # closed by the caller's with-block
-    except FileNotFoundError:
+    """Open a model file for reading (closed by the caller's with-block): a regular file
+    only, never blocking on a FIFO or device."""
+    if not os.path.exists(path):
         raise ModelFormatError(
             f"{path}: no such model file (write one with `hiddenite export CHECKPOINT -o FILE`)"
-        ) from None
-    except IsADirectoryError:
-        raise ModelFormatError(f"{path}: is a directory, not a model file") from None
-    except OSError as exc:
-        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        )
+    return open_regular(path, "model file", ModelFormatError)
 
 
 def _guard(path: str | os.PathLike, fn: Callable[[], Any]) -> Any:
@@ -1463,6 +1480,10 @@ def _target(
             f"{what} has {layout.weights:,} weights, more than max_weights ({max_weights:,}); "
             "pass a larger max_weights to load it"
         )
+    try:
+        check_available(LOAD_BYTES_PER_WEIGHT * layout.weights, f"loading {what}")
+    except ResourceError as exc:
+        raise ModelFormatError(str(exc)) from None
     _fit(layout, info.entries, config)
     _fit_params(layout, {p["name"]: tuple(p["shape"]) for p in info.meta["params"]}, what)
     return model, layout

@@ -31,6 +31,7 @@ from .hw.model import _json_safe
 from .hw.outputs import MODELLED_NOTE, mask_source_note, summary_totals
 from .summary import summary
 from .train import TrainConfig, evaluate, load_trained, predict, resolve_device, train
+from .validate import check_output_folder
 
 DEFAULT_EPOCHS = 3
 DEFAULT_TRAIN_SUBSET = 15000
@@ -97,7 +98,7 @@ def _accelerator_estimate(model_path: Path) -> dict:
 
 def run_main_job(args) -> int:
     """Run the main job with the CLI's ``run`` arguments; prints the report."""
-    out = Path(args.out)
+    out = check_output_folder(args.out, "output folder (--out)")
     quick = bool(getattr(args, "quick", False))
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")

@@ -36,7 +36,13 @@ from tqdm import tqdm
 
 from . import distributed, models
 from .atomic import atomic_write_text
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_fits,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .convert import ConfigError, SupermaskConfig
 from .data import (
     Dataset,
@@ -62,6 +68,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "check_data_fit",
     "evaluate",
     "learning_rate",
     "load_trained",
@@ -169,7 +176,7 @@ class TrainConfig:
             or self.data_seed < 0
         ):
             fail("data_seed", f"must be a non-negative integer or null, got {self.data_seed!r}")
-        if self.version != TRAIN_CONFIG_VERSION:
+        if self.version != TRAIN_CONFIG_VERSION or isinstance(self.version, bool):
             fail("version", f"{self.version} is not supported (this build: {TRAIN_CONFIG_VERSION})")
 
     @property
@@ -345,6 +352,17 @@ def _gather_epoch(model, val_set, config, world, device, sums):
     return metrics or nan, (train_sums[0], round(train_sums[1]), round(train_sums[2]))
 
 
+def check_data_fit(config: TrainConfig, shape: tuple[int, int, int], what: str) -> None:
+    """ConfigError if a model argument contradicts the data (channels, size, classes)."""
+    for key, value in zip(("in_channels", "image_size", "num_classes"), shape, strict=True):
+        given = config.model_kwargs.get(key, value)
+        if given != value:
+            raise ConfigError(
+                f"TrainConfig.model_kwargs: {key}={given!r} does not fit {what} ({key} {value}); "
+                "leave it out"
+            )
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -369,10 +387,15 @@ def train(
     if resume:
         if out is None:
             raise ValueError("resume needs the run directory (out_dir)")
-        state = load_checkpoint(out / "checkpoint.safetensors")
-        stored = TrainConfig.from_dict(state.config)
+        state, stored = _read_run(out / "checkpoint.safetensors")
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
+    if datasets is None:
+        check_data_fit(config, dataset_info(config.dataset), config.dataset)
+    else:
+        images = datasets[0].images
+        shape = (images.shape[1], images.shape[2], datasets[0].num_classes)
+        check_data_fit(config, shape, "the training data")
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     options = settled_data_options(config.dataset, config.data_options, train_set)
     config = dataclasses.replace(config, data_options=options)  # an image folder's classes
@@ -387,9 +410,7 @@ def train(
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
     if state is not None:
-        model.load_state_dict(state.model_state)
-        if state.optimizer_state is not None:
-            optimizer.load_state_dict(state.optimizer_state)
+        _restore(out / "checkpoint.safetensors", state, config, model, optimizer)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         text = config.to_json()
@@ -488,15 +509,47 @@ def load_trained(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainConfig]:
     """Rebuild a trained model from a checkpoint (weights regenerated from the seed)."""
+    state, config = _read_run(path)
+    model = build_model(config)
+    _restore(path, state, config, model)
+    return model.to(device).eval(), config
+
+
+def _read_run(path: str | Path) -> tuple[Checkpoint, TrainConfig]:
+    """A checkpoint and its config, both checked: the one reading path of every command."""
     state = load_checkpoint(path)
     try:
         config = TrainConfig.from_dict(state.config)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint config is invalid ({exc})") from None
-    model = build_model(config)
-    try:
-        model.load_state_dict(state.model_state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        raise CheckpointError(f"{path}: checkpoint does not fit its model ({first})") from None
-    return model.to(device).eval(), config
+    if state.epoch > config.epochs:
+        raise CheckpointError(
+            f"{path}: checkpoint epoch {state.epoch} exceeds its config's epochs ({config.epochs})"
+        )
+    # fitted on the meta device first: a config naming a bigger model than the checkpoint
+    # holds is refused before that model is allocated
+    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    kwargs = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    with torch.device("meta"):
+        skeleton = models.create(
+            config.model, config.supermask, init_state=False, **{**kwargs, **config.model_kwargs}
+        )
+    check_fits(path, state, skeleton, _optimizer(skeleton, config))
+    return state, config
+
+
+def _restore(
+    path: str | Path,
+    state: Checkpoint,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Check that ``state`` fits ``model`` and the optimizer ``config`` builds exactly (the
+    same checks whether or not the optimizer state is used), then load it."""
+    check_fits(
+        path, state, model, optimizer if optimizer is not None else _optimizer(model, config)
+    )
+    model.load_state_dict(state.model_state)
+    if optimizer is not None and state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)

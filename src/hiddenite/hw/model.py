@@ -32,6 +32,7 @@ from ..layers import SupermaskLayer
 from ..masks import kept_count
 from ..storage import FLOAT_BYTES
 from ..train import load_trained
+from ..validate import file_kind
 from .spec import ArchSpec, SpecError, _atomic_write_text, get_preset
 from .workload import (
     LayerWorkload,
@@ -842,6 +843,8 @@ def load_source(
                 **_source_counts(wl),
             }
             return wl, meta
+        if os.path.exists(path):
+            raise WorkloadError(f"{path}: is {file_kind(os.stat(path).st_mode)}, not a model file")
         raise WorkloadError(
             f"{path}: no such model file, checkpoint or run folder (nor a zoo model name)"
         )

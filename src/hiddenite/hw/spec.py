@@ -501,10 +501,7 @@ class ArchSpec:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> ArchSpec:
         """Load a spec from a YAML file (a mapping of fields; see :meth:`from_dict`)."""
-        import yaml
-
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        data = _read_yaml(path)
         if data is None:
             data = {}
         try:
@@ -566,6 +563,57 @@ class ArchSpec:
             if all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
                 overrides["num_pes"] = math.prod(dims)
         return dataclasses.replace(self, energy=new_energy, **overrides)
+
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_DEPTH = 16
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
+    """A spec file's YAML, bounded: a regular file of at most MAX_SPEC_BYTES, nested at most
+    MAX_SPEC_DEPTH deep, no duplicate keys, no aliases (SpecError otherwise; a syntax error
+    is ``yaml.YAMLError``)."""
+    import yaml
+
+    from ..validate import open_regular
+
+    with open_regular(path, "spec file", SpecError) as fh:
+        raw = fh.read(MAX_SPEC_BYTES + 1)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{os.fspath(path)}: larger than {MAX_SPEC_BYTES:,} bytes; not a spec")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{os.fspath(path)}: not UTF-8 text") from None
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise SpecError(f"{os.fspath(path)}: YAML aliases (*name) are not allowed")
+            self.depth += 1
+            if self.depth > MAX_SPEC_DEPTH:
+                raise SpecError(f"{os.fspath(path)}: nested more than {MAX_SPEC_DEPTH} levels deep")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_mapping(self, node, deep=False):
+            keys = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in keys
+                except TypeError:
+                    raise SpecError(f"{os.fspath(path)}: a key is not a plain value") from None
+                if seen:
+                    raise SpecError(f"{os.fspath(path)}: key {key!r} appears twice")
+                keys.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
 
 
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

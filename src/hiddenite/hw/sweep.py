@@ -136,6 +136,14 @@ def sweep(
                 "energy.<field>, density, codec, skip_masked or activations_on_chip"
             )
 
+    for k in _OPTION_KEYS:
+        for v in grid.get(k, ()):
+            if not isinstance(v, bool):
+                raise SpecError(f"grid[{k!r}]: expected true or false, got {v!r}")
+    for k in _WORKLOAD_KEYS:  # every value checked before the first point runs
+        for v in grid.get(k, ()):
+            _adjust([], v if k == "density" else None, v if k == "codec" else None)
+
     spec_cache: dict[tuple[Any, ...], ArchSpec] = {}
     wl_cache: dict[tuple[Any, Any], tuple[list[LayerWorkload], str]] = {}
     rows: list[dict[str, Any]] = []

@@ -496,6 +496,7 @@ def workloads_from_module(
                 handles.append(m.register_forward_hook(bn_hook))
         params = list(module.parameters())
         ref = params[0] if params else torch.zeros(())
+        _check_trace_memory(module, tuple(input_shape), ref.device)
         x = torch.zeros(tuple(input_shape), dtype=ref.dtype, device=ref.device)
         was_training = module.training
         module.eval()
@@ -800,6 +801,25 @@ def resnet_workloads(
         )
     )
     return layers
+
+
+def _check_trace_memory(module: Any, shape: tuple[int, ...], device: Any) -> None:
+    """Refuse, before the trace allocates anything, an input whose activations would not fit
+    (estimated on the ``meta`` device: the module itself there, else the plain zoo model it
+    was built as; for a module of unknown layout, only the input itself is bounded)."""
+    import torch
+
+    from .. import models
+    from ..resources import activation_values, check_activations
+
+    skeleton = module if device == torch.device("meta") else None
+    arch = getattr(module, "hiddenite_arch", None)
+    if skeleton is None and arch is not None and arch[0] in models.MODELS:
+        info = models.model_info(arch[0])
+        with torch.device("meta"):
+            skeleton = info.builder(**{**info.defaults, **arch[1]})
+    values = math.prod(shape) if skeleton is None else activation_values(skeleton, shape)
+    check_activations(values, f"a forward pass of input shape {list(shape)}")
 
 
 def zoo_workloads(

@@ -185,7 +185,7 @@ class MethodConfig:
         if name != cls.method:
             raise ConfigError(f"method config names {name!r}, expected {cls.method!r}")
         version = data.pop("version", cls.VERSION)
-        if version != cls.VERSION:
+        if version != cls.VERSION or isinstance(version, bool):
             raise ConfigError(
                 f"method {cls.method!r}: config version {version!r} is not supported "
                 f"(this build: {cls.VERSION})"

@@ -48,6 +48,7 @@ from torch import nn
 
 from ..convert import SupermaskConfig, supermask_
 from ..errors import ConfigError
+from ..resources import check_weights, weight_count
 from .attention import SEConvNet, se_resnet
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .small import CONV_PLANS, MLP, ConvNet
@@ -249,20 +250,54 @@ def default_input_shape(name: str, **kwargs: Any) -> tuple[int, int, int]:
     return (args["in_channels"], args["image_size"], args["image_size"])
 
 
+# Bounds on the zoo's keyword arguments (the memory bound comes after, from the layout).
+_INT_ARGS = {"in_channels": 4096, "image_size": 16384, "num_classes": 1_000_000, "iterations": 64}
+_MAX_WIDTH = 4096.0
+_MAX_HIDDEN = (64, 1 << 40)  # layers, units per layer (the weight cap binds first)
+
+
+def _check_values(args: dict[str, Any]) -> None:
+    """ValueError naming the first argument whose value no zoo model accepts."""
+    for key, value in args.items():
+        if key in _INT_ARGS and not (key == "iterations" and value is None):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+            if not 1 <= value <= _INT_ARGS[key]:
+                raise ValueError(f"{key} must be in [1, {_INT_ARGS[key]}], got {value}")
+        elif key == "width":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"width must be a number, got {value!r}")
+            if not 0 < value <= _MAX_WIDTH:
+                raise ValueError(f"width (a channel multiplier) must be in (0, {_MAX_WIDTH}]")
+        elif key == "hidden":
+            if not isinstance(value, list | tuple) or len(value) > _MAX_HIDDEN[0]:
+                raise ValueError(f"hidden must be a list of at most {_MAX_HIDDEN[0]} widths")
+            for units in value:
+                if isinstance(units, bool) or not isinstance(units, int):
+                    raise ValueError(f"hidden widths must be integers, got {units!r}")
+                if not 1 <= units <= _MAX_HIDDEN[1]:
+                    raise ValueError(f"hidden widths must be in [1, {_MAX_HIDDEN[1]}]")
+        elif key == "bn_affine" and not isinstance(value, bool):
+            raise ValueError(f"bn_affine must be true or false, got {value!r}")
+
+
 def check_arguments(name: str, **kwargs: Any) -> None:
     """Raise ValueError if model ``name`` cannot be built with ``kwargs`` (wrong names,
-    types or values); builds the plain model on the ``meta`` device, so it is cheap."""
+    types or values) or would exceed :data:`hiddenite.resources.MAX_MODEL_WEIGHTS`; builds
+    the plain model on the ``meta`` device, so it is cheap."""
     info = model_info(name)
     args = _arguments(info, kwargs)
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
+        _check_values(args)
         with torch.device("meta"):
-            info.builder(**args)
+            plain = info.builder(**args)
     except (TypeError, ValueError, RuntimeError) as exc:
-        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
             f"model {name!r} cannot be built with {given or 'defaults'}: {first}"
         ) from None
+    check_weights(weight_count(plain), f"model {name!r} with {given or 'defaults'}")
 
 
 def create(

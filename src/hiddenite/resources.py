@@ -1,0 +1,139 @@
+"""Memory a model needs, estimated from shapes alone, and the limits hiddenite refuses above.
+
+Models are laid out on torch's ``meta`` device (shapes, no storage), so a request for
+``hidden=[100000000]`` or ``width=1000`` costs nothing to estimate and is refused, with the
+number, before anything is allocated. ``docs/hostile-inputs.md`` explains the limits.
+
+- :data:`MAX_MODEL_WEIGHTS`: at most 2**28 weights (conv/linear) per model, the same cap as
+  :data:`hiddenite.fileformat.DEFAULT_MAX_WEIGHTS`; training needs about
+  :data:`TRAIN_BYTES_PER_WEIGHT` bytes per weight (frozen weight, scores, gradient, optimizer
+  state), so the cap is 4 GiB of model state.
+- :data:`MAX_ACTIVATION_BYTES`: one forward pass may hold at most 16 GiB of float32
+  activations, and never more than the memory the machine has available.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = [
+    "MAX_ACTIVATION_BYTES",
+    "MAX_MODEL_WEIGHTS",
+    "TRAIN_BYTES_PER_WEIGHT",
+    "ResourceError",
+    "activation_values",
+    "available_memory",
+    "check_activations",
+    "check_available",
+    "check_weights",
+    "format_bytes",
+    "weight_count",
+]
+
+MAX_MODEL_WEIGHTS = 1 << 28
+TRAIN_BYTES_PER_WEIGHT = 16
+MAX_ACTIVATION_BYTES = 16 * 1024**3
+# Peak memory per weight while a model file is loaded (frozen weights, learned state, the
+# PRNG's words and their conversions): 20.6 to 26.8 B measured by
+# benchmarks/hostile_amplification.py; 32 leaves a margin.
+LOAD_BYTES_PER_WEIGHT = 32
+
+
+class ResourceError(UserError):
+    """A request needs more memory than hiddenite allows; the message gives the estimate."""
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: 1.5 GB, 320 MB, 12 kB (powers of 1000)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def available_memory() -> int | None:
+    """Bytes of physical memory available now (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def weight_count(module: nn.Module) -> int:
+    """Weights of every ``nn.Conv2d`` / ``nn.Linear`` of ``module`` (works on ``meta``)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+
+
+def check_weights(weights: int, what: str) -> None:
+    """Raise ResourceError if a model of ``weights`` weights exceeds :data:`MAX_MODEL_WEIGHTS`."""
+    if weights > MAX_MODEL_WEIGHTS:
+        need = format_bytes(TRAIN_BYTES_PER_WEIGHT * weights)
+        raise ResourceError(
+            f"{what} has {weights:,} weights (about {need} to train), more than the limit "
+            f"of {MAX_MODEL_WEIGHTS:,} weights; use smaller model arguments"
+        )
+
+
+def activation_values(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Values of the input and of every leaf module's output for one forward pass of
+    ``input_shape`` (batch first), computed on the ``meta`` device: ``module`` must live there.
+    When the input does not fit the module, the values up to the failing layer (a lower
+    bound; whoever runs it for real reports the misfit)."""
+    total = _numel(input_shape)
+
+    def hook(_mod, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.empty(tuple(input_shape), device="meta"))
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        pass  # the input does not fit: what ran so far is the estimate
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def check_activations(values: int, what: str, bytes_per_value: int = 4) -> None:
+    """Raise ResourceError if ``values`` activations exceed the limit or the free memory."""
+    need = values * bytes_per_value
+    limit = MAX_ACTIVATION_BYTES
+    free = available_memory()
+    where = f"the limit of {format_bytes(limit)}"
+    if free is not None and free < limit:
+        limit, where = free, f"the {format_bytes(free)} of memory available"
+    if need > limit:
+        raise ResourceError(
+            f"{what} needs about {format_bytes(need)} of activations ({values:,} values), "
+            f"more than {where}; use a smaller input"
+        )
+
+
+def check_available(need: int, what: str) -> None:
+    """Raise ResourceError if ``need`` bytes exceed the memory available now (when known)."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise ResourceError(
+            f"{what} needs about {format_bytes(need)} of memory, more than the "
+            f"{format_bytes(free)} available"
+        )
