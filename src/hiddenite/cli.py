@@ -46,6 +46,7 @@ from .train import (
     OPTIMIZERS,
     TrainConfig,
     check_data_fit,
+    data_shape,
     evaluate,
     load_trained,
     resolve_device,
@@ -424,7 +425,7 @@ def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
     test = load_dataset(config.dataset, "test", args.data_dir, config.data_options)
-    check_data_fit(config, (*test.images.shape[1:3], test.num_classes), f"{config.dataset} test")
+    check_data_fit(config, data_shape(test), f"{config.dataset} test")
     metrics = evaluate(model, test, config.eval_batch_size, device)
     if args.json:
         print(

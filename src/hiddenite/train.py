@@ -69,6 +69,7 @@ __all__ = [
     "TrainResult",
     "build_model",
     "check_data_fit",
+    "data_shape",
     "evaluate",
     "learning_rate",
     "load_trained",
@@ -352,6 +353,11 @@ def _gather_epoch(model, val_set, config, world, device, sums):
     return metrics or nan, (train_sums[0], round(train_sums[1]), round(train_sums[2]))
 
 
+def data_shape(dataset) -> tuple[int, int, int]:
+    """``(in_channels, image_size, num_classes)`` of an in-memory data set or image folder."""
+    return dataset.in_channels, dataset.image_size, dataset.num_classes
+
+
 def check_data_fit(config: TrainConfig, shape: tuple[int, int, int], what: str) -> None:
     """ConfigError if a model argument contradicts the data (channels, size, classes)."""
     for key, value in zip(("in_channels", "image_size", "num_classes"), shape, strict=True):
@@ -390,15 +396,11 @@ def train(
         state, stored = _read_run(out / "checkpoint.safetensors")
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
-    if datasets is None:
-        check_data_fit(config, dataset_info(config.dataset), config.dataset)
-    else:
-        images = datasets[0].images
-        shape = (images.shape[1], images.shape[2], datasets[0].num_classes)
-        check_data_fit(config, shape, "the training data")
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     options = settled_data_options(config.dataset, config.data_options, train_set)
     config = dataclasses.replace(config, data_options=options)  # an image folder's classes
+    what = config.dataset if datasets is None else "the training data"
+    check_data_fit(config, data_shape(train_set), what)
     world = distributed.current_world()
     if world is not None and config.batch_size % world.size:
         raise UserError(
@@ -528,7 +530,7 @@ def _read_run(path: str | Path) -> tuple[Checkpoint, TrainConfig]:
         )
     # fitted on the meta device first: a config naming a bigger model than the checkpoint
     # holds is refused before that model is allocated
-    in_channels, image_size, num_classes = dataset_info(config.dataset)
+    in_channels, image_size, num_classes = dataset_info(config.dataset, config.data_options)
     kwargs = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     with torch.device("meta"):
         skeleton = models.create(
