@@ -13,6 +13,7 @@ validation behind the checksums is what gets exercised.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import gzip
 import hashlib
@@ -27,6 +28,7 @@ import struct
 import sys
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -365,12 +367,21 @@ def checkpoint_cases(rng: random.Random, world_meta: dict, flips: int) -> list[C
     return cases
 
 
+def _model_meta(header: dict) -> dict:
+    """The metadata document of a model file's header (format 3: inside the zlib envelope)."""
+    envelope = json.loads(header["__metadata__"]["hiddenite"])
+    return json.loads(zlib.decompress(base64.b64decode(envelope["zlib"])))
+
+
 def _resign_model(raw: bytes, edit: Callable[[dict], None]) -> bytes:
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + size])
-    meta = json.loads(header["__metadata__"]["hiddenite"])
+    meta = _model_meta(header)
     edit(meta)
-    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    inner = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    packed = base64.b64encode(zlib.compress(inner.encode())).decode()
+    envelope = {"format": meta.get("format"), "format_version": meta.get("format_version")}
+    text = json.dumps({**envelope, "zlib": packed}, sort_keys=True, separators=(",", ":"))
     header["__metadata__"] = {
         "hiddenite": text,
         "hiddenite_sha256": hashlib.sha256(text.encode()).hexdigest(),
@@ -684,7 +695,7 @@ def metadata_of(world: World) -> tuple[dict, dict, list[str]]:
     }
     raw = world.model_file.read_bytes()
     size = int.from_bytes(raw[:8], "little")
-    model = json.loads(json.loads(raw[8 : 8 + size])["__metadata__"]["hiddenite"])
+    model = _model_meta(json.loads(raw[8 : 8 + size]))
     from hiddenite.hw import ArchSpec
 
     return ckpt, model, [f for f in ArchSpec.field_names() if f != "energy"]

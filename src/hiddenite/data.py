@@ -40,6 +40,7 @@ __all__ = [
     "dataset_info",
     "default_padding",
     "iterate_batches",
+    "known_data_shape",
     "load_dataset",
     "normalize",
     "num_batches",
@@ -143,6 +144,17 @@ def dataset_info(name: str, options: dict | None = None) -> tuple[int, int, int]
         return (3 if opts.mode == "RGB" else 1), opts.size, len(opts.classes)
     spec = _SPECS[key]
     return spec.channels, spec.size, spec.classes
+
+
+def known_data_shape(name: str, options: dict | None = None) -> tuple[int, int, int] | None:
+    """:func:`dataset_info` when it is known without reading files; None for an image folder
+    whose class list and mode are not settled yet (they are read from the folder)."""
+    key = resolve_name(name)
+    if key == "imagefolder":
+        opts = FolderOptions.from_dict(options or {})
+        if opts.classes is None or opts.mode == "auto":
+            return None
+    return dataset_info(name, options)
 
 
 def check_data_options(name: str, options: dict) -> None:

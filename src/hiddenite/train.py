@@ -50,6 +50,7 @@ from .data import (
     check_data_options,
     dataset_info,
     iterate_batches,
+    known_data_shape,
     load_dataset,
     num_batches,
     resolve_name,
@@ -393,14 +394,22 @@ def train(
     if resume:
         if out is None:
             raise ValueError("resume needs the run directory (out_dir)")
-        state, stored = _read_run(out / "checkpoint.safetensors")
+        resume_path = out / "checkpoint.safetensors"  # every rank reads it; rank 0 writes
+        state, stored = _read_run(resume_path)
         config = dataclasses.replace(stored, epochs=max(config.epochs, stored.epochs))
         start_epoch, history = state.epoch, list(state.history)
+    what = config.dataset if datasets is None else "the training data"
+    known = (
+        known_data_shape(config.dataset, config.data_options)
+        if datasets is None
+        else data_shape(datasets[0])
+    )
+    if known is not None:  # before any data is read
+        check_data_fit(config, known, what)
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     options = settled_data_options(config.dataset, config.data_options, train_set)
     config = dataclasses.replace(config, data_options=options)  # an image folder's classes
-    what = config.dataset if datasets is None else "the training data"
-    check_data_fit(config, data_shape(train_set), what)
+    check_data_fit(config, data_shape(train_set), what)  # an image folder's, now read
     world = distributed.current_world()
     if world is not None and config.batch_size % world.size:
         raise UserError(
@@ -412,7 +421,7 @@ def train(
     model = build_model(config).to(device)
     optimizer = _optimizer(model, config)
     if state is not None:
-        _restore(out / "checkpoint.safetensors", state, config, model, optimizer)
+        _restore(resume_path, state, config, model, optimizer)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         text = config.to_json()
