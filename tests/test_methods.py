@@ -32,6 +32,8 @@ def example(name: str):
     method, _, args = name.partition(":")
     pairs = (arg.split("=", 1) for arg in args.split(",") if arg)
     return method_config(method, **dict(pairs))
+
+
 ARCHS = {
     "mlp": ("mlp", {"in_channels": 1, "image_size": 6, "num_classes": 4, "hidden": (24, 12)}),
     "conv": ("conv2", {"in_channels": 1, "image_size": 8, "num_classes": 3, "width": 0.125}),

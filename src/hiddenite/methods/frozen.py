@@ -111,8 +111,7 @@ class FrozenConfig(MethodConfig):
         if version == 1 and not isinstance(version, bool):
             if "scope" in data:
                 raise ConfigError(
-                    "method 'frozen': a version-1 config has no scope; write version 2 to "
-                    "set scope"
+                    "method 'frozen': a version-1 config has no scope; write version 2 to set scope"
                 )
             data = {**data, "version": cls.VERSION}  # v1 meant per-layer scope
         return super().from_dict(data)
