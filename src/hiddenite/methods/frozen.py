@@ -175,7 +175,6 @@ def frozen_counts(n: int, config: FrozenConfig, density: float) -> FrozenCounts:
             f"({config.locked})"
         )
     if config.scope == "global":
-        kept_count(n, density)  # validates the density itself
         return FrozenCounts(n, pruned, locked, None)
     kept = kept_count(n, density)
     free_kept = kept - locked
