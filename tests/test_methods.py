@@ -22,7 +22,18 @@ from hiddenite.fileformat import ModelFormatError, read_header
 from hiddenite.layers import SupermaskLayer
 from hiddenite.methods import METHODS, get_method, method_config
 
-METHOD_NAMES = sorted(METHODS)
+# every registered method with its defaults, plus non-default configurations that take another
+# code path ("name:key=value,...")
+METHOD_NAMES = [*sorted(METHODS), "frozen:scope=global"]
+
+
+def example(name: str):
+    """The method config an example name stands for."""
+    method, _, args = name.partition(":")
+    pairs = (arg.split("=", 1) for arg in args.split(",") if arg)
+    return method_config(method, **dict(pairs))
+
+
 ARCHS = {
     "mlp": ("mlp", {"in_channels": 1, "image_size": 6, "num_classes": 4, "hidden": (24, 12)}),
     "conv": ("conv2", {"in_channels": 1, "image_size": 8, "num_classes": 3, "width": 0.125}),
@@ -31,7 +42,7 @@ ARCHS = {
 
 def build(method: str, arch: str = "mlp", seed: int = 3, **config):
     name, kwargs = ARCHS[arch]
-    cfg = SupermaskConfig(method=method, seed=seed, **{"density": 0.3, **config})
+    cfg = SupermaskConfig(method=example(method), seed=seed, **{"density": 0.3, **config})
     return models.create(name, cfg, **kwargs)
 
 
@@ -59,13 +70,13 @@ def train_steps(model, arch: str, steps: int = 3) -> None:
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_config_round_trips_and_rejects_unknown_arguments(name):
-    cfg = method_config(name)
+    cfg = example(name)
     assert method_config(cfg.to_dict()) == cfg
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
     full = SupermaskConfig(method=cfg, density=0.25)
     assert SupermaskConfig.from_json(full.to_json()) == full
     with pytest.raises(ConfigError, match="no argument"):
-        method_config(name, no_such_argument=1)
+        method_config(cfg.method, no_such_argument=1)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -165,8 +176,8 @@ def test_a_corrupted_part_is_a_model_format_error(name, tmp_path):
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_cost_is_declared_for_every_layer(name):
-    method = get_method(name)
-    cfg = method_config(name)
+    cfg = example(name)
+    method = get_method(cfg.method)
     cost = method.cost((8, 4, 3, 3), cfg, 0.3)
     assert cost.weight_source in ("prng", "stored")
     assert cost.weight_bits >= 1
@@ -186,7 +197,7 @@ def test_hw_model_bytes_equal_the_file(name, tmp_path):
     assert report.totals["model_bytes"] == expected
     assert report.totals["offchip_model_bytes"] == expected
     for row, entry in zip(report.rows, info.entries, strict=True):
-        cost = get_method(name).cost(entry.shape, entry.config, entry.density)
+        cost = get_method(entry.config.method).cost(entry.shape, entry.config, entry.density)
         assert row.weight_source == cost.weight_source
         moved = row.dram_weight_read_bytes + row.dram_mask_read_bytes
         assert moved == entry.bytes  # every coded part, charged by the method's cost

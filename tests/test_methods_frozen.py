@@ -340,3 +340,158 @@ def test_parts_and_cost():
     assert cost.weight_source == "prng" and cost.weight_bits == 1 and cost.op == "add"
     assert cost.prng_streams == ("weights", "frozen")
     assert METHOD.scale_density(cfg, 0.3) == 0.3
+
+
+# ------------------------------------------------------------------------- global scope
+
+
+def test_scope_is_validated_and_version_1_reads_as_layer_scope():
+    with pytest.raises(ConfigError, match="scope must be one of layer, global"):
+        FrozenConfig(scope="model")
+    cfg = FrozenConfig(pruned=0.25, scope="global", distribution="epl")
+    assert cfg.to_dict()["version"] == 2 and method_config(cfg.to_dict()) == cfg
+    v1 = {"name": "frozen", "version": 1, "pruned": 0.25, "locked": 0.0}
+    v1 |= {"distribution": "uniform", "inner": "edge-popup"}
+    assert method_config(v1) == FrozenConfig(pruned=0.25, scope="layer")
+    with pytest.raises(ConfigError, match="version-1 config has no scope"):
+        method_config({**v1, "scope": "global"})
+    with pytest.raises(ConfigError, match="version 3"):
+        method_config({**v1, "version": 3})
+
+
+def naive_global_mask(model):
+    """Reference: the frozen pattern from the documented rule, then the top |score| over the
+    free positions of all layers, ties to the earliest layer and lowest index."""
+    ls = layers(model)
+    total = sum(m.weight.numel() for m in ls)
+    locked_total = 0
+    candidates = []  # (-|score|, layer, flat position)
+    patterns = []
+    for i, m in enumerate(ls):
+        n = m.weight.numel()
+        cfg = m.method_config
+        pruned, locked = naive_pattern(m.seed, m.layer_index, n, cfg.pruned, cfg.locked)
+        free = sorted(set(range(n)) - pruned - locked)
+        scores = m.scores.detach().abs().tolist()
+        candidates += [(-scores[j], i, p) for j, p in enumerate(free)]
+        patterns.append(locked)
+        locked_total += len(locked)
+    m_keep = kept_count(total, ls[0].density) - locked_total
+    chosen = sorted(candidates)[:m_keep]
+    masks = [np.zeros(m.weight.numel(), dtype=bool) for m in ls]
+    for i, locked in enumerate(patterns):
+        masks[i][list(locked)] = True
+    for _, i, p in chosen:
+        masks[i][p] = True
+    return masks
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_global_scope_keeps_the_exact_count_by_score_over_all_free_positions(distribution):
+    model = build(pruned=0.4, locked=0.1, density=0.3, scope="global", distribution=distribution)
+    ls = layers(model)
+    before = [METHOD.frozen_masks(m) for m in ls]
+    for step in range(2):  # at initialization and after training
+        total = sum(m.weight.numel() for m in ls)
+        kept = sum(int(m.support().sum()) for m in ls)
+        assert kept == kept_count(total, 0.3)
+        for m, want in zip(ls, naive_global_mask(model), strict=True):
+            assert np.array_equal(m.support().reshape(-1).numpy(), want)
+        if step == 0:
+            train_steps(model, steps=4)
+    for m, (pruned, locked) in zip(ls, before, strict=True):  # frozen positions never change
+        pruned_now, locked_now = METHOD.frozen_masks(m)
+        assert torch.equal(pruned_now, pruned) and torch.equal(locked_now, locked)
+        assert not m.support()[pruned].any() and m.support()[locked].all()
+    # the layers do not each meet the density: the top-k is global
+    assert any(int(m.support().sum()) != kept_count(m.weight.numel(), 0.3) for m in ls)
+
+
+def test_global_scope_with_nothing_frozen_is_global_edge_popup_bit_for_bit():
+    shape = models.default_input_shape("mlp", **MLP)
+    x = torch.randn((4, *shape), generator=torch.Generator().manual_seed(2))
+    plain_cfg = method_config("edge-popup", scope="global")
+    plain = models.create("mlp", SupermaskConfig(method=plain_cfg, seed=4, density=0.3), **MLP)
+    frozen = build(seed=4, density=0.3, pruned=0.0, scope="global")
+    train_steps(plain, steps=3)
+    train_steps(frozen, steps=3)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), plain(x))
+    for f, p in zip(layers(frozen), layers(plain), strict=True):
+        assert torch.equal(f.support(), p.support())
+
+
+def test_global_density_is_checked_over_all_layers():
+    for pruned, locked, density in ((0.5, 0.0, 0.55), (0.2, 0.3, 0.1)):
+        cfg = FrozenConfig(pruned=pruned, locked=locked, scope="global")
+        with pytest.raises(ConfigError, match="cannot be met"):
+            METHOD.layer_configs(SHAPES, cfg, density)
+    # by count: two layers of 3 each freeze round(1.5) = 2 pruned, 2 of 6 stay unfrozen, but
+    # density 0.5 keeps 3 of 6
+    with pytest.raises(ConfigError, match=r"global density 0\.5 keeps 3 of 6 weights"):
+        METHOD.layer_configs([(3, 1), (3, 1)], FrozenConfig(pruned=0.5, scope="global"), 0.5)
+    # per layer, ERK leaves the big first layer fewer unfrozen weights than the density needs
+    # (layer scope clips it); global scope keeps the density exactly, unclipped
+    cfg = FrozenConfig(pruned=0.6, distribution="erk", scope="global")
+    planned = METHOD.layer_configs(MLP_SHAPES, cfg, 0.35)
+    assert [d for _, d in planned] == [0.35] * 3
+    assert all(c.scope == "global" for c, _ in planned)
+    assert planned[0][0].pruned > 0.65  # the first layer alone could not keep 35 %
+    model = models.create(
+        "mlp", SupermaskConfig(method=cfg, density=0.35, seed=1), in_channels=1, image_size=28
+    )
+    total = sum(m.weight.numel() for m in layers(model))
+    assert sum(int(m.support().sum()) for m in layers(model)) == kept_count(total, 0.35)
+
+
+def test_global_file_round_trip_stores_only_the_free_bits(tmp_path):
+    model = build("conv", pruned=0.5, locked=0.1, density=0.3, scope="global")
+    shape = models.default_input_shape("conv2", **CONV)
+    x = torch.randn((3, *shape), generator=torch.Generator().manual_seed(5))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    save(model, tmp_path / "m.hnn")
+    again = load(tmp_path / "m.hnn")
+    with torch.no_grad():
+        assert torch.equal(again(x), expected)
+    entries = read_header(tmp_path / "m.hnn").entries
+    kept = 0
+    for layer, entry, other in zip(layers(model), entries, layers(again), strict=True):
+        (part,) = entry.parts
+        c = layer.frozen_counts
+        assert part.n == c.free == layer.weight.numel() - c.pruned - c.locked
+        free_kept = int(layer.support().sum()) - c.locked
+        assert part.counts == (c.free - free_kept, free_kept)
+        assert entry.config == layer.method_config and entry.config.scope == "global"
+        assert torch.equal(other.support(), layer.support())
+        kept += int(layer.support().sum())
+    assert kept == kept_count(sum(m.weight.numel() for m in layers(model)), 0.3)
+
+
+def test_global_decoded_parts_are_checked_over_all_layers():
+    model = build(pruned=0.3, locked=0.2, density=0.4, scope="global")
+    items = [
+        LayerItem(f"l{i}", tuple(m.weight.shape), m.method_config, m.density, METHOD.export(m))
+        for i, m in enumerate(layers(model))
+    ]
+    METHOD.check(items)
+    bits = items[1].arrays["mask"].copy()
+    bits[np.flatnonzero(~bits)[0]] = True  # one more kept: a layer alone cannot tell
+    METHOD.check_layer(LayerItem("l1", items[1].shape, items[1].config, 0.4, {"mask": bits}))
+    with pytest.raises(ValueError, match=r"global density 0\.4 keeps"):
+        METHOD.check(
+            [
+                items[0],
+                LayerItem("l1", items[1].shape, items[1].config, 0.4, {"mask": bits}),
+                items[2],
+            ]
+        )
+    with pytest.raises(ValueError, match="'l1' stores"):
+        METHOD.check([LayerItem("l1", items[1].shape, items[1].config, 0.4, {"mask": bits[:-1]})])

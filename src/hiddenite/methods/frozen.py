@@ -37,6 +37,14 @@ count, to [locked, unfrozen] of that layer (a layer whose unfrozen part is small
 global density keeps all of its unfrozen weights); a global density above the global unfrozen
 fraction or below the global locked fraction is a ConfigError.
 
+``scope="global"`` (edge-popup's global scope over the free positions): the freezing pattern
+of each layer is as above (and per-layer ratios come from ``distribution`` the same way), but
+the density is met over all the layers converted together rather than per layer: of the
+``N_free`` free positions of all layers, ``kept_count(N, density) - N_locked`` are kept, the
+top ``|score|`` over all of them (ties to the earliest layer, then the lowest index, as
+:class:`~hiddenite.masks.GlobalThreshold` does). A layer may then keep any number of its free
+positions; the global density must lie in [N_locked / N, (N - N_pruned) / N] by count.
+
 Stored: one binary part ``mask`` with one bit per free position (position order). Hardware:
 1-bit frozen weights and the freezing pattern regenerated from the seed (streams ``weights``
 and ``frozen``), a signed add per kept weight.
@@ -53,7 +61,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..masks import kept_count, top_fraction_mask
+from ..masks import GlobalThreshold, kept_count, top_fraction_mask
 from ..prng import register_stream
 from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
 from .edge_popup import initial_scores
@@ -62,10 +70,12 @@ STREAM_FROZEN = register_stream("frozen", 3)
 
 DISTRIBUTIONS = ("uniform", "erk", "epl")
 INNER_METHODS = ("edge-popup",)
+SCOPES = ("layer", "global")
 
 __all__ = [
     "DISTRIBUTIONS",
     "INNER_METHODS",
+    "SCOPES",
     "STREAM_FROZEN",
     "Frozen",
     "FrozenConfig",
@@ -82,13 +92,29 @@ class FrozenConfig(MethodConfig):
     """pruned: fraction of the weights frozen pruned (the global target when a distribution
     spreads it); locked: fraction frozen locked (kept); distribution: ``uniform``, ``erk`` or
     ``epl`` (how the global targets become per-layer ratios); inner: the learned method over
-    the free positions (``edge-popup`` only)."""
+    the free positions (``edge-popup`` only); scope: ``layer`` (each layer meets the density)
+    or ``global`` (one top-k over the free positions of all layers converted together).
+
+    Version 2 added ``scope``; a version-1 config (no ``scope``) reads as ``scope="layer"``."""
 
     method = "frozen"
+    VERSION = 2
     pruned: float = 0.5
     locked: float = 0.0
     distribution: str = "uniform"
     inner: str = "edge-popup"
+    scope: str = "layer"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        version = data.get("version") if isinstance(data, dict) else None
+        if version == 1 and not isinstance(version, bool):
+            if "scope" in data:
+                raise ConfigError(
+                    "method 'frozen': a version-1 config has no scope; write version 2 to set scope"
+                )
+            data = {**data, "version": cls.VERSION}  # v1 meant per-layer scope
+        return super().from_dict(data)
 
     def check(self) -> None:
         for field in ("pruned", "locked"):
@@ -112,28 +138,33 @@ class FrozenConfig(MethodConfig):
                 f"must be one of {', '.join(INNER_METHODS)} (the learned method over the free "
                 f"positions), got {self.inner!r}",
             )
+        if self.scope not in SCOPES:
+            self.fail("scope", f"must be one of {', '.join(SCOPES)}, got {self.scope!r}")
 
 
 @dataclass(frozen=True)
 class FrozenCounts:
-    """A layer's position counts: frozen pruned, frozen locked, free, and kept among free."""
+    """A layer's position counts: frozen pruned, frozen locked, free, and kept among free
+    (``free_kept`` is None under global scope, where the group decides it)."""
 
     n: int
     pruned: int
     locked: int
-    free_kept: int
+    free_kept: int | None
 
     @property
     def free(self) -> int:
         return self.n - self.pruned - self.locked
 
     @property
-    def kept(self) -> int:
-        return self.locked + self.free_kept
+    def kept(self) -> int | None:
+        return None if self.free_kept is None else self.locked + self.free_kept
 
 
 def frozen_counts(n: int, config: FrozenConfig, density: float) -> FrozenCounts:
-    """The counts of a layer of ``n`` weights; ConfigError if ``density`` cannot be met."""
+    """The counts of a layer of ``n`` weights; ConfigError if ``density`` cannot be met
+    (per layer under layer scope; under global scope ``free_kept`` is None and the density is
+    checked over all layers by :meth:`Frozen.layer_configs`)."""
     pruned = kept_count(n, config.pruned)
     locked = kept_count(n, config.locked)
     free = n - pruned - locked
@@ -143,6 +174,8 @@ def frozen_counts(n: int, config: FrozenConfig, density: float) -> FrozenCounts:
             f"locked, more than it has: lower pruned ({config.pruned}) or locked "
             f"({config.locked})"
         )
+    if config.scope == "global":
+        return FrozenCounts(n, pruned, locked, None)
     kept = kept_count(n, density)
     free_kept = kept - locked
     if not 0 <= free_kept <= free:
@@ -301,14 +334,54 @@ class Frozen(Method):
                 )
             locked = _apportion(share, locked_total, caps)
             chosen = [
-                (FrozenConfig(pruned=(n - u) / n, locked=r / n, inner=config.inner), n)
+                (
+                    FrozenConfig(
+                        pruned=(n - u) / n, locked=r / n, inner=config.inner, scope=config.scope
+                    ),
+                    n,
+                )
                 for n, u, r in zip(sizes, unfrozen, locked, strict=True)
             ]
+        if config.scope == "global":
+            self._check_global(chosen, density)
+            return [(layer_config, density) for layer_config, _ in chosen]
         out = []
         for layer_config, n in chosen:
             counts = (kept_count(n, layer_config.pruned), kept_count(n, layer_config.locked))
             out.append((layer_config, _clip_density(n, counts, density)))
         return out
+
+    @staticmethod
+    def _check_global(chosen: list[tuple[FrozenConfig, int]], density: float) -> None:
+        """ConfigError unless the global kept count lies in [locked, locked + free] by count."""
+        total = sum(n for _, n in chosen)
+        pruned = sum(kept_count(n, c.pruned) for c, n in chosen)
+        locked = sum(kept_count(n, c.locked) for c, n in chosen)
+        kept = kept_count(total, density)
+        if not locked <= kept <= total - pruned:
+            raise ConfigError(
+                f"method 'frozen': global density {density} keeps {kept} of {total} weights, "
+                f"outside what the freezing allows ({locked} locked .. {total - pruned} "
+                "unfrozen): change density, pruned or locked"
+            )
+
+    def link(self, layers: list[Any], config: MethodConfig) -> None:
+        if config.scope != "global" or not layers:
+            return
+        counts = [layer.frozen_counts for layer in layers]
+        free = sum(c.free for c in counts)
+        kept = kept_count(sum(c.n for c in counts), layers[0].density)
+        free_kept = kept - sum(c.locked for c in counts)
+        if not 0 <= free_kept <= free:  # a plan from layer_configs never gets here
+            raise ConfigError(
+                f"method 'frozen': global density {layers[0].density} keeps {kept} weights, "
+                f"which the {free} free positions cannot meet: change density, pruned or locked"
+            )
+        # one top-k over the free scores of all layers: kept_count(free, f) == free_kept
+        group = GlobalThreshold(free_kept / free if free else 0.0, attribute="scores")
+        for layer in layers:
+            group.register(layer)
+            layer.mask_group = group
 
     # -- the layer -----------------------------------------------------------------------------
     def _counts(self, layer: Any) -> FrozenCounts:
@@ -330,6 +403,7 @@ class Frozen(Method):
     def setup(self, layer: Any) -> None:
         counts = self._counts(layer)  # raises ConfigError when density cannot be met
         layer.frozen_counts = counts
+        layer.mask_group = None  # set by link under global scope
         layer.__dict__["_frozen_pattern"] = {}
         weight = layer.weight
         layer.scores = nn.Parameter(
@@ -341,18 +415,22 @@ class Frozen(Method):
         with torch.no_grad():  # edge-popup's score of each free position (same stream)
             layer.scores.copy_(initial_scores(layer).reshape(-1)[free.to(layer.scores.device)])
 
-    def _mask(self, layer: Any) -> torch.Tensor:
+    def _mask(self, layer: Any, in_forward: bool = False) -> torch.Tensor:
         free, locked = self._pattern(layer)
         counts = layer.frozen_counts
+        group = layer.mask_group
         mask = locked.clone()
-        if counts.free:
+        if group is not None:  # global: the first layer refreshes the threshold once per pass
+            mask[free] = group.layer_mask(layer, refresh=in_forward and group.is_first(layer))
+        elif counts.free:
             chosen = top_fraction_mask(layer.scores, counts.free_kept / counts.free)
             mask[free] = chosen
         return mask.reshape(layer.weight.shape)
 
     def weight(self, layer: Any) -> torch.Tensor:
         free, _ = self._pattern(layer)
-        return _FrozenMaskedWeight.apply(layer.weight, layer.scores, self._mask(layer), free)
+        mask = self._mask(layer, in_forward=True)
+        return _FrozenMaskedWeight.apply(layer.weight, layer.scores, mask, free)
 
     def support(self, layer: Any) -> torch.Tensor:
         return self._mask(layer)
@@ -389,6 +467,27 @@ class Frozen(Method):
             )
         with torch.no_grad():  # the top-k selection over the free scores re-selects the ones
             layer.scores.copy_(bits.to(layer.scores))
+        if layer.mask_group is not None:
+            layer.mask_group.invalidate()
+
+    def check(self, items: list[LayerItem]) -> None:
+        layered = [item for item in items if item.config.scope == "layer"]
+        for item in layered:
+            self.check_layer(item)
+        group = [item for item in items if item.config.scope == "global"]
+        if not group:
+            return
+        for item in group:
+            self.check_layer(item)
+        total = sum(math.prod(item.shape) for item in group)
+        locked = sum(kept_count(math.prod(item.shape), item.config.locked) for item in group)
+        kept = locked + sum(int(np.count_nonzero(item.arrays["mask"])) for item in group)
+        want = kept_count(total, group[0].density)
+        if kept != want:
+            raise ValueError(
+                f"the frozen layers keep {kept} of {total} weights ({locked} locked), but "
+                f"global density {group[0].density} keeps {want}"
+            )
 
     def check_layer(self, item: LayerItem) -> None:
         n = math.prod(item.shape)
@@ -402,6 +501,8 @@ class Frozen(Method):
                 f"layer {item.name!r} stores {bits.size} mask bits, but it has {counts.free} "
                 "free positions"
             )
+        if counts.free_kept is None:  # global scope: the kept count is checked over all layers
+            return
         kept = int(np.count_nonzero(bits))
         if kept != counts.free_kept:
             raise ValueError(
@@ -415,9 +516,10 @@ class Frozen(Method):
 
     def describe(self, layer: Any) -> str:
         c = layer.frozen_counts
+        scope = ", global" if layer.mask_group is not None else ""
         return (
             f"method=frozen, density={layer.density:g} ({c.pruned} pruned, {c.locked} locked, "
-            f"{c.free} free of {c.n})"
+            f"{c.free} free of {c.n}{scope})"
         )
 
 
