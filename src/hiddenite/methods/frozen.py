@@ -99,7 +99,7 @@ class FrozenConfig(MethodConfig):
 
     method = "frozen"
     VERSION = 2
-    pruned: float = 0.5
+    pruned: float = 0.3  # below 1 - the default density 0.5: something is left to learn
     locked: float = 0.0
     distribution: str = "uniform"
     inner: str = "edge-popup"
