@@ -517,3 +517,31 @@ def test_python_dash_m_exit_codes_and_stderr(tmp_path):
 )
 def test_run_rejects_impossible_budgets(capsys, argv, words):
     assert words in user_error(capsys, argv)
+
+
+def test_train_takes_the_methods_own_optimizer_unless_one_is_given(tmp_path, monkeypatch):
+    """binarized declares Adam at 0.01 (SGD at 0.1 does not train it); an explicit flag wins."""
+    import hiddenite.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train", lambda config, *a, **k: seen.append(config) or _stop())
+    for extra, expected in [
+        ([], ("adam", 0.01)),
+        (["--optimizer", "sgd"], ("sgd", 0.1)),
+        (["--lr", "0.05"], ("sgd", 0.05)),
+    ]:
+        with pytest.raises(_StopError):
+            cli.main(["train", "--model", "mlp", "--method", "binarized", "--out",
+                      str(tmp_path / f"r{len(seen)}"), *extra])  # fmt: skip
+        assert (seen[-1].optimizer, seen[-1].lr) == expected
+    with pytest.raises(_StopError):
+        cli.main(["train", "--model", "mlp", "--out", str(tmp_path / "e")])
+    assert (seen[-1].optimizer, seen[-1].lr) == ("sgd", 0.1)  # edge-popup: the CLI's defaults
+
+
+class _StopError(Exception):
+    """Raised by a stand-in for ``train``: the test only needs the config it was given."""
+
+
+def _stop():
+    raise _StopError

@@ -36,7 +36,7 @@ from .hw.plots import plot_pareto
 from .hw.sweep import write_rows_csv
 from .init import INITS
 from .main_job import run_main_job
-from .methods import METHODS, method_config
+from .methods import METHODS, get_method, method_config
 from .methods.progressive import recalibrate_bn
 from .onnx_export import export_onnx
 from .progressive import ProgressiveConfig, sweep_table, to_progressive, write_sweep
@@ -201,7 +201,12 @@ def _parser() -> argparse.ArgumentParser:
         default=128,
         help="global batch; under torchrun each of N processes trains on batch/N (default 128)",
     )
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument(
+        "--optimizer",
+        default=None,
+        choices=OPTIMIZERS,
+        help="default: the method's own (binarized: adam), else sgd",
+    )
     p.add_argument(
         "--lr",
         type=float,
@@ -375,16 +380,27 @@ def _add_hw_source_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _training_recipe(args, supermask: SupermaskConfig) -> tuple[str, float]:
+    """(optimizer, lr): as given; else the method's own when neither is given; else SGD 0.1
+    (Adam 0.01)."""
+    recipe = get_method(supermask.method.method).default_optimizer
+    if args.optimizer is None and args.lr is None and recipe is not None:
+        return recipe
+    optimizer = args.optimizer or "sgd"
+    return optimizer, args.lr if args.lr is not None else (0.1 if optimizer == "sgd" else 0.01)
+
+
 def _cmd_train(args) -> int:
-    lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 0.01)
+    supermask = _supermask_config(args)
+    optimizer, lr = _training_recipe(args, supermask)
     config = TrainConfig(
         model=args.model,
         model_kwargs=_model_kwargs(args.model_arg),
-        supermask=_supermask_config(args),
+        supermask=supermask,
         dataset=args.dataset,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        optimizer=args.optimizer,
+        optimizer=optimizer,
         lr=lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,

@@ -233,6 +233,9 @@ class Method(abc.ABC):
     trains_weights: ClassVar[bool] = False
     #: PRNG streams the method draws from (besides the frozen weights' "weights")
     streams: ClassVar[tuple[str, ...]] = ()
+    #: (optimizer, peak learning rate) that train this method when the user names neither;
+    #: None: the command line's defaults (SGD at 0.1)
+    default_optimizer: ClassVar[tuple[str, float] | None] = None
 
     # -- planning ------------------------------------------------------------------------------
     def layer_configs(
