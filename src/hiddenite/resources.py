@@ -27,6 +27,7 @@ from .errors import UserError
 
 __all__ = [
     "BACKWARD_FACTOR",
+    "EVAL_LIVE_OUTPUTS",
     "MAX_ACTIVATION_BYTES",
     "MAX_MODEL_WEIGHTS",
     "TRAIN_BYTES_PER_WEIGHT",
@@ -52,9 +53,12 @@ MAX_ACTIVATION_BYTES = 16 * 1024**3
 LOAD_BYTES_PER_WEIGHT = 32
 # Activation values a training step holds per value of the forward pass's module outputs:
 # the tensors autograd keeps for backward (measured by tests/test_resources.py with autograd's
-# saved-tensor hooks: 0.60 to 0.88 per hooked value on mlp, conv4 and resnet18, so at most 1)
+# saved-tensor hooks: 0.50 to 0.64 per hooked value on mlp, conv4 and resnet18, so at most 1)
 # and, while backward runs, the gradients flowing back through them (at most 1 more).
 BACKWARD_FACTOR = 2
+# Module outputs an evaluation step (no autograd) holds at once, at most: a layer's input and
+# output, and a residual block's identity and branch; counted at the size of the largest.
+EVAL_LIVE_OUTPUTS = 4
 
 
 class ResourceError(UserError):
@@ -97,12 +101,18 @@ def activation_values(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     ``input_shape`` (batch first), computed on the ``meta`` device: ``module`` must live there.
     When the input does not fit the module, the values up to the failing layer (a lower
     bound; whoever runs it for real reports the misfit)."""
-    total = _numel(input_shape)
+    return _activation_profile(module, input_shape)[0]
+
+
+def _activation_profile(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(all values, the largest single tensor's values) of :func:`activation_values`."""
+    total = largest = _numel(input_shape)
 
     def hook(_mod, _inputs, output) -> None:
-        nonlocal total
+        nonlocal total, largest
         if isinstance(output, torch.Tensor):
             total += output.numel()
+            largest = max(largest, output.numel())
 
     leaves = [m for m in module.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -117,7 +127,7 @@ def activation_values(module: nn.Module, input_shape: tuple[int, ...]) -> int:
         module.train(was_training)
         for h in handles:
             h.remove()
-    return total
+    return total, largest
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -205,8 +215,9 @@ def step_memory(
       largest layer);
     - activations: the input and every leaf module's output for one forward pass
       (:func:`activation_values`); training holds :data:`BACKWARD_FACTOR` times that (kept for
-      backward, gradients, functional operations between modules), evaluation once (an upper
-      bound: without autograd, outputs are freed as the pass goes on).
+      backward, and the gradients flowing back). Evaluation frees each output once the next
+      layer has used it: :data:`EVAL_LIVE_OUTPUTS` times the largest single output (never more
+      than all of them).
 
     ``forward`` (default ``module``) is the module whose forward pass is traced for the
     activations: the plain twin of a supermask model (same shapes), whose forward runs on
@@ -218,14 +229,16 @@ def step_memory(
     params = list(module.parameters())
     learned = sum(p.numel() for p in params if p.requires_grad)
     weights = [m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    activations = activation_values(module if forward is None else forward, input_shape)
+    total, largest = _activation_profile(module if forward is None else forward, input_shape)
     return StepMemory(
         parameters=sum(p.numel() for p in params),
         gradients=learned if training else 0,
         optimizer=optimizer_values * learned if training else 0,
         buffers=sum(b.numel() for b in module.buffers()),
         masks=2 * (sum(weights) if training else max(weights, default=0)),
-        activations=(BACKWARD_FACTOR if training else 1) * activations,
+        activations=(
+            BACKWARD_FACTOR * total if training else min(total, EVAL_LIVE_OUTPUTS * largest)
+        ),
     )
 
 
