@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from hiddenite import models, resources
+from hiddenite.cli import main
 from hiddenite.convert import SupermaskConfig
 from hiddenite.errors import ConfigError
 from hiddenite.resources import (
@@ -260,3 +261,13 @@ def test_check_step_memory_boundary():
     check_step_memory(est, "unknown memory", None)
     with pytest.raises(ResourceError, match=r"needs about 1\.0 kB .* than the 999 B available"):
         check_step_memory(est, "one byte over", 999)
+
+
+def test_cli_train_refuses_with_one_line_and_exit_2(tmp_path, capsys):
+    argv = ["train", "--batch-size", "10000000000", "--epochs", "1", "--no-progress"]
+    argv += ["--out", str(tmp_path / "run"), "--data-dir", str(tmp_path)]  # no data there
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "a training step at --batch-size 10000000000 needs about" in err
+    assert not (tmp_path / "run").exists()
