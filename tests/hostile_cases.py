@@ -548,7 +548,7 @@ def command_line_cases() -> list[Case]:
         add(f"summary --method-arg {arg}", lambda w, f, a=arg: ["summary", "--method-arg", a])
     for option, values in (
         ("--epochs", ("0", "-1")),
-        ("--batch-size", ("0", "-5")),
+        ("--batch-size", ("0", "-5", "10000000000")),
         ("--lr", ("0", "-1", "nan", "inf")),
         ("--momentum", ("2", "-0.5", "nan")),
         ("--weight-decay", ("-1", "inf")),

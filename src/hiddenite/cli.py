@@ -16,7 +16,7 @@ from pathlib import Path
 from . import models
 from .codecs import CODECS
 from .convert import SupermaskConfig
-from .data import DATASETS, iterate_batches, load_dataset
+from .data import DATASETS, dataset_info, iterate_batches, load_dataset
 from .distributed import environment_world, process_group
 from .errors import UserError
 from .export import export_checkpoint
@@ -46,6 +46,7 @@ from .train import (
     OPTIMIZERS,
     TrainConfig,
     check_data_fit,
+    check_memory,
     data_shape,
     evaluate,
     load_trained,
@@ -440,6 +441,8 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, config = load_trained(args.checkpoint, device)
+    shape = dataset_info(config.dataset, config.data_options)
+    check_memory(config, shape, f"{config.dataset} test", device, training=False)
     test = load_dataset(config.dataset, "test", args.data_dir, config.data_options)
     check_data_fit(config, data_shape(test), f"{config.dataset} test")
     metrics = evaluate(model, test, config.eval_batch_size, device)

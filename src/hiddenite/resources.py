@@ -10,11 +10,15 @@ number, before anything is allocated. ``docs/hostile-inputs.md`` explains the li
   state), so the cap is 4 GiB of model state.
 - :data:`MAX_ACTIVATION_BYTES`: one forward pass may hold at most 16 GiB of float32
   activations, and never more than the memory the machine has available.
+- :func:`step_memory`: the peak memory of one training (or evaluation) step, from the model's
+  shapes and the batch size; ``train`` and ``eval`` refuse what cannot fit before they read
+  data or allocate the model.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,16 +26,21 @@ from torch import nn
 from .errors import UserError
 
 __all__ = [
+    "BACKWARD_FACTOR",
+    "EVAL_LIVE_OUTPUTS",
     "MAX_ACTIVATION_BYTES",
     "MAX_MODEL_WEIGHTS",
     "TRAIN_BYTES_PER_WEIGHT",
     "ResourceError",
+    "StepMemory",
     "activation_values",
     "available_memory",
     "check_activations",
     "check_available",
+    "check_step_memory",
     "check_weights",
     "format_bytes",
+    "step_memory",
     "weight_count",
 ]
 
@@ -42,6 +51,14 @@ MAX_ACTIVATION_BYTES = 16 * 1024**3
 # PRNG's words and their conversions): 20.6 to 26.8 B measured by
 # benchmarks/hostile_amplification.py; 32 leaves a margin.
 LOAD_BYTES_PER_WEIGHT = 32
+# Activation values a training step holds per value of the forward pass's module outputs:
+# the tensors autograd keeps for backward (measured by tests/test_resources.py with autograd's
+# saved-tensor hooks: 0.50 to 0.64 per hooked value on mlp, conv4 and resnet18, so at most 1)
+# and, while backward runs, the gradients flowing back through them (at most 1 more).
+BACKWARD_FACTOR = 2
+# Module outputs an evaluation step (no autograd) holds at once, at most: a layer's input and
+# output, and a residual block's identity and branch; counted at the size of the largest.
+EVAL_LIVE_OUTPUTS = 4
 
 
 class ResourceError(UserError):
@@ -84,12 +101,18 @@ def activation_values(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     ``input_shape`` (batch first), computed on the ``meta`` device: ``module`` must live there.
     When the input does not fit the module, the values up to the failing layer (a lower
     bound; whoever runs it for real reports the misfit)."""
-    total = _numel(input_shape)
+    return _activation_profile(module, input_shape)[0]
+
+
+def _activation_profile(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(all values, the largest single tensor's values) of :func:`activation_values`."""
+    total = largest = _numel(input_shape)
 
     def hook(_mod, _inputs, output) -> None:
-        nonlocal total
+        nonlocal total, largest
         if isinstance(output, torch.Tensor):
             total += output.numel()
+            largest = max(largest, output.numel())
 
     leaves = [m for m in module.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -104,7 +127,7 @@ def activation_values(module: nn.Module, input_shape: tuple[int, ...]) -> int:
         module.train(was_training)
         for h in handles:
             h.remove()
-    return total
+    return total, largest
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -136,4 +159,95 @@ def check_available(need: int, what: str) -> None:
         raise ResourceError(
             f"{what} needs about {format_bytes(need)} of memory, more than the "
             f"{format_bytes(free)} available"
+        )
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Values (float32, 4 bytes each) one step holds at its peak; see :func:`step_memory`."""
+
+    parameters: int
+    gradients: int
+    optimizer: int
+    buffers: int
+    masks: int
+    activations: int
+
+    @property
+    def values(self) -> int:
+        return (
+            self.parameters
+            + self.gradients
+            + self.optimizer
+            + self.buffers
+            + self.masks
+            + self.activations
+        )
+
+    @property
+    def bytes(self) -> int:
+        return 4 * self.values
+
+
+def step_memory(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    training: bool,
+    optimizer_values: int = 1,
+    forward: nn.Module | None = None,
+) -> StepMemory:
+    """Peak memory of one step of ``module`` (laid out on the ``meta`` device) on a batch of
+    ``input_shape`` (batch first), from shapes alone.
+
+    The model of memory, in float32 values (4 bytes each; bf16 autocast is counted as float32,
+    an upper bound):
+
+    - parameters: every parameter (learned scores, trained weights, biases, norms);
+    - gradients (training): one per parameter that requires a gradient;
+    - optimizer state (training): ``optimizer_values`` per learned value (SGD with momentum 1,
+      without 0; Adam 2);
+    - buffers: every buffer, the frozen weights regenerated from the seed and the norms'
+      running statistics among them;
+    - masks: each ``nn.Conv2d``/``nn.Linear`` forms a mask and a masked weight, both the size of
+      its weight. Training counts both in every layer (2 per weight; autograd was measured to
+      keep at most 1); evaluation holds them for one layer at a time (2 per weight of the
+      largest layer);
+    - activations: the input and every leaf module's output for one forward pass
+      (:func:`activation_values`); training holds :data:`BACKWARD_FACTOR` times that (kept for
+      backward, and the gradients flowing back). Evaluation frees each output once the next
+      layer has used it: :data:`EVAL_LIVE_OUTPUTS` times the largest single output (never more
+      than all of them).
+
+    ``forward`` (default ``module``) is the module whose forward pass is traced for the
+    activations: the plain twin of a supermask model (same shapes), whose forward runs on
+    ``meta`` where the masks' data-dependent selection cannot.
+
+    Not counted: the data set itself, the allocator's fragmentation and the framework's own
+    memory; the estimate is a floor for what cannot fit, not a promise of what can.
+    """
+    params = list(module.parameters())
+    learned = sum(p.numel() for p in params if p.requires_grad)
+    weights = [m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    total, largest = _activation_profile(module if forward is None else forward, input_shape)
+    return StepMemory(
+        parameters=sum(p.numel() for p in params),
+        gradients=learned if training else 0,
+        optimizer=optimizer_values * learned if training else 0,
+        buffers=sum(b.numel() for b in module.buffers()),
+        masks=2 * (sum(weights) if training else max(weights, default=0)),
+        activations=(
+            BACKWARD_FACTOR * total if training else min(total, EVAL_LIVE_OUTPUTS * largest)
+        ),
+    )
+
+
+def check_step_memory(estimate: StepMemory, what: str, free: int | None) -> None:
+    """Raise ResourceError (one line, with the estimate) if ``estimate`` exceeds ``free`` bytes
+    (``None``: the memory available is not known, nothing is refused)."""
+    if free is not None and estimate.bytes > free:
+        raise ResourceError(
+            f"{what} needs about {format_bytes(estimate.bytes)} of memory "
+            f"({format_bytes(4 * estimate.activations)} of it activations), more than the "
+            f"{format_bytes(free)} available; use a smaller batch size or model"
         )

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed, models
+from . import distributed, models, resources
 from .atomic import atomic_write_text
 from .checkpoint import (
     Checkpoint,
@@ -70,6 +70,7 @@ __all__ = [
     "TrainResult",
     "build_model",
     "check_data_fit",
+    "check_memory",
     "data_shape",
     "evaluate",
     "learning_rate",
@@ -370,6 +371,50 @@ def check_data_fit(config: TrainConfig, shape: tuple[int, int, int], what: str) 
             )
 
 
+def check_memory(
+    config: TrainConfig,
+    shape: tuple[int, int, int],
+    what: str,
+    device: str | torch.device = "cpu",
+    *,
+    training: bool = True,
+) -> None:
+    """ResourceError (one line, with the estimate and the memory available) if a training step
+    at ``batch_size`` (per process) or, with ``training`` False, an evaluation step at
+    ``eval_batch_size`` of ``config``'s model on data of ``shape`` (channels, size, classes)
+    cannot fit; from shapes alone (:func:`hiddenite.resources.step_memory`), on ``meta``."""
+    in_channels, image_size, num_classes = shape
+    kwargs = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    kwargs.update(config.model_kwargs)
+    with torch.device("meta"):
+        plain = models.create(config.model, **kwargs)
+        skeleton = models.create(config.model, config.supermask, init_state=False, **kwargs)
+    world = distributed.current_world()
+    batch = config.batch_size if training else config.eval_batch_size
+    if training and world is not None:
+        batch = -(-batch // world.size)
+    optimizer_values = {"sgd": 1 if config.momentum else 0, "adam": 2}[config.optimizer]
+    estimate = resources.step_memory(
+        skeleton,
+        (batch, in_channels, image_size, image_size),
+        training=training,
+        optimizer_values=optimizer_values,
+        forward=plain,
+    )
+    device = torch.device(device)
+    free = (
+        torch.cuda.mem_get_info(device)[0]
+        if device.type == "cuda"
+        else resources.available_memory()
+    )
+    step = (
+        f"a training step at --batch-size {batch}"
+        if training
+        else (f"an evaluation step at eval_batch_size {batch}")
+    )
+    resources.check_step_memory(estimate, f"{config.model} on {what}: {step}", free)
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -406,10 +451,13 @@ def train(
     )
     if known is not None:  # before any data is read
         check_data_fit(config, known, what)
+        check_memory(config, known, what, device)
     train_set, val_set = datasets if datasets is not None else _splits(config, data_dir)
     options = settled_data_options(config.dataset, config.data_options, train_set)
     config = dataclasses.replace(config, data_options=options)  # an image folder's classes
     check_data_fit(config, data_shape(train_set), what)  # an image folder's, now read
+    if known is None:  # before the model is allocated
+        check_memory(config, data_shape(train_set), what, device)
     world = distributed.current_world()
     if world is not None and config.batch_size % world.size:
         raise UserError(
