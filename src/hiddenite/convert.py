@@ -164,16 +164,27 @@ class SupermaskConfig:
         return cls.from_dict(data)
 
 
+# The methods that version 1 (before the method seam) named by ``mode``: the one place that
+# vocabulary is read, by SupermaskConfig here and by the version 1 model-file reader.
+VERSION_1_MODES: dict[str, Callable[[str], MethodConfig]] = {
+    "hidden": lambda scope: EdgePopupConfig(scope=scope),
+    "dense": lambda scope: DenseConfig(),
+}
+
+
+def version_1_method(mode: Any, scope: str = "layer") -> MethodConfig:
+    """The method a version 1 ``mode`` meant (``scope`` applies to ``hidden``: edge-popup)."""
+    factory = VERSION_1_MODES.get(mode) if isinstance(mode, str) else None
+    if factory is None:
+        raise ConfigError(
+            f"version 1 mode must be one of {', '.join(VERSION_1_MODES)}, got {mode!r}"
+        )
+    return factory(scope)
+
+
 def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     """A version 1 dict (``mode`` hidden/dense, ``scope``) as version 2 fields."""
-    mode = data.pop("mode", "hidden")
-    scope = data.pop("scope", "layer")
-    if mode == "dense":
-        data["method"] = DenseConfig()
-    elif mode == "hidden":
-        data["method"] = EdgePopupConfig(scope=scope)
-    else:
-        raise ConfigError(f"SupermaskConfig (version 1): unknown mode {mode!r}")
+    data["method"] = version_1_method(data.pop("mode", "hidden"), data.pop("scope", "layer"))
     data["version"] = CONFIG_VERSION
     return data
 

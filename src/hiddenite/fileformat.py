@@ -54,7 +54,7 @@ from torch import nn
 from . import codecs, models
 from ._version import __version__
 from .atomic import atomic_write, write_chunks
-from .convert import SupermaskConfig, supermask_
+from .convert import SupermaskConfig, supermask_, version_1_method
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
@@ -500,9 +500,12 @@ def _check_layer_v1(layer: Any, i: int, param_dtype: str, config: SupermaskConfi
     _int(layer["index"], f"{what} index", i, i)
     name = _str(layer["name"], f"{what} name")
     what = f"layer {name!r}"
-    mode = layer["mode"]
-    if mode not in ("hidden", "dense"):
-        raise ModelFormatError(f"{what} mode must be 'hidden' or 'dense', got {_show(mode)}")
+    try:
+        stored_method = version_1_method(layer["mode"])
+    except ConfigError:
+        raise ModelFormatError(
+            f"{what} mode must be 'hidden' or 'dense', got {_show(layer['mode'])}"
+        ) from None
     shape = _shape(layer["shape"], f"{what} shape")
     n = _int(layer["n"], f"{what} n", 0, _MAX_DIM)
     if n != math.prod(shape):
@@ -514,7 +517,7 @@ def _check_layer_v1(layer: Any, i: int, param_dtype: str, config: SupermaskConfi
         raise ModelFormatError(f"{what}: density {density} is not kept/n = {expected}")
     nbytes = _int(layer["bytes"], f"{what} bytes", 0, _MAX_DIM * 4)
     codec = layer["codec"]
-    if mode == "hidden":
+    if not get_method(stored_method.method).trains_weights:  # a mask over frozen weights
         if codec not in codecs.CODECS:
             raise ModelFormatError(
                 f"{what}: unknown mask codec {_show(codec)}; known: {', '.join(codecs.CODECS)}"
@@ -536,7 +539,7 @@ def _check_layer_v1(layer: Any, i: int, param_dtype: str, config: SupermaskConfi
     if nbytes != n * FLOAT_BYTES[param_dtype]:
         raise ModelFormatError(f"{what}: {nbytes} bytes do not hold {n} {param_dtype} weights")
     part = PartEntry("weight", n, None, None, layer["tensor"], nbytes, None)
-    return LayerEntry(i, name, shape, method_config("dense"), 1.0, (part,))
+    return LayerEntry(i, name, shape, stored_method, 1.0, (part,))
 
 
 # --------------------------------------------------------------------------- layout
