@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..layers import is_supermask
-from .spec import SpecError, _as_float, _as_int, _fail, _unknown_key_error
+from .spec import SpecError, _as_float, _as_int, _fail, _unknown_key_error, read_spec_yaml
 
 __all__ = [
     "CIM_PRESETS",
@@ -77,7 +77,6 @@ COMPONENTS = (
 MAX_DIM = 4096  # rows / columns of one array
 MAX_YAML_BYTES = 64 * 1024
 MAX_YAML_DEPTH = 4
-MAX_YAML_NODES = 1000
 
 
 @dataclass(frozen=True)
@@ -251,24 +250,16 @@ class CimSpec:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> CimSpec:
-        """Load a spec from a YAML file of at most 64 KiB, nested at most 4 deep."""
+        """Load a spec from a YAML file of at most MAX_YAML_BYTES, nested at most
+        MAX_YAML_DEPTH deep (read by :func:`hiddenite.hw.spec.read_spec_yaml`)."""
         import yaml
 
         where = os.fspath(path)
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_YAML_BYTES + 1)
-        if len(raw) > MAX_YAML_BYTES:
-            raise SpecError(
-                f"{where}: larger than {MAX_YAML_BYTES} bytes; a macro spec is a few lines"
-            )
         try:
-            data = yaml.safe_load(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise SpecError(f"{where}: not UTF-8 text; write the spec as YAML") from None
+            data = read_spec_yaml(path, max_bytes=MAX_YAML_BYTES, max_depth=MAX_YAML_DEPTH)
         except yaml.YAMLError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
             raise SpecError(f"{where}: not valid YAML ({first})") from None
-        _check_shape(where, data)
         try:
             return cls.from_dict({} if data is None else data)
         except SpecError as exc:
@@ -297,28 +288,6 @@ class CimSpec:
         elif isinstance(energy, CimEnergy):
             new_energy = energy
         return dataclasses.replace(self, energy=new_energy, **changes)
-
-
-def _check_shape(where: str, data: Any) -> None:
-    """Reject YAML nested deeper than MAX_YAML_DEPTH or with more than MAX_YAML_NODES nodes
-    (anchors/aliases are walked, so an alias bomb is stopped early)."""
-    count = 0
-    stack = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_YAML_NODES:
-            raise SpecError(
-                f"{where}: more than {MAX_YAML_NODES} YAML nodes; a macro spec is a few fields"
-            )
-        if isinstance(node, dict | list):
-            if depth > MAX_YAML_DEPTH:
-                raise SpecError(
-                    f"{where}: nested deeper than {MAX_YAML_DEPTH} levels; write "
-                    "fields and the energy mapping only"
-                )
-            items = node.values() if isinstance(node, dict) else node
-            stack.extend((v, depth + 1) for v in items)
 
 
 def parse_granularity(text: str, spec: CimSpec) -> CimSpec:

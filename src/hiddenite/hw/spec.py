@@ -501,7 +501,7 @@ class ArchSpec:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> ArchSpec:
         """Load a spec from a YAML file (a mapping of fields; see :meth:`from_dict`)."""
-        data = _read_yaml(path)
+        data = read_spec_yaml(path)
         if data is None:
             data = {}
         try:
@@ -569,18 +569,23 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_SPEC_DEPTH = 16
 
 
-def _read_yaml(path: str | os.PathLike[str]) -> Any:
-    """A spec file's YAML, bounded: a regular file of at most MAX_SPEC_BYTES, nested at most
-    MAX_SPEC_DEPTH deep, no duplicate keys, no aliases (SpecError otherwise; a syntax error
-    is ``yaml.YAMLError``)."""
+def read_spec_yaml(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = MAX_SPEC_BYTES,
+    max_depth: int = MAX_SPEC_DEPTH,
+) -> Any:
+    """A spec file's YAML, bounded: a regular file of at most ``max_bytes``, nested at most
+    ``max_depth`` deep, no duplicate keys, no aliases (SpecError otherwise; a syntax error
+    is ``yaml.YAMLError``). Every YAML spec (accelerator, CIM macro) is read here."""
     import yaml
 
     from ..validate import open_regular
 
     with open_regular(path, "spec file", SpecError) as fh:
         raw = fh.read(MAX_SPEC_BYTES + 1)
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"{os.fspath(path)}: larger than {MAX_SPEC_BYTES:,} bytes; not a spec")
+    if len(raw) > max_bytes:
+        raise SpecError(f"{os.fspath(path)}: larger than {max_bytes:,} bytes; not a spec")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -593,8 +598,8 @@ def _read_yaml(path: str | os.PathLike[str]) -> Any:
             if self.check_event(yaml.AliasEvent):
                 raise SpecError(f"{os.fspath(path)}: YAML aliases (*name) are not allowed")
             self.depth += 1
-            if self.depth > MAX_SPEC_DEPTH:
-                raise SpecError(f"{os.fspath(path)}: nested more than {MAX_SPEC_DEPTH} levels deep")
+            if self.depth > max_depth:
+                raise SpecError(f"{os.fspath(path)}: nested more than {max_depth} levels deep")
             try:
                 return super().compose_node(parent, index)
             finally:
