@@ -694,3 +694,12 @@ def test_sweep_checks_every_value_before_the_first_point(monkeypatch, grid, word
     with pytest.raises(UserError, match=words):
         sweep([SMALL], "hiddenite", grid)
     assert ran == []
+
+
+def test_simulate_reads_the_module_inside_a_data_parallel_wrapper():
+    """A zoo model wrapped by DataParallel / DDP keeps its input size and layer names."""
+    model = models.create("mlp", SupermaskConfig(density=0.3, seed=1))
+    plain, wrapped = simulate(model), simulate(nn.DataParallel(model))
+    assert wrapped.totals == plain.totals
+    assert [r.layer for r in wrapped.rows] == [r.layer for r in plain.rows]
+    assert wrapped.options["source"]["model"] == "mlp"

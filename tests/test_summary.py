@@ -265,3 +265,12 @@ def test_to_json_matches_rows():
         assert layer == expected
     assert json.loads(result.to_json(indent=None)) == data
     assert "\n" not in result.to_json(indent=None)
+
+
+def test_a_data_parallel_wrapper_is_unwrapped():
+    """DDP / DataParallel wrap the model; the summary reads the module inside, names unchanged."""
+    model = tiny()
+    plain, wrapped = summary(model, print_fn=None), summary(nn.DataParallel(model), print_fn=None)
+    assert [r.name for r in wrapped.rows] == [r.name for r in plain.rows]
+    assert not any(r.name.startswith("module.") for r in wrapped.rows)
+    assert wrapped.totals == plain.totals

@@ -47,6 +47,7 @@ __all__ = [
     "plan_layers",
     "supermask_",
     "to_dense",
+    "unwrap_model",
 ]
 
 
@@ -170,6 +171,15 @@ VERSION_1_MODES: dict[str, Callable[[str], MethodConfig]] = {
     "hidden": lambda scope: EdgePopupConfig(scope=scope),
     "dense": lambda scope: DenseConfig(),
 }
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (``model`` itself if
+    it is not wrapped): what the model file, the summary and the hardware model read."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
 
 
 def version_1_method(mode: Any, scope: str = "layer") -> MethodConfig:

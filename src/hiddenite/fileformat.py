@@ -54,7 +54,7 @@ from torch import nn
 from . import codecs, models
 from ._version import __version__
 from .atomic import atomic_write, write_chunks
-from .convert import SupermaskConfig, supermask_, version_1_method
+from .convert import SupermaskConfig, supermask_, unwrap_model, version_1_method
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
@@ -675,14 +675,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write(path, write)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
-
-
 def _infer_config(model: nn.Module) -> SupermaskConfig:
     """The SupermaskConfig the model's layers were converted with (the same for all)."""
     layers = [m for _, m in _supermask_layers(model)]
@@ -749,7 +741,7 @@ def save(
     A zoo model must be exactly ``models.create(name, config, **kwargs)`` with learned state:
     anything else raises ValueError, so every file written can be loaded.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if arch is None:
         arch = getattr(model, "hiddenite_arch", None)
     if arch is not None and not (

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from .convert import unwrap_model
 from .layers import SupermaskLayer
 from .storage import encode_layer
 from .texttable import text_table
@@ -203,6 +204,7 @@ def summary(model: nn.Module, print_fn=print, *, codec: str | None = None) -> Mo
     the smallest per part). Returns a :class:`ModelSummary` (``.rows``, ``.totals``,
     ``.to_json()``).
     """
+    model = unwrap_model(model)
     rows = tuple(
         row for name, module in model.named_modules() if (row := _row(name, module, codec))
     )

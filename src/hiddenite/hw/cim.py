@@ -45,9 +45,13 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from ..atomic import atomic_write_text
 from ..layers import is_supermask
+from ..texttable import text_table
+from .model import _json_safe
 from .spec import SpecError, _as_float, _as_int, _fail, _unknown_key_error, read_spec_yaml
 
 __all__ = [
@@ -252,8 +256,6 @@ class CimSpec:
     def from_yaml(cls, path: str | os.PathLike[str]) -> CimSpec:
         """Load a spec from a YAML file of at most MAX_YAML_BYTES, nested at most
         MAX_YAML_DEPTH deep (read by :func:`hiddenite.hw.spec.read_spec_yaml`)."""
-        import yaml
-
         where = os.fspath(path)
         try:
             data = read_spec_yaml(path, max_bytes=MAX_YAML_BYTES, max_depth=MAX_YAML_DEPTH)
@@ -266,10 +268,6 @@ class CimSpec:
             raise SpecError(f"{where}: {exc}") from None
 
     def to_yaml(self, path: str | os.PathLike[str] | None = None) -> str:
-        import yaml
-
-        from ..atomic import atomic_write_text
-
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             atomic_write_text(path, text)
@@ -621,12 +619,8 @@ class CimReport:
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        from .model import _json_safe
-
         text = json.dumps(_json_safe(self.to_dict()), indent=2) + "\n"
         if path is not None:
-            from ..atomic import atomic_write_text
-
             atomic_write_text(path, text)
         return text
 
@@ -640,14 +634,10 @@ class CimReport:
         writer.writerows(rows)
         text = buf.getvalue()
         if path is not None:
-            from ..atomic import atomic_write_text
-
             atomic_write_text(path, text)
         return text
 
     def to_text(self) -> str:
-        from ..texttable import text_table
-
         head = [
             "layer",
             "K",

@@ -26,7 +26,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
+
 from .. import codecs, models
+from ..convert import unwrap_model
 from ..fileformat import load, read_header
 from ..layers import SupermaskLayer
 from ..masks import kept_count
@@ -40,6 +43,7 @@ from .workload import (
     WorkloadError,
     workloads_from_dicts,
     workloads_from_module,
+    zoo_workloads,
 )
 
 __all__ = [
@@ -827,8 +831,6 @@ def load_source(
                     f"{source!r} is a zoo model name: give the density (kept fraction) of its "
                     "masks for an estimate of the untrained network, e.g. density=0.3"
                 )
-            from .workload import zoo_workloads
-
             codec = "entropy" if codec is None else codec
             wl = zoo_workloads(
                 source, density, codec=codec, input_shape=input_shape, **dict(model_kwargs or {})
@@ -848,10 +850,10 @@ def load_source(
         raise WorkloadError(
             f"{path}: no such model file, checkpoint or run folder (nor a zoo model name)"
         )
-    import torch
-
     if isinstance(source, torch.nn.Module):
-        return _from_module(source, input_shape, codec=codec, mask_bytes_fn=mask_bytes_fn)
+        return _from_module(
+            unwrap_model(source), input_shape, codec=codec, mask_bytes_fn=mask_bytes_fn
+        )
     if isinstance(source, LayerWorkload | Mapping):
         return workloads_from_dicts([source]), {"kind": "workloads"}
     if isinstance(source, Iterable):

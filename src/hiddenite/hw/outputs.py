@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import Report
+from .plots import plot_energy_breakdown, plot_offchip_comparison
 
 __all__ = [
     "MODELLED_NOTE",
@@ -132,8 +133,6 @@ def write_simulation(
     """Write ``<name>_layers.csv``, ``<name>.json`` and ``energy_<name>.png`` per report and
     ``offchip.png`` (the off-chip traffic of ``plotted``, default ``reports``, side by side) into
     ``out_dir``; returns the paths written."""
-    from .plots import plot_energy_breakdown, plot_offchip_comparison
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

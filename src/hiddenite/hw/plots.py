@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..atomic import atomic_write
 from .model import ENERGY_COMPONENTS, Report
 
 __all__ = ["plot_energy_breakdown", "plot_offchip_comparison", "plot_pareto"]
@@ -43,8 +44,6 @@ def _figure(width_in: float, height_in: float) -> Any:
 
 
 def _save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> str:
-    from ..atomic import atomic_write
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     return os.fspath(path)
 

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+import yaml
+
+from ..atomic import atomic_write_text
 from ..errors import UserError
+from ..validate import open_regular
 from .calibration import (
     BIT_SERIAL_DIGIT_PJ_45NM,
     CALIBRATION,
@@ -511,8 +515,6 @@ class ArchSpec:
 
     def to_yaml(self, path: str | os.PathLike[str] | None = None) -> str:
         """YAML text of :meth:`to_dict`; also written atomically to ``path`` if given."""
-        import yaml
-
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             _atomic_write_text(path, text)
@@ -578,10 +580,6 @@ def read_spec_yaml(
     """A spec file's YAML, bounded: a regular file of at most ``max_bytes``, nested at most
     ``max_depth`` deep, no duplicate keys, no aliases (SpecError otherwise; a syntax error
     is ``yaml.YAMLError``). Every YAML spec (accelerator, CIM macro) is read here."""
-    import yaml
-
-    from ..validate import open_regular
-
     with open_regular(path, "spec file", SpecError) as fh:
         raw = fh.read(MAX_SPEC_BYTES + 1)
     if len(raw) > max_bytes:
@@ -623,8 +621,6 @@ def read_spec_yaml(
 
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (see :mod:`hiddenite.atomic`)."""
-    from ..atomic import atomic_write_text
-
     atomic_write_text(path, text)
 
 

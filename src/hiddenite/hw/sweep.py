@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .model import estimate, resolve_arch
+from .plots import pareto_front, plot_pareto
 from .spec import ArchSpec, SpecError, _atomic_write_text
 from .workload import MASK_CODECS, LayerWorkload, WorkloadError, workloads_from_dicts
 
@@ -193,15 +194,11 @@ def sweep(
     if csv_path is not None:
         write_rows_csv(rows, csv_path)
     if plot_path is not None:
-        from .plots import plot_pareto
-
         plot_pareto(rows, plot_path)
     return rows
 
 
 def _mark_pareto(rows: list[dict[str, Any]]) -> None:
-    from .plots import pareto_front
-
     front = set(pareto_front(rows))
     for i, r in enumerate(rows):
         r["pareto"] = i in front

@@ -20,12 +20,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import codecs
+import torch
+from torch import nn
+
+from .. import codecs, models
 from ..codecs import entropy_bound_bits
 from ..errors import UserError
+from ..layers import SupermaskLayer
 from ..masks import kept_count
 from ..ops import DATAPATHS, operator_for
 from ..quant import input_bits
+from ..resources import activation_values, check_activations
+from ..storage import encode_layer
 
 __all__ = [
     "OPS",
@@ -446,11 +452,6 @@ def workloads_from_module(
 
     Raises :class:`WorkloadError` when ``input_shape`` does not fit the model.
     """
-    import torch
-    from torch import nn
-
-    from ..layers import SupermaskLayer
-
     conv_types = (nn.Conv2d, nn.Linear)
     bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     names = {id(m): n or type(m).__name__ for n, m in module.named_modules()}
@@ -654,10 +655,6 @@ def _supermask_fields(
     stored_parts: Mapping[str, Sequence[Any]] | None,
 ) -> dict[str, Any]:
     """Workload fields of a supermask layer: its method's cost, its coded parts, its density."""
-    import torch
-
-    from ..storage import encode_layer
-
     shape = tuple(layer.weight.shape)
     cost = layer.method.cost(shape, layer.method_config, layer.density)
     if stored_parts is not None and name in stored_parts:
@@ -679,8 +676,6 @@ def _squash(pair: tuple[int, ...]) -> int | tuple[int, int]:
 def _module_mask(mod: Any) -> Any | None:
     """The layer's 0/1 mask tensor: ``mod.mask()`` if callable, a ``mask`` tensor attribute, or
     ``None``."""
-    import torch
-
     m = getattr(mod, "mask", None)
     if m is None:
         return None
@@ -807,11 +802,6 @@ def _check_trace_memory(module: Any, shape: tuple[int, ...], device: Any) -> Non
     """Refuse, before the trace allocates anything, an input whose activations would not fit
     (estimated on the ``meta`` device: the module itself there, else the plain zoo model it
     was built as; for a module of unknown layout, only the input itself is bounded)."""
-    import torch
-
-    from .. import models
-    from ..resources import activation_values, check_activations
-
     skeleton = module if device == torch.device("meta") else None
     arch = getattr(module, "hiddenite_arch", None)
     if skeleton is None and arch is not None and arch[0] in models.MODELS:
@@ -839,10 +829,6 @@ def zoo_workloads(
     entropy bound); parameter bytes are 4 B per bias / BatchNorm value. ``input_shape`` is
     ``(C, H, W)`` or batch-first; default: the model's own input size.
     """
-    import torch
-
-    from .. import models
-
     info = models.model_info(name)
     models.check_arguments(name, **kwargs)
     if input_shape is None:

@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 from .spec import ArchSpec, _atomic_write_text
 from .workload import LayerWorkload
 
@@ -191,8 +193,6 @@ def write_zigzag_inputs(
 ) -> tuple[list[dict[str, Any]], str, str]:
     """Write ``accelerator.yaml`` and ``mapping.yaml`` into ``folder``; return
     ``(workload_layers, accelerator_path, mapping_path)`` for ZigZag's API."""
-    import yaml
-
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     hw_path = os.path.join(folder, "accelerator.yaml")
