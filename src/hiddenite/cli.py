@@ -10,8 +10,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
+
+import yaml
 
 from . import models
 from .codecs import CODECS
@@ -537,8 +540,6 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _load_spec(path: str):
-    import yaml
-
     try:
         return ArchSpec.from_yaml(path)
     except yaml.YAMLError as exc:
@@ -654,8 +655,6 @@ def _parse_grid(items: list[str]) -> dict:
 
 
 def _cmd_sweep(args) -> int:
-    import time
-
     check_output_folder(args.out, "output folder (--out)")
     grid = _parse_grid(args.grid)
     if not grid:
