@@ -14,8 +14,11 @@ under ``"hiddenite_sha256"``. In format version 3 (this one) that document is a 
 envelope, ``{"format", "format_version", "zlib"}``, whose ``zlib`` field is the base64 of the
 zlib-compressed metadata document (the layers, their parts and the config): a ResNet-20's
 header shrinks from 19 kB to 7 kB. The metadata holds the sha256 of the data section.
-Version 2 files (the same metadata, uncompressed) and version 1 files (one mask per hidden
-layer, dense weights) still load.
+Version 4 adds two declarations to the metadata: the activation quantizers (layer, bits,
+signedness, scale, zero point, observed range) and the per-layer operators (e.g. Mitchell's
+multiplier), restored by :func:`load`; a model with neither is written as version 3. Version 2
+files (the same metadata, uncompressed) and version 1 files (one mask per hidden layer, dense
+weights) still load.
 
 Python surface::
 
@@ -1805,8 +1808,9 @@ def load(
     Frozen weights are regenerated from the seed; each layer's method restores its learned
     state from the stored parts (an edge-popup layer's scores become its 0/1 mask, which its
     own top-k selection re-selects exactly; the original scores are not in the file: resume
-    training from the checkpoint instead). With float32 parameters the outputs equal the saved
-    model's bit for bit.
+    training from the checkpoint instead). Declared activation quantizers (version 4) are
+    attached frozen at their stored scales and declared operators set per layer. With float32
+    parameters the outputs equal the saved model's bit for bit.
 
     ``model``: restore into this module instead of building the zoo architecture the file
     names (needed for a module built outside the zoo): a module converted with
