@@ -10,7 +10,7 @@ per-channel parameters (batch-norm statistics and affine terms, biases).
 
 The container is safetensors (no pickle): coded parts are ``U8`` tensors, floats ``F32`` or
 ``F16``. The header metadata holds one JSON document under ``"hiddenite"`` and its sha256
-under ``"hiddenite_sha256"``. In format version 3 (this one) that document is a small
+under ``"hiddenite_sha256"``. In format versions 3 and 4 that document is a small
 envelope, ``{"format", "format_version", "zlib"}``, whose ``zlib`` field is the base64 of the
 zlib-compressed metadata document (the layers, their parts and the config): a ResNet-20's
 header shrinks from 19 kB to 7 kB. The metadata holds the sha256 of the data section.
@@ -694,7 +694,7 @@ def _quantizer_entries(model: nn.Module) -> tuple[QuantizerEntry, ...]:
                 layer,
                 q.config,
                 bool(q.signed),
-                float(q.scale),
+                float(q.scale.float()),  # the header holds float32 values exactly
                 0,
                 float(q.lo.float()),
                 float(q.hi.float()),
@@ -1006,7 +1006,7 @@ def save(
             _fit(skeleton, entries, config)
             _fit_params(skeleton, layout.params, f"architecture {name!r}")
             for e in (*quant_entries, *operator_entries):
-                if not skeleton.sites.get(e.layer, False):
+                if e.layer not in skeleton.sites:
                     raise ModelFormatError(
                         f"layer {e.layer!r} is not a Conv2d / Linear of architecture {name!r}"
                     )
