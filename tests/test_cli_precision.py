@@ -21,6 +21,7 @@ from hiddenite.cli import main
 from hiddenite.data import load_dataset
 from hiddenite.errors import ConfigError
 from hiddenite.hw import get_preset
+from hiddenite.hw.model import load_source
 from hiddenite.ops import OperatorChoice, operator_for, use_operator
 from hiddenite.quant import ActQuantConfig, quantizers
 from hiddenite.train import TrainConfig, evaluate, load_trained, train
@@ -159,6 +160,23 @@ def test_exported_file_declares_act_bits_and_operator_for_inspect_and_simulate(
     assert "activation bits from the model: net.3 4; log-multiplier layers: net.1, net.3" in (
         capsys.readouterr().out
     )
+
+
+def test_checkpoint_and_its_file_cost_the_same(runs, tmp_path):
+    """simulate of a run folder and of its exported file see the same act bits, datapaths
+    and per-channel bytes (the quantizers' buffers are not per-channel data in either)."""
+    path = tmp_path / "q4.hnn"
+    assert main(["export", str(runs["q4"]), "-o", str(path)]) == 0
+    from_run, _ = load_source(str(runs["q4"]))
+    from_file, _ = load_source(str(path))
+    for a, b in zip(from_run, from_file, strict=True):
+        assert (a.name, a.act_bits, a.datapath, a.param_bytes) == (
+            b.name,
+            b.act_bits,
+            b.datapath,
+            b.param_bytes,
+        )
+    assert [w.act_bits for w in from_file] == [0, 4]
 
 
 def test_simulate_operator_on_a_zoo_name(tmp_path, capsys):

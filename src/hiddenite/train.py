@@ -162,7 +162,7 @@ class TrainConfig:
             fail("act_quant", f"must be an ActQuantConfig or null, got {self.act_quant!r}")
         if not isinstance(self.operator, OperatorChoice):
             fail("operator", f"must be an OperatorChoice, got {self.operator!r}")
-        if self.amp != "none" and self.operator.training != "exact":
+        if self.amp != "none" and self.operator.training != OperatorChoice().training:
             fail(
                 "operator",
                 f"training with {self.operator.training!r} products needs float32: use "
@@ -272,10 +272,9 @@ def with_precision(model: nn.Module, config: TrainConfig) -> nn.Module:
     operators set, in place."""
     if config.act_quant is not None:
         add_act_quantizers_(model, config.act_quant)
-    for phase in ("training", "inference"):
-        name = getattr(config.operator, phase)
-        if name != "exact":
-            use_operator(model, name, phase=phase)
+    if config.operator != OperatorChoice():  # exact in both phases needs nothing set
+        for phase in ("training", "inference"):
+            use_operator(model, getattr(config.operator, phase), phase=phase)
     return model
 
 
