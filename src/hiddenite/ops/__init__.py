@@ -147,6 +147,9 @@ class OperatorChoice:
         return OperatorChoice(self.training, name)
 
 
+_EXACT_CHOICE = OperatorChoice()  # immutable: exact in both phases, the default
+
+
 class OperatorLayer:
     """Mixin of layers whose forward asks :meth:`active_operator` for its products."""
 
@@ -157,7 +160,7 @@ class OperatorLayer:
 
 def operator_choice(module: Any) -> OperatorChoice:
     """The module's :class:`OperatorChoice` (exact in both phases unless one was set)."""
-    return getattr(module, _ATTR, None) or OperatorChoice()
+    return getattr(module, _ATTR, None) or _EXACT_CHOICE
 
 
 def operator_for(module: Any) -> Operator:
