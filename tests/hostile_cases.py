@@ -62,6 +62,7 @@ class World:
     model_file: Path
     big_model_file: Path
     spec: Path
+    precision_file: Path  # format 4: an activation quantizer and an operator declared
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -94,7 +95,24 @@ def build_world(root: Path) -> World:
     save(models.create("mlp", SupermaskConfig(density=0.5, seed=1)), big)
     spec = root / "spec.yaml"
     spec.write_text("name: mine\nclock_mhz: 200\n")
-    return World(root, data, runs["sgd"], runs["adam"], model_file, big, spec)
+    precision = root / "mlp-precision.hnn"
+    save(precision_model(), precision)
+    return World(root, data, runs["sgd"], runs["adam"], model_file, big, spec, precision)
+
+
+def precision_model() -> torch.nn.Module:
+    """An MLP with a calibrated 4-bit quantizer on net.3's input and the Mitchell multiplier
+    in inference on net.3: what a version 4 model file declares."""
+    try:
+        from hiddenite.ops import use_operator
+        from hiddenite.quant import ActQuantConfig, add_act_quantizers_, calibrate
+    except ImportError:  # a hiddenite before activation quantizers (the fuzz run's baseline)
+        return models.create("mlp", SupermaskConfig(density=0.5, seed=2), hidden=[16])
+    model = models.create("mlp", SupermaskConfig(density=0.5, seed=2), hidden=[16])
+    add_act_quantizers_(model, ActQuantConfig(bits=4))
+    calibrate(model, [torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))])
+    use_operator(model, "mitchell", phase="inference", layers=["net.3"])
+    return model
 
 
 def _quiet(fn: Callable[[], int]) -> int:
@@ -469,6 +487,96 @@ def model_file_cases(rng: random.Random, model_meta: dict, flips: int) -> list[C
     return cases
 
 
+def _quant(meta: dict) -> dict:
+    return meta["activations"][0]
+
+
+def _op(meta: dict) -> dict:
+    return meta["operators"][0]
+
+
+# Edits of the declarations of a version 4 file: (name, edit(meta), must_fail). Every field of
+# a quantizer or operator entry swapped for another JSON type or deleted, then values of the
+# right type that are still wrong. Deleting a field of the quantizer's config is benign (the
+# config fills it with its default).
+_Q_FIELDS = {"layer": "net.3", "signed": False, "scale": 0.5, "zero_point": 0, "range": [0, 1]}
+_Q_CONFIG = {"bits": 4, "signed": "auto", "calibration": "minmax", "percentile": 99.99,
+             "first_layer": False, "version": 1}  # fmt: skip
+_OP_FIELDS = {"layer": "net.3", "training": "exact", "inference": "mitchell"}
+PRECISION_EDITS: list[tuple[str, Callable[[dict], None], bool]] = [
+    *(
+        (f"activations/{k}=swap{i}", lambda m, k=k, s=s: _quant(m).update({k: s}), True)
+        for k, v in _Q_FIELDS.items()
+        for i, s in enumerate(_swaps(v))
+    ),
+    *((f"activations/{k}=deleted", lambda m, k=k: _quant(m).pop(k), True) for k in _Q_FIELDS),
+    ("activations/config=deleted", lambda m: _quant(m).pop("config"), True),
+    *(
+        (
+            f"activations/config/{k}=swap{i}",
+            lambda m, k=k, s=s: _quant(m)["config"].update({k: s}),
+            True,
+        )
+        for k, v in _Q_CONFIG.items()
+        for i, s in enumerate(_swaps(v))
+    ),
+    *(
+        (f"activations/config/{k}=deleted", lambda m, k=k: _quant(m)["config"].pop(k), False)
+        for k in _Q_CONFIG
+    ),
+    *(
+        (f"operators/{k}=swap{i}", lambda m, k=k, s=s: _op(m).update({k: s}), True)
+        for k, v in _OP_FIELDS.items()
+        for i, s in enumerate(_swaps(v))
+    ),
+    *((f"operators/{k}=deleted", lambda m, k=k: _op(m).pop(k), True) for k in _OP_FIELDS),
+    ("activations=deleted", lambda m: m.pop("activations"), True),
+    ("operators=deleted", lambda m: m.pop("operators"), True),
+    ("activations+unknown", lambda m: _quant(m).update(zz=1), True),
+    ("operators+unknown", lambda m: _op(m).update(zz=1), True),
+    ("scale=0", lambda m: _quant(m).update(scale=0.0), True),
+    ("scale=-1", lambda m: _quant(m).update(scale=-1.0), True),
+    ("scale=1e-50", lambda m: _quant(m).update(scale=1e-50), True),
+    ("scale=1e39", lambda m: _quant(m).update(scale=1e39), True),
+    ("scale=0.1(not float32)", lambda m: _quant(m).update(scale=0.1), True),
+    ("zero_point=3", lambda m: _quant(m).update(zero_point=3), True),
+    ("range=reversed", lambda m: _quant(m).update(range=[1.0, 0.0]), True),
+    ("range=one", lambda m: _quant(m).update(range=[1.0]), True),
+    ("range=three", lambda m: _quant(m).update(range=[0.0, 1.0, 2.0]), True),
+    ("bits=1", lambda m: _quant(m)["config"].update(bits=1), True),
+    ("bits=99", lambda m: _quant(m)["config"].update(bits=99), True),
+    (
+        "signed=true,config=unsigned",
+        lambda m: (_quant(m).update(signed=True), _quant(m)["config"].update(signed="unsigned")),
+        True,
+    ),
+    ("quantizer-on-flatten", lambda m: _quant(m).update(layer="net.0"), True),
+    ("quantizer-on-missing-layer", lambda m: _quant(m).update(layer="net.9"), True),
+    ("quantizer-twice", lambda m: m["activations"].append(dict(_quant(m))), True),
+    ("operator-unknown", lambda m: _op(m).update(inference="fast"), True),
+    ("operator-exact-both", lambda m: _op(m).update(inference="exact"), True),
+    ("operator-on-relu", lambda m: _op(m).update(layer="net.2"), True),
+    ("operator-twice", lambda m: m["operators"].append(dict(_op(m))), True),
+    ("version-3-with-declarations", lambda m: m.update(format_version=3), True),
+    ("operator-on-net.1", lambda m: _op(m).update(layer="net.1"), False),
+    ("no-declarations", lambda m: m.update(activations=[], operators=[]), False),
+]
+
+
+def precision_cases() -> list[Case]:
+    """Version 4 files whose quantizer / operator declarations were edited (valid checksums)."""
+    cases = []
+    for name, edit, must in PRECISION_EDITS:  # simulate loads the model: every check runs
+
+        def build(world, folder, edit=edit):
+            out = folder / "m.hnn"
+            out.write_bytes(_resign_model(world.precision_file.read_bytes(), edit))
+            return _model_commands(out, folder)["simulate"]
+
+        cases.append(Case("model-file", f"simulate:precision:{name}", build, must))
+    return cases
+
+
 def _model_commands(path: Path, folder: Path) -> dict[str, list[str]]:
     return {
         "inspect": ["inspect", str(path)],
@@ -681,6 +789,7 @@ def generate(world_meta: dict, model_meta: dict, spec_fields: list[str], *, seed
     return [
         *checkpoint_cases(rng, world_meta, flips),
         *model_file_cases(rng, model_meta, flips),
+        *precision_cases(),
         *spec_cases(rng, spec_fields),
         *command_line_cases(),
         *special_file_cases(),

@@ -170,7 +170,8 @@ def test_eval_json(run_dir, data_dir, capsys):
     checkpoint = run_dir / "checkpoint.safetensors"
     assert main(["eval", str(checkpoint), "--data-dir", str(data_dir), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"checkpoint", "dataset", "examples", "loss", "accuracy"}
+    assert set(data) == {"checkpoint", "dataset", "examples", "operators", "loss", "accuracy"}
+    assert data["operators"] == {}  # exact products everywhere
     assert data["checkpoint"] == str(checkpoint)
     assert data["dataset"] == "fashion-mnist" and data["examples"] == N_TEST
     assert 0 <= data["accuracy"] <= 1 and data["loss"] > 0

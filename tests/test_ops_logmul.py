@@ -446,7 +446,7 @@ def test_training_phase_and_layer_selection():
     ]
 
 
-def test_state_dict_and_model_file_unchanged(tmp_path):
+def test_state_dict_unchanged_and_model_file_declares_operators(tmp_path):
     model = _hidden_net().eval()
     keys = list(model.state_dict())
     use_operator(model, "mitchell")
@@ -454,9 +454,12 @@ def test_state_dict_and_model_file_unchanged(tmp_path):
     x = torch.randn(3, 1, 4, 4)
     save(model, tmp_path / "m.hnn")
     loaded = load(tmp_path / "m.hnn", model=_hidden_net()).eval()
-    assert operator_for(loaded.fc1).name == "exact"  # an operator is a run-time choice
-    use_operator(loaded, "mitchell")
+    assert operator_for(loaded.fc1).name == "mitchell"  # declared per layer in the file
     assert same_bits(loaded(x), model(x))
+    use_operator(model, "exact")
+    save(model, tmp_path / "e.hnn")  # nothing to declare: loads as exact everywhere
+    loaded = load(tmp_path / "e.hnn", model=_hidden_net()).eval()
+    assert {operator_for(m).name for m in (loaded.conv, loaded.fc1, loaded.fc2)} == {"exact"}
 
 
 def test_operator_errors():

@@ -7,6 +7,7 @@ User errors (bad arguments, missing data, broken files) end with one line on std
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from .codecs import CODECS
 from .convert import SupermaskConfig
 from .data import DATASETS, dataset_info, iterate_batches, load_dataset
 from .distributed import environment_world, process_group
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .export import export_checkpoint
 from .fileformat import PARAM_DTYPES, load, read_header, save
 from .hw import ArchSpec, estimate, sweep
@@ -42,8 +43,10 @@ from .main_job import run_main_job
 from .methods import METHODS, get_method, method_config
 from .methods.progressive import recalibrate_bn
 from .onnx_export import export_onnx
+from .ops import OPERATORS, PHASES, OperatorChoice, get_operator, operator_choices, use_operator
 from .progressive import ProgressiveConfig, sweep_table, to_progressive, write_sweep
 from .progressive import sweep as progressive_sweep
+from .quant import ActQuantConfig
 from .summary import summary
 from .train import (
     OPTIMIZERS,
@@ -236,11 +239,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("precision (docs/precision.md)")
+    g.add_argument(
+        "--act-bits",
+        default=None,
+        metavar="B",
+        help="quantize activations to B bits (2..16): calibrate, then train with the "
+        "straight-through estimator (default: float activations)",
+    )
+    g.add_argument(
+        "--act-calibration-batches",
+        default="8",
+        metavar="N",
+        help="training batches that calibrate the quantizers (default 8)",
+    )
+    _add_operator_arg(g, "every Linear/Conv2d multiplies with")
+    g.add_argument(
+        "--operator-phase",
+        default=None,
+        metavar="PHASE",
+        help="where --operator applies: both (default), training or inference",
+    )
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
+    _add_operator_arg(p, "evaluate with (default: the run's own inference operator)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("summary", help="per-layer size table of a model or checkpoint")
@@ -298,6 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/simulate", help="folder for CSV, JSON and PNGs (runs/simulate)"
     )
+    _add_operator_arg(p, "cost every layer's multiplies as (default: the model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -384,6 +410,50 @@ def _add_hw_source_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_operator_arg(p, what: str) -> None:
+    p.add_argument(
+        "--operator",
+        default=None,
+        metavar="NAME",
+        help=f"operator to {what}: {', '.join(OPERATORS)} (mitchell: logarithmic multiplier)",
+    )
+
+
+def _operator_arg(args) -> str | None:
+    """The registered operator ``--operator`` names (None when not given)."""
+    if args.operator is None:
+        return None
+    try:
+        return get_operator(args.operator).name
+    except UserError:
+        raise UserError(
+            f"--operator {args.operator!r}: unknown operator; use one of {', '.join(OPERATORS)}"
+        ) from None
+
+
+def _precision_args(args) -> dict:
+    """TrainConfig fields from --act-bits, --act-calibration-batches, --operator(-phase)."""
+    fields: dict = {}
+    if args.act_bits is not None:
+        try:
+            fields["act_quant"] = ActQuantConfig(bits=int(args.act_bits))
+        except (ValueError, ConfigError):
+            raise UserError(f"--act-bits {args.act_bits!r}: give an integer in 2..16") from None
+    text = args.act_calibration_batches
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--act-calibration-batches {text!r}: give a positive integer")
+    fields["calibration_batches"] = int(text)
+    name = _operator_arg(args)
+    phase = args.operator_phase
+    if phase is not None and name is None:
+        raise UserError("--operator-phase needs --operator NAME")
+    if phase is not None and phase not in PHASES:
+        raise UserError(f"--operator-phase {phase!r}: use one of {', '.join(PHASES)}")
+    if name is not None:
+        fields["operator"] = OperatorChoice().with_phase(phase or "both", name)
+    return fields
+
+
 def _training_recipe(args, supermask: SupermaskConfig) -> tuple[str, float]:
     """(optimizer, lr): as given; else the method's own when neither is given; else SGD 0.1
     (Adam 0.01)."""
@@ -416,6 +486,7 @@ def _cmd_train(args) -> int:
         train_subset=args.train_subset,
         data_options=_key_values(args.data_option, "--data-option", "size=64"),
         amp=args.amp,
+        **_precision_args(args),
     )
     out = check_output_folder(args.out, "run folder (--out)")
     for name in RUN_FILES:
@@ -443,7 +514,12 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     device = resolve_device(args.device)
+    operator = _operator_arg(args)
     model, config = load_trained(args.checkpoint, device)
+    if operator is not None:
+        use_operator(model, operator, phase="inference")
+    inference = {k: c.inference for k, c in operator_choices(model).items()}
+    used = sorted(set(inference.values()) - {"exact"})
     shape = dataset_info(config.dataset, config.data_options)
     check_memory(config, shape, f"{config.dataset} test", device, training=False)
     test = load_dataset(config.dataset, "test", args.data_dir, config.data_options)
@@ -456,14 +532,16 @@ def _cmd_eval(args) -> int:
                     "checkpoint": str(args.checkpoint),
                     "dataset": config.dataset,
                     "examples": len(test),
+                    "operators": {k: v for k, v in inference.items() if v != "exact"},
                     **metrics,
                 }
             )
         )
     else:
+        ops = f", operator {'+'.join(used)}" if used else ""
         print(
             f"{config.dataset} test: accuracy {metrics['accuracy']:.4f}  "
-            f"loss {metrics['loss']:.4f}  ({len(test)} examples)"
+            f"loss {metrics['loss']:.4f}  ({len(test)} examples{ops})"
         )
     return 0
 
@@ -576,7 +654,14 @@ def _cmd_simulate(args) -> int:
 
     check_output_folder(args.out, "output folder (--out)")
     spec = _load_spec(args.spec) if args.spec else None
+    operator = _operator_arg(args)
     workloads, meta = _hw_workloads(args)
+    if operator is not None:  # the multiplier the operator declares, on every layer
+        datapath = get_operator(operator).datapath
+        workloads = [dataclasses.replace(w, datapath=datapath) for w in workloads]
+        meta["operator"] = operator
+    meta["act_bits"] = {w.name: w.act_bits for w in workloads if w.act_bits}
+    meta["log_datapath_layers"] = [w.name for w in workloads if w.datapath == "log"]
     options = {
         "skip_masked": not args.no_skip_masked,
         "activations_on_chip": args.activations_on_chip,
@@ -611,6 +696,10 @@ def _cmd_simulate(args) -> int:
         print(json.dumps(_json_safe(doc), indent=2))
         return 0
     print(f"{args.source}: {len(workloads)} conv/linear layers; {mask_source_note(meta)}")
+    if meta["act_bits"] or meta["log_datapath_layers"]:
+        bits = ", ".join(f"{k} {v}" for k, v in meta["act_bits"].items()) or "none"
+        logs = ", ".join(meta["log_datapath_layers"]) or "none"
+        print(f"activation bits from the model: {bits}; log-multiplier layers: {logs}")
     for rep in reports.values():
         print()
         print(rep.to_text())

@@ -10,12 +10,15 @@ per-channel parameters (batch-norm statistics and affine terms, biases).
 
 The container is safetensors (no pickle): coded parts are ``U8`` tensors, floats ``F32`` or
 ``F16``. The header metadata holds one JSON document under ``"hiddenite"`` and its sha256
-under ``"hiddenite_sha256"``. In format version 3 (this one) that document is a small
+under ``"hiddenite_sha256"``. In format versions 3 and 4 that document is a small
 envelope, ``{"format", "format_version", "zlib"}``, whose ``zlib`` field is the base64 of the
 zlib-compressed metadata document (the layers, their parts and the config): a ResNet-20's
 header shrinks from 19 kB to 7 kB. The metadata holds the sha256 of the data section.
-Version 2 files (the same metadata, uncompressed) and version 1 files (one mask per hidden
-layer, dense weights) still load.
+Version 4 adds two declarations to the metadata: the activation quantizers (layer, bits,
+signedness, scale, zero point, observed range) and the per-layer operators (e.g. Mitchell's
+multiplier), restored by :func:`load`; a model with neither is written as version 3. Version 2
+files (the same metadata, uncompressed) and version 1 files (one mask per hidden layer, dense
+weights) still load.
 
 Python surface::
 
@@ -58,7 +61,9 @@ from .convert import SupermaskConfig, supermask_, unwrap_model, version_1_method
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
+from .ops import OperatorChoice, accepts_operator, operator_choices, set_operator_choices_
 from .prng import DEFAULT_LANES, PRNG_VERSION
+from .quant import ActQuantConfig, ActQuantizer, attach_quantizer_, quantizers
 from .resources import LOAD_BYTES_PER_WEIGHT, ResourceError, check_available
 from .storage import (
     FLOAT_BYTES,
@@ -72,8 +77,8 @@ from .texttable import text_table
 from .validate import check_json_depth, open_regular
 
 FORMAT = "hiddenite-model"
-FORMAT_VERSION = 3
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # the newest; a model without quantizers or operators is written as 3
+READ_VERSIONS = (1, 2, 3, 4)
 SUFFIX = ".hnn"
 META_KEY = "hiddenite"
 META_SHA_KEY = "hiddenite_sha256"
@@ -106,6 +111,10 @@ _META_FIELDS = {
     "params",
     "payload_sha256",
 }
+_META_FIELDS_V4 = _META_FIELDS | {"activations", "operators"}
+_QUANT_FIELDS = {"layer", "config", "signed", "scale", "zero_point", "range"}
+_OPERATOR_FIELDS = {"layer", "training", "inference"}
+_F32_MAX = float(np.finfo(np.float32).max)
 _LAYER_FIELDS_V1 = {
     "index",
     "name",
@@ -542,6 +551,203 @@ def _check_layer_v1(layer: Any, i: int, param_dtype: str, config: SupermaskConfi
     return LayerEntry(i, name, shape, stored_method, 1.0, (part,))
 
 
+# --------------------------------------------------------------------------- precision (v4)
+
+
+@dataclass(frozen=True)
+class QuantizerEntry:
+    """An activation quantizer the file declares: on the input of layer ``layer`` (a
+    ``Conv2d`` / ``Linear``), ``config.bits`` bits, frozen at ``scale`` (float32) with zero point
+    0, signed or unsigned, after observing the range ``lo``..``hi``."""
+
+    layer: str
+    config: ActQuantConfig
+    signed: bool
+    scale: float
+    zero_point: int
+    lo: float
+    hi: float
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "config": self.config.to_dict(),
+            "signed": self.signed,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "range": [self.lo, self.hi],
+        }
+
+
+@dataclass(frozen=True)
+class OperatorEntry:
+    """The operators (:mod:`hiddenite.ops`) layer ``layer`` multiplies with in each phase."""
+
+    layer: str
+    choice: OperatorChoice
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "training": self.choice.training,
+            "inference": self.choice.inference,
+        }
+
+
+def _f32(value: Any, what: str) -> float:
+    """A finite number exactly representable as float32."""
+    value = float(_num(value, what))
+    if abs(value) > _F32_MAX or float(np.float32(value)) != value:
+        raise ModelFormatError(f"{what} = {value!r} is not a float32 value")
+    return value
+
+
+def _check_quantizer(raw: Any, i: int) -> QuantizerEntry:
+    what = f"activations[{i}]"
+    _obj(raw, what, _QUANT_FIELDS)
+    layer = _str(raw["layer"], f"{what} layer")
+    what = f"activation quantizer of layer {layer!r}"
+    if not isinstance(raw["config"], dict):
+        raise ModelFormatError(f"{what}: config must be a JSON object, got {_show(raw['config'])}")
+    try:
+        config = ActQuantConfig.from_dict(raw["config"])
+    except (ConfigError, TypeError) as exc:
+        raise ModelFormatError(f"{what}: config is invalid ({_first(exc)})") from None
+    signed = raw["signed"]
+    if not isinstance(signed, bool):
+        raise ModelFormatError(f"{what}: signed must be true or false, got {_show(signed)}")
+    if config.signed != "auto" and signed != (config.signed == "signed"):
+        raise ModelFormatError(f"{what}: signed is {signed}, its config says {config.signed!r}")
+    scale = _f32(raw["scale"], f"{what} scale")
+    if not scale > 0:
+        raise ModelFormatError(f"{what}: scale {scale} must be > 0")
+    _int(raw["zero_point"], f"{what} zero_point", 0, 0)
+    bounds = _list(raw["range"], f"{what} range", 2)
+    if len(bounds) != 2:
+        raise ModelFormatError(f"{what}: range must be [lo, hi]")
+    lo, hi = (_f32(v, f"{what} range") for v in bounds)
+    if lo > hi:
+        raise ModelFormatError(f"{what}: range [{lo}, {hi}] is empty")
+    return QuantizerEntry(layer, config, signed, scale, 0, lo, hi)
+
+
+def _check_operator(raw: Any, i: int) -> OperatorEntry:
+    what = f"operators[{i}]"
+    _obj(raw, what, _OPERATOR_FIELDS)
+    layer = _str(raw["layer"], f"{what} layer")
+    what = f"operators of layer {layer!r}"
+    names = [_str(raw[phase], f"{what} {phase}", 64) for phase in ("training", "inference")]
+    try:
+        choice = OperatorChoice(*names)
+    except UserError as exc:
+        raise ModelFormatError(f"{what}: {_first(exc)}") from None
+    if choice == OperatorChoice():
+        raise ModelFormatError(f"{what}: exact in both phases is the default; leave it out")
+    return OperatorEntry(layer, choice)
+
+
+def _parse_precision(
+    meta: dict[str, Any],
+) -> tuple[tuple[QuantizerEntry, ...], tuple[OperatorEntry, ...]]:
+    """The activation quantizers and operators a version 4 file declares (none before)."""
+    if meta["format_version"] < 4:
+        return (), ()
+    quants = tuple(
+        _check_quantizer(q, i)
+        for i, q in enumerate(_list(meta["activations"], "activations", _MAX_ENTRIES))
+    )
+    ops = tuple(
+        _check_operator(o, i)
+        for i, o in enumerate(_list(meta["operators"], "operators", _MAX_ENTRIES))
+    )
+    for kind, entries in (("activation quantizer", quants), ("operator", ops)):
+        seen = set()
+        for e in entries:
+            if e.layer in seen:
+                raise ModelFormatError(f"layer {e.layer!r} has two {kind} entries")
+            seen.add(e.layer)
+    return quants, ops
+
+
+def _quantizer_entries(model: nn.Module) -> tuple[QuantizerEntry, ...]:
+    """What ``model``'s frozen activation quantizers declare (ValueError if one is not)."""
+    modules = dict(model.named_modules())
+    out = []
+    for name, q in quantizers(model):
+        layer, _, attr = name.rpartition(".")
+        if attr != "act_quant" or not isinstance(modules.get(layer), nn.Conv2d | nn.Linear):
+            raise ValueError(
+                f"activation quantizer {name!r} is not the act_quant of a Conv2d / Linear "
+                "layer; attach quantizers with hiddenite.quant.add_act_quantizers_"
+            )
+        if not q.frozen:
+            raise ValueError(
+                f"activation quantizer of layer {layer!r} is still observing: run "
+                "hiddenite.quant.calibrate(model, batches) before saving"
+            )
+        out.append(
+            QuantizerEntry(
+                layer,
+                q.config,
+                bool(q.signed),
+                float(q.scale.float()),  # the header holds float32 values exactly
+                0,
+                float(q.lo.float()),
+                float(q.hi.float()),
+            )
+        )
+    return tuple(out)
+
+
+def _fit_precision(layout: _Layout, info: ModelFileInfo, what: str) -> None:
+    """The declared quantizers and operators sit on layers ``layout`` has (and a module that
+    already has quantizers has them exactly where the file declares them)."""
+    for kind, entries in (
+        ("an activation quantizer", info.quantizers),
+        ("operators", info.operators),
+    ):
+        for e in entries:
+            if e.layer not in layout.sites:
+                raise ModelFormatError(
+                    f"the file declares {kind} on layer {e.layer!r}, which is not a Conv2d / "
+                    f"Linear layer of {what}"
+                )
+    for e in info.operators:
+        if not layout.sites[e.layer]:
+            raise ModelFormatError(
+                f"the file declares operators on layer {e.layer!r}, whose forward in {what} "
+                "takes none"
+            )
+    declared = {e.layer for e in info.quantizers}
+    if layout.quantized and info.format_version >= 4 and layout.quantized != declared:
+        raise ModelFormatError(
+            f"{what} has activation quantizers on {sorted(layout.quantized)[:3]}, the file "
+            f"declares them on {sorted(declared)[:3]}"
+        )
+
+
+@torch.no_grad()
+def _restore_precision(model: nn.Module, info: ModelFileInfo) -> None:
+    """Attach (or refill) the declared quantizers and set the declared operators."""
+    if info.format_version < 4:
+        return
+    modules = dict(model.named_modules())
+    for e in info.quantizers:
+        module = modules[e.layer]
+        q = module.act_quant if hasattr(module, "act_quant") else None
+        if not isinstance(q, ActQuantizer):
+            q = attach_quantizer_(module, e.config, e.layer)
+        q.config = e.config
+        q.set_frozen(signed=e.signed, scale=e.scale, lo=e.lo, hi=e.hi)
+    choices = {n: OperatorChoice() for n, m in modules.items() if n and accepts_operator(m)}
+    choices.update({e.layer: e.choice for e in info.operators})
+    set_operator_choices_(model, choices)
+
+
 # --------------------------------------------------------------------------- layout
 
 
@@ -551,6 +757,8 @@ class _Layout:
 
     layers: tuple[tuple[str, SupermaskLayer], ...]
     params: dict[str, tuple[int, ...]]
+    sites: dict[str, bool]  # every Conv2d / Linear: whether it takes an operator
+    quantized: frozenset[str]  # the Conv2d / Linear layers that have an activation quantizer
 
     @property
     def weights(self) -> int:
@@ -565,13 +773,17 @@ def _is_counter(key: str) -> bool:
     return key.rpartition(".")[2] == "num_batches_tracked"
 
 
-def _per_channel(model: nn.Module) -> dict[str, torch.Tensor]:
+def _per_channel(model: nn.Module, declared: bool = True) -> dict[str, torch.Tensor]:
     """The model's stored per-channel tensors: its state minus what the methods export as
-    parts and the batch-norm counters."""
+    parts, the batch-norm counters and (``declared``: format version 4) the activation
+    quantizers' buffers, which the header declares. Version 1-3 files stored those buffers
+    as per-channel tensors."""
     skip = set()
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, SupermaskLayer):
             skip.update(f"{name}.{key}" for key in module.method.owned_state(module))
+        if declared and isinstance(module, ActQuantizer):
+            skip.update(f"{name}.{key}" for key, _ in module.named_buffers())
     return {
         key: value
         for key, value in model.state_dict(keep_vars=True).items()
@@ -579,10 +791,15 @@ def _per_channel(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _layout(model: nn.Module) -> _Layout:
+def _layout(model: nn.Module, declared: bool = True) -> _Layout:
     layers = _supermask_layers(model)
-    params = {k: tuple(v.shape) for k, v in _per_channel(model).items()}
-    return _Layout(tuple(layers), params)
+    params = {k: tuple(v.shape) for k, v in _per_channel(model, declared).items()}
+    convs = [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d | nn.Linear)]
+    sites = {n: accepts_operator(m) for n, m in convs}
+    quantized = frozenset(
+        n for n, m in convs if isinstance(getattr(m, "act_quant", None), ActQuantizer)
+    )
+    return _Layout(tuple(layers), params, sites, quantized)
 
 
 def _skeleton(name: str, kwargs: dict[str, Any], config: SupermaskConfig) -> nn.Module:
@@ -768,6 +985,9 @@ def save(
     )
     _check_lanes(config, entries)
     layout = _layout(model)
+    quant_entries = _quantizer_entries(model)
+    operator_entries = tuple(OperatorEntry(n, c) for n, c in operator_choices(model).items())
+    version = 4 if quant_entries or operator_entries else 3
     arch_meta = None
     try:
         if arch is not None:
@@ -777,6 +997,11 @@ def save(
             skeleton = _layout(_skeleton(name, kwargs, config))
             _fit(skeleton, entries, config)
             _fit_params(skeleton, layout.params, f"architecture {name!r}")
+            for e in (*quant_entries, *operator_entries):
+                if e.layer not in skeleton.sites:
+                    raise ModelFormatError(
+                        f"layer {e.layer!r} is not a Conv2d / Linear of architecture {name!r}"
+                    )
             arch_meta = {"name": name, "kwargs": kwargs}
         _fit(layout, entries, config)
         groups: dict[str, list[LayerItem]] = {}
@@ -808,7 +1033,7 @@ def save(
                 coded.append((pe.tensor, "U8", (pe.bytes,), s.data))
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "hiddenite_version": _hiddenite_version(),
         "arch": arch_meta,
         "supermask": config.to_dict(),
@@ -818,19 +1043,23 @@ def save(
         "layers": [e.to_dict() for e in entries],
         "params": params_meta,
     }
+    if version >= 4:
+        meta["activations"] = [e.to_dict() for e in quant_entries]
+        meta["operators"] = [e.to_dict() for e in operator_entries]
     blob = _container(meta, floats + part_floats + coded)
     path = Path(path)
     _atomic_write(path, blob)
     return _parse(blob[: 8 + int.from_bytes(blob[:8], "little")], len(blob), str(path))
 
 
-def _envelope(meta_json: str) -> str:
-    """The version 3 ``hiddenite`` document: ``meta_json`` zlib-compressed, base64, wrapped.
+def _envelope(meta_json: str, version: int) -> str:
+    """The version 3 / 4 ``hiddenite`` document: ``meta_json`` zlib-compressed, base64,
+    wrapped.
 
     Deterministic: zlib level 9 of the same text gives the same bytes.
     """
     packed = base64.b64encode(zlib.compress(meta_json.encode("ascii"), 9)).decode("ascii")
-    envelope = {"format": FORMAT, "format_version": FORMAT_VERSION, "zlib": packed}
+    envelope = {"format": FORMAT, "format_version": version, "zlib": packed}
     return json.dumps(envelope, sort_keys=True, separators=(",", ":"))
 
 
@@ -870,7 +1099,8 @@ def _container(
     payload = b"".join(data for *_, data in tensors)
     meta = {**meta, "payload_sha256": _sha256(payload)}
     meta_json = _envelope(
-        json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False),
+        meta["format_version"],
     )
     header: dict[str, Any] = {
         "__metadata__": {META_KEY: meta_json, META_SHA_KEY: _sha256(meta_json.encode("utf-8"))}
@@ -926,7 +1156,7 @@ def _parse_meta(
                 f"compressed metadata names format {_show(meta.get('format'))} version "
                 f"{_show(meta.get('format_version'))}, its envelope {FORMAT!r} version {version}"
             )
-    _obj(meta, "hiddenite metadata", _META_FIELDS)
+    _obj(meta, "hiddenite metadata", _META_FIELDS_V4 if version >= 4 else _META_FIELDS)
     _str(meta["hiddenite_version"], "hiddenite_version", 64)
     if meta["arch"] is not None or version == 1:
         arch = _obj(meta["arch"], "arch", {"name", "kwargs"})
@@ -1016,6 +1246,7 @@ def _expected_tensors(
 def _parse(head: bytes, file_bytes: int, path: str) -> ModelFileInfo:
     entries, metadata = _parse_container(head, file_bytes)
     meta, config, layers = _parse_meta(metadata)
+    quants, operators = _parse_precision(meta)
     expected = _expected_tensors(meta, layers)
     keys = {key for key, _, _ in expected}
     if len(keys) != len(expected):
@@ -1046,6 +1277,8 @@ def _parse(head: bytes, file_bytes: int, path: str) -> ModelFileInfo:
         config=config,
         entries=layers,
         tensors=entries,
+        quantizers=quants,
+        operators=operators,
     )
 
 
@@ -1070,6 +1303,8 @@ class ModelFileInfo:
     config: SupermaskConfig
     entries: tuple[LayerEntry, ...]
     tensors: dict[str, TensorEntry]
+    quantizers: tuple[QuantizerEntry, ...] = ()  # version 4: the declared activation quantizers
+    operators: tuple[OperatorEntry, ...] = ()  # version 4: the declared non-exact operators
 
     @property
     def format_version(self) -> int:
@@ -1180,6 +1415,8 @@ class ModelFileInfo:
             "supermask": self.config.to_dict(),
             "param_dtype": self.meta["param_dtype"],
             "layers": self.rows(),
+            "activations": [e.to_dict() for e in self.quantizers],
+            "operators": [e.to_dict() for e in self.operators],
             "totals": self.totals(),
         }
 
@@ -1273,7 +1510,23 @@ class ModelFileInfo:
             f"({t['ratio_int8']:.1f}x), binarized {t['binarized_bytes'] / 1e3:,.1f} kB "
             f"({t['ratio_binarized']:.2f}x); this file {t['file_bytes'] / 1e3:,.1f} kB",
         ]
-        return "\n".join(out)
+        return "\n".join(out + self._precision_lines())
+
+    def _precision_lines(self) -> list[str]:
+        """One line per declared activation quantizer and per layer's operators."""
+        out = [""] if self.quantizers or self.operators else []
+        for q in self.quantizers:
+            kind = "signed" if q.signed else "unsigned"
+            out.append(
+                f"activations into {q.layer}: {q.bits}-bit {kind}, scale {q.scale:.6g}, "
+                f"zero point {q.zero_point} (observed {q.lo:.4g}..{q.hi:.4g})"
+            )
+        for o in self.operators:
+            out.append(
+                f"operator of {o.layer}: {o.choice.training} in training, "
+                f"{o.choice.inference} in inference"
+            )
+        return out
 
     def __str__(self) -> str:
         return self.table()
@@ -1459,7 +1712,7 @@ def _target(
                 "as load(path, model=module)"
             )
         name, kwargs = info.arch
-        layout = _layout(_skeleton(name, kwargs, config))
+        layout = _layout(_skeleton(name, kwargs, config), info.format_version >= 4)
         what = f"architecture {name!r}"
     else:
         if not _supermask_layers(model):
@@ -1468,7 +1721,7 @@ def _target(
                 supermask_(model, config, lambda _, qual: qual in names, init_state=False)
             except (ConfigError, ValueError) as exc:
                 raise ModelFormatError(f"the module cannot be converted ({_first(exc)})") from None
-        layout = _layout(model)
+        layout = _layout(model, info.format_version >= 4)
         what = "the module"
     if layout.weights > max_weights:
         raise ModelFormatError(
@@ -1481,6 +1734,7 @@ def _target(
         raise ModelFormatError(str(exc)) from None
     _fit(layout, info.entries, config)
     _fit_params(layout, {p["name"]: tuple(p["shape"]) for p in info.meta["params"]}, what)
+    _fit_precision(layout, info, what)
     return model, layout
 
 
@@ -1516,7 +1770,7 @@ def _load(
 
     layers = _supermask_layers(model)
     with torch.no_grad():
-        state = _per_channel(model)
+        state = _per_channel(model, info.format_version >= 4)
         for p in info.meta["params"]:
             value = tensor(p["tensor"], tuple(p["shape"]))
             state[p["name"]].copy_(value.to(state[p["name"]].device))
@@ -1529,6 +1783,7 @@ def _load(
                     raise ModelFormatError(
                         f"internal: layer {qual!r} does not rebuild its part {key!r}"
                     )
+    _restore_precision(model, info)
     return model.eval(), info
 
 
@@ -1545,8 +1800,9 @@ def load(
     Frozen weights are regenerated from the seed; each layer's method restores its learned
     state from the stored parts (an edge-popup layer's scores become its 0/1 mask, which its
     own top-k selection re-selects exactly; the original scores are not in the file: resume
-    training from the checkpoint instead). With float32 parameters the outputs equal the saved
-    model's bit for bit.
+    training from the checkpoint instead). Declared activation quantizers (version 4) are
+    attached frozen at their stored scales and declared operators set per layer. With float32
+    parameters the outputs equal the saved model's bit for bit.
 
     ``model``: restore into this module instead of building the zoo architecture the file
     names (needed for a module built outside the zoo): a module converted with

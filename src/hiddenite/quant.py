@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ __all__ = [
     "ActQuantConfig",
     "ActQuantizer",
     "add_act_quantizers_",
+    "attach_quantizer_",
     "calibrate",
     "fake_quantize",
     "input_bits",
@@ -220,6 +222,18 @@ class ActQuantizer(nn.Module):
         # an all-zero activation still gets a usable grid
         self.scale.fill_(scale if scale > 0 else 1.0 / (2**b - 1))
 
+    @torch.no_grad()
+    def set_frozen(self, *, signed: bool, scale: float, lo: float, hi: float) -> None:
+        """Fix the quantizer to a known state (what a model file declares): ``scale`` > 0 and
+        the signedness and observed range ``lo``..``hi`` it was frozen with. The batch counter
+        is left at 0 (it only matters while observing)."""
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"ActQuantizer.set_frozen: scale must be finite and > 0, got {scale}")
+        self.signed.fill_(1.0 if signed else 0.0)
+        self.scale.fill_(scale)
+        self.lo.fill_(lo)
+        self.hi.fill_(hi)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
             self.observe(x)
@@ -261,11 +275,27 @@ def add_act_quantizers_(
     for name, m in layers:
         if filter_fn is not None and not filter_fn(m, name):
             continue
-        if isinstance(getattr(m, "act_quant", None), ActQuantizer):
-            raise ValueError(f"layer {name!r} already has an activation quantizer")
-        m.act_quant = ActQuantizer(config)
-        m.register_forward_pre_hook(_quantize_input)
+        attach_quantizer_(m, config, name)
     return model
+
+
+def attach_quantizer_(module: nn.Module, config: ActQuantConfig, name: str = "") -> ActQuantizer:
+    """Put one :class:`ActQuantizer` on the input of ``module`` (an ``nn.Conv2d`` /
+    ``nn.Linear``), in place, and return it (observing; freeze or fill it next).
+
+    What :func:`add_act_quantizers_` does per layer, and what :func:`hiddenite.load` does for
+    each quantizer a model file declares. ``ValueError`` if it has one already.
+    """
+    if not isinstance(module, nn.Conv2d | nn.Linear):
+        raise ValueError(
+            f"layer {name!r} is a {type(module).__name__}; activation quantizers sit on the "
+            "input of nn.Conv2d / nn.Linear layers"
+        )
+    if isinstance(getattr(module, "act_quant", None), ActQuantizer):
+        raise ValueError(f"layer {name!r} already has an activation quantizer")
+    module.act_quant = ActQuantizer(config)
+    module.register_forward_pre_hook(_quantize_input)
+    return module.act_quant
 
 
 def quantizers(model: nn.Module) -> list[tuple[str, ActQuantizer]]:

@@ -59,6 +59,8 @@ from .data import (
 )
 from .errors import UserError
 from .layers import SupermaskLayer
+from .ops import OperatorChoice, use_operator
+from .quant import ActQuantConfig, add_act_quantizers_, calibrate
 
 TRAIN_CONFIG_VERSION = 1
 OPTIMIZERS = ("sgd", "adam")
@@ -77,6 +79,7 @@ __all__ = [
     "load_trained",
     "predict",
     "train",
+    "with_precision",
 ]
 
 
@@ -91,6 +94,14 @@ class TrainConfig:
     image folder's settings (:class:`~hiddenite.data_folder.FolderOptions`; training fills in
     its mode and class names), empty for the bundled data sets. ``amp`` ``"bf16"`` runs the
     training forward pass under bfloat16 autocast (parameters and optimizer stay float32).
+
+    Precision (``docs/precision.md``): ``act_quant`` puts activation quantizers on the model
+    (:func:`hiddenite.quant.add_act_quantizers_`), calibrated on the first
+    ``calibration_batches`` training batches before the first epoch, then trained with the
+    straight-through estimator (QAT); None (default): float activations. ``operator``: what
+    every ``Linear`` / ``Conv2d`` multiplies with in training and in inference (validation,
+    ``eval``, the saved model), names registered in :mod:`hiddenite.ops` (``mitchell``: the
+    logarithmic multiplier); default exact in both.
     """
 
     model: str = "conv4"
@@ -113,6 +124,9 @@ class TrainConfig:
     eval_batch_size: int = 1000
     data_options: dict[str, Any] = field(default_factory=dict)
     amp: str = "none"
+    act_quant: ActQuantConfig | None = None
+    calibration_batches: int = 8
+    operator: OperatorChoice = field(default_factory=OperatorChoice)
     version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -144,7 +158,17 @@ class TrainConfig:
             check_data_options(self.dataset, self.data_options)
         except DatasetError as exc:
             fail("data_options", str(exc))
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        if self.act_quant is not None and not isinstance(self.act_quant, ActQuantConfig):
+            fail("act_quant", f"must be an ActQuantConfig or null, got {self.act_quant!r}")
+        if not isinstance(self.operator, OperatorChoice):
+            fail("operator", f"must be an OperatorChoice, got {self.operator!r}")
+        if self.amp != "none" and self.operator.training != OperatorChoice().training:
+            fail(
+                "operator",
+                f"training with {self.operator.training!r} products needs float32: use "
+                "amp='none' or an exact training operator",
+            )
+        for name in ("epochs", "batch_size", "eval_batch_size", "calibration_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, f"must be a positive integer, got {value!r}")
@@ -202,6 +226,19 @@ class TrainConfig:
         data = dict(data)
         if "supermask" in data:
             data["supermask"] = SupermaskConfig.from_dict(data["supermask"])
+        if data.get("act_quant") is not None:
+            data["act_quant"] = ActQuantConfig.from_dict(data["act_quant"])
+        if "operator" in data:
+            op = data["operator"]
+            if not isinstance(op, dict) or set(op) != {"training", "inference"}:
+                raise ConfigError(
+                    f"TrainConfig.operator: expected {{'training': NAME, 'inference': NAME}}, "
+                    f"got {op!r}"
+                )
+            try:
+                data["operator"] = OperatorChoice(op["training"], op["inference"])
+            except UserError as exc:
+                raise ConfigError(f"TrainConfig.operator: {exc}") from None
         return cls(**data)
 
     def to_json(self) -> str:
@@ -227,7 +264,18 @@ def build_model(config: TrainConfig) -> nn.Module:
         "num_classes": num_classes,
         **config.model_kwargs,
     }
-    return models.create(config.model, config.supermask, **kwargs)
+    return with_precision(models.create(config.model, config.supermask, **kwargs), config)
+
+
+def with_precision(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """``model`` with ``config``'s activation quantizers (observing until calibrated) and
+    operators set, in place."""
+    if config.act_quant is not None:
+        add_act_quantizers_(model, config.act_quant)
+    if config.operator != OperatorChoice():  # exact in both phases needs nothing set
+        for phase in ("training", "inference"):
+            use_operator(model, getattr(config.operator, phase), phase=phase)
+    return model
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -470,6 +518,21 @@ def train(
     optimizer = _optimizer(model, config)
     if state is not None:
         _restore(resume_path, state, config, model, optimizer)
+    elif config.act_quant is not None:  # QAT starts from calibrated scales
+        used = calibrate(
+            model,
+            iterate_batches(
+                train_set,
+                config.batch_size,
+                shuffle=False,
+                generator=None,
+                augment=False,
+                device=device,
+            ),
+            max_batches=config.calibration_batches,
+        )
+        if log is not None:
+            log(f"calibrated {config.act_quant.bits}-bit activation quantizers on {used} batches")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         text = config.to_json()
@@ -593,6 +656,7 @@ def _read_run(path: str | Path) -> tuple[Checkpoint, TrainConfig]:
         skeleton = models.create(
             config.model, config.supermask, init_state=False, **{**kwargs, **config.model_kwargs}
         )
+        with_precision(skeleton, config)
     check_fits(path, state, skeleton, _optimizer(skeleton, config))
     return state, config
 

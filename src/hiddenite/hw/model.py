@@ -33,6 +33,7 @@ from ..convert import unwrap_model
 from ..fileformat import load, read_header
 from ..layers import SupermaskLayer
 from ..masks import kept_count
+from ..quant import ActQuantizer
 from ..storage import FLOAT_BYTES
 from ..train import load_trained
 from ..validate import file_kind
@@ -676,12 +677,15 @@ def resolve_arch(arch: ArchSpec | str | os.PathLike[str]) -> ArchSpec:
 def _per_channel_bytes(model: Any, bytes_per_value: int = 4) -> dict[str, int]:
     """Bytes of the per-channel tensors a model file stores for ``model`` (at
     ``bytes_per_value`` per value): every ``state_dict`` entry except what the supermask
-    layers' methods export as parts and the batch-norm counters."""
+    layers' methods export as parts, the batch-norm counters and the activation quantizers'
+    buffers (the file declares those in its header)."""
 
     skip = set()
     for name, m in model.named_modules(remove_duplicate=False):
         if isinstance(m, SupermaskLayer):
             skip.update(f"{name}.{key}" for key in m.method.owned_state(m))
+        if isinstance(m, ActQuantizer):
+            skip.update(f"{name}.{key}" for key, _ in m.named_buffers())
     return {
         key: bytes_per_value * value.numel()
         for key, value in model.state_dict().items()

@@ -41,10 +41,13 @@ __all__ = [
     "Operator",
     "OperatorChoice",
     "OperatorLayer",
+    "accepts_operator",
     "conv2d_forward",
     "get_operator",
     "operator_choice",
+    "operator_choices",
     "operator_for",
+    "set_operator_choices_",
     "use_operator",
 ]
 
@@ -129,6 +132,10 @@ class OperatorChoice:
     training: str = "exact"
     inference: str = "exact"
 
+    def __post_init__(self) -> None:
+        for phase in ("training", "inference"):
+            get_operator(getattr(self, phase))  # a UserError names the registered ones
+
     def for_phase(self, training: bool) -> Operator:
         return get_operator(self.training if training else self.inference)
 
@@ -138,6 +145,9 @@ class OperatorChoice:
         if phase == "training":
             return OperatorChoice(name, self.inference)
         return OperatorChoice(self.training, name)
+
+
+_EXACT_CHOICE = OperatorChoice()  # immutable: exact in both phases, the default
 
 
 class OperatorLayer:
@@ -150,7 +160,7 @@ class OperatorLayer:
 
 def operator_choice(module: Any) -> OperatorChoice:
     """The module's :class:`OperatorChoice` (exact in both phases unless one was set)."""
-    return getattr(module, _ATTR, None) or OperatorChoice()
+    return getattr(module, _ATTR, None) or _EXACT_CHOICE
 
 
 def operator_for(module: Any) -> Operator:
@@ -189,6 +199,40 @@ def conv2d_forward(module: nn.Conv2d, x: torch.Tensor, weight, bias) -> torch.Te
         x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
         return op.conv2d(x, weight, bias, module.stride, 0, module.dilation, module.groups)
     return op.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+
+
+def accepts_operator(module: nn.Module) -> bool:
+    """True when an operator can be set on ``module``: a ``Linear`` / ``Conv2d`` that is an
+    :class:`OperatorLayer` or uses torch's own forward (works on the ``meta`` device)."""
+    if not isinstance(module, nn.Linear | nn.Conv2d):
+        return False
+    return isinstance(module, OperatorLayer) or _plain_kind(module) is not None
+
+
+def operator_choices(model: nn.Module) -> dict[str, OperatorChoice]:
+    """Every ``Linear`` / ``Conv2d`` of ``model`` whose choice is not exact in both phases,
+    by qualified name (``named_modules`` order): what a model file declares."""
+    return {
+        name: operator_choice(m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv2d) and operator_choice(m) != OperatorChoice()
+    }
+
+
+def set_operator_choices_(model: nn.Module, choices: Mapping[str, OperatorChoice]) -> None:
+    """Give each named layer of ``model`` its :class:`OperatorChoice` (the inverse of
+    :func:`operator_choices`; layers not named keep theirs). ``UserError`` for a name that is
+    not a ``Linear`` / ``Conv2d`` of the model that accepts an operator."""
+    modules = dict(model.named_modules())
+    for name, choice in choices.items():
+        module = modules.get(name)
+        if module is None or not accepts_operator(module):
+            raise UserError(
+                f"layer {name!r} is not a Linear / Conv2d layer of the model that takes an operator"
+            )
+        if not isinstance(choice, OperatorChoice):
+            raise TypeError(f"choice of {name!r} must be an OperatorChoice, got {choice!r}")
+        _set_choice(module, choice)
 
 
 def _set_choice(module: nn.Module, choice: OperatorChoice | None) -> None:
