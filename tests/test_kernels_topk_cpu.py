@@ -32,15 +32,30 @@ def bits(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy().view(np.int32)
 
 
-def test_bracket_product_counts_gathers_and_fix_band_finishes():
+def factors_of(w: np.ndarray, compact: bool):
+    """The kernels' (weight, scale) arguments for ``w``: float32 and 1, or int8 signs and the
+    one magnitude (``w`` is then made signed-constant, its magnitude 0.3)."""
+    if not compact:
+        return w, np.float32(1.0)
+    return np.where(np.signbit(w), -1, 1).astype(np.int8), np.float32(0.3)
+
+
+def weights(rng, n: int, compact: bool) -> np.ndarray:
+    w = rng.standard_normal(n).astype(np.float32)
+    return np.where(np.signbit(w), np.float32(-0.3), np.float32(0.3)) if compact else w
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_bracket_product_counts_gathers_and_fix_band_finishes(compact):
     rng = np.random.default_rng(0)
     s = rng.standard_normal(5000).astype(np.float32)
-    w = rng.standard_normal(5000).astype(np.float32)
+    w = weights(rng, 5000, compact)
+    f, scale = factors_of(w, compact)
     lo, hi = np.float32(0.9), np.float32(1.1)
     band = np.empty(5001, dtype=np.float32)
     where = np.empty(5001, dtype=np.int64)
     out = np.empty_like(w)
-    above, inside = topk_cpu.bracket_product(w, s, lo, hi, out, band, where)
+    above, inside = topk_cpu.bracket_product(f, scale, s, lo, hi, out, band, where)
     a = np.abs(s)
     members = (a >= lo) & (a <= hi)
     assert above == np.count_nonzero(a > hi)
@@ -49,28 +64,91 @@ def test_bracket_product_counts_gathers_and_fix_band_finishes():
     np.testing.assert_array_equal(where[:inside], np.flatnonzero(members))
     np.testing.assert_array_equal(out[~members], (w * (a > hi))[~members])
     t = np.float32(1.0)
-    topk_cpu.fix_band(w, band, where, inside, t, 0, out)
+    topk_cpu.fix_band(f, scale, band, where, inside, t, 0, out)
     np.testing.assert_array_equal(out.view(np.int32), (w * (a > t)).view(np.int32))
     small = np.empty(4, dtype=np.float32)  # too small to gather: the counts stay exact
-    assert topk_cpu.bracket_product(w, s, lo, hi, out, small, where) == (above, inside)
+    assert topk_cpu.bracket_product(f, scale, s, lo, hi, out, small, where) == (above, inside)
 
 
-def test_masked_product_and_score_gradient_match_torch_bitwise():
+@pytest.mark.parametrize(
+    "at",
+    [[3], [0, 127, 128], [3, 130, 131, 300, 301, 302, 999], list(range(896, 1000))],
+)
+def test_bracket_product_gathers_from_the_blocks_it_noted(at):
+    """Band values in one block, at block edges, in several, and filling the last (partial)
+    128-value block: gathered in index order, the product written everywhere else."""
+    s = np.full(1000, 5.0, dtype=np.float32)
+    s[at] = -np.linspace(0.95, 1.05, len(at), dtype=np.float32)
+    w = np.arange(1000, dtype=np.float32)
+    band = np.empty(len(at) + 1, dtype=np.float32)
+    where = np.empty(len(at) + 1, dtype=np.int64)
+    out = np.empty_like(w)
+    above, inside = topk_cpu.bracket_product(
+        w, np.float32(1.0), s, np.float32(0.9), np.float32(1.1), out, band, where
+    )
+    assert (above, inside) == (1000 - len(at), len(at))
+    np.testing.assert_array_equal(where[:inside], at)
+    np.testing.assert_array_equal(band[:inside], np.abs(s[at]))
+    outside = np.ones(1000, dtype=bool)
+    outside[at] = False
+    np.testing.assert_array_equal(out[outside], w[outside])
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_masked_product_and_score_gradient_match_torch_bitwise(compact):
     rng = np.random.default_rng(1)
     s = rng.standard_normal(1000).astype(np.float32)
     s[:5] = [0.0, -0.0, np.nan, 0.5, -0.5]
-    w = rng.standard_normal(1000).astype(np.float32)
+    w = weights(rng, 1000, compact)
+    f, scale = factors_of(w, compact)
     g = rng.standard_normal(1000).astype(np.float32)
+    g[5:8] = [0.0, -0.0, np.inf]
     t = np.float32(0.5)
     out = np.empty_like(w)
-    topk_cpu.masked_product(w, s, t, 1, False, out)  # two entries tie at 0.5: keep the first
+    topk_cpu.masked_product(f, scale, s, t, 1, False, out)  # two tie at 0.5: keep the first
     keep = (np.abs(s) > t) | ((np.abs(s) == t) & (np.arange(1000) == 3))
     want = torch.from_numpy(w) * torch.from_numpy(keep).view(torch.uint8)
     np.testing.assert_array_equal(out.view(np.int32), bits(want))
-    topk_cpu.score_gradient(g, w, s, out)
+    topk_cpu.score_gradient(g, f, scale, s, out)
     ref = torch.from_numpy(g) * torch.from_numpy(w)
     ref.mul_(torch.sgn(torch.from_numpy(s)))
     np.testing.assert_array_equal(out.view(np.int32), bits(ref))
+
+
+def naive_top(scores: np.ndarray, m: int) -> np.ndarray:
+    """The top ``m`` of ``|scores|`` by a full stable sort: ties to the lowest index."""
+    order = np.argsort(-np.abs(scores), kind="stable")
+    keep = np.zeros(scores.size, dtype=bool)
+    keep[order[:m]] = True
+    return keep
+
+
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("tied", [False, True])
+def test_select_product_hits_inside_the_bracket_and_misses_outside(compact, tied):
+    rng = np.random.default_rng(2)
+    n, m = 3000, 900
+    s = rng.standard_normal(n).astype(np.float32)
+    if tied:
+        s = np.round(s * 4) / 4
+    w = weights(rng, n, compact)
+    f, scale = factors_of(w, compact)
+    keep = naive_top(s, m)
+    t = float(np.abs(s)[keep].min())
+    band = np.empty(2001, dtype=np.float32)
+    where = np.empty(2001, dtype=np.int64)
+    out = np.full(n, np.nan, dtype=np.float32)
+    state = np.array([t * 1.001, t * 0.01, 1.0])  # holds t: a hit
+    assert topk_cpu.select_product(f, scale, s, m, state, band, where, out)
+    np.testing.assert_array_equal(out.view(np.int32), (w * keep).view(np.int32))
+    assert state[0] == np.float32(t) and state[2] == 1.0
+    assert state[1] == max(2 * abs(t - t * 1.001), t * 2.0**-12)
+    for missing in ([t * 2, t * 0.01, 1.0], [t, 0.0, 0.0]):  # away from t; or none known
+        state = np.array(missing)
+        assert not topk_cpu.select_product(f, scale, s, m, state, band, where, out)
+        np.testing.assert_array_equal(state, missing)  # unchanged
+    state = np.array([t, t * 0.5, 1.0])  # holds t, but more values than the band can take
+    assert not topk_cpu.select_product(f, scale, s, m, state, band[:10], where, out)
 
 
 scores_strategy = st.one_of(
