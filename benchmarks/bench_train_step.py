@@ -25,7 +25,7 @@ disturbed by other processes). The hidden variants train bit-identically (checke
 (:func:`profile_model`), for ``hidden`` and ``hidden_round1``: the functions of the hidden
 path are wrapped with timers for some instrumented steps, and the uninstrumented hidden -
 dense difference (median CPU times, interleaved as above) is compared with what the wrappers
-saw, per component and layer; what they leave is the autograd engine's.
+saw (CPU time too), per component and layer; what they leave is the autograd engine's.
 
 Usage: python benchmarks/bench_train_step.py [--repeats 50] [--conv-repeats 5]
        [--models mlp,conv4] [--threads 1] [--json PATH] [--profile]
@@ -336,12 +336,18 @@ def _set(owner: Any, attribute: str, value: Any) -> None:
         setattr(owner, attribute, value)
 
 
-def _instrument(probes, totals: dict) -> list:
-    """Wrap each probe's function so that its exclusive time (less the time of the probes it
-    calls) adds to ``totals[label, layer size]``; returns what :func:`_restore` puts back."""
+def _instrument(probes, sink: dict) -> list:
+    """Wrap each probe's function (once, however many variants list it) so that its
+    exclusive CPU time (less the time of the probes it calls) adds to
+    ``sink["totals"][label, layer size]`` and its calls to ``sink["calls"]``; returns what
+    :func:`_restore` puts back."""
     saved = []
     stack: list = []  # [layer size, time spent in the probes it called] per running probe
+    seen = set()
     for probe in probes:
+        if (id(probe.owner), probe.attribute) in seen:
+            continue
+        seen.add((id(probe.owner), probe.attribute))
         original = _get(probe.owner, probe.attribute)
         function = original.__func__ if isinstance(original, staticmethod) else original
 
@@ -352,13 +358,14 @@ def _instrument(probes, totals: dict) -> list:
                 size = stack[-1][0] if stack else -1
             frame = [size, 0.0]
             stack.append(frame)
-            began = time.perf_counter()  # 20x cheaper than thread_time; one thread
+            began = time.thread_time()
             try:
                 return _fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - began
+                elapsed = time.thread_time() - began
                 stack.pop()
-                totals[_probe.label, size] += elapsed - frame[1]
+                sink["totals"][_probe.label, size] += elapsed - frame[1]
+                sink["calls"] += 1
                 if stack:
                     stack[-1][1] += elapsed
 
@@ -376,12 +383,13 @@ def profile_model(name: str, repeats: int, warmup: int = 2) -> dict:
     """The extra time of ``hidden`` and ``hidden_round1`` over dense, split by component.
 
     Uninstrumented steps of the three are interleaved first (median CPU times of the
-    stepping thread: the extra to explain); then ``repeats`` instrumented steps of each
-    hidden variant in turn (interleaved with dense steps) accumulate each probe's exclusive
-    wall time per layer (``perf_counter``: a cheap clock, and one thread; on a loaded machine
-    it also counts waits for a core). What the probes leave of the extra is the autograd
-    engine's (the Function's graph node and its Python calls, gradient accumulation) and the
-    instrumentation's own (compare the instrumented step with the plain one).
+    stepping thread: the extra to explain); then instrumented steps of the two hidden
+    variants, interleaved with dense steps, give each probe's exclusive CPU time per layer
+    (``time.thread_time``, which does not count waits for a core; the median over the
+    steps). What the probes leave of the extra is the autograd engine's (the Function's
+    graph node and its Python calls, gradient accumulation); the timers' own cost (about
+    1 us a probed call, see ``calls_per_step``: the instrumented step less the plain one)
+    is inside the components, mostly in the callers of the probed functions.
     """
     modes = ("dense", "hidden", "hidden_round1")
     built, step = _stepper(name, modes)
@@ -399,22 +407,30 @@ def profile_model(name: str, repeats: int, warmup: int = 2) -> dict:
         for mode in modes:
             plain[mode].append(timed_step(mode))
     dense = statistics.median(plain["dense"]) * 1e6
+    sink: dict = {}
+    records: dict = {mode: [] for mode in modes[1:]}
+    instrumented: dict = {mode: [] for mode in modes[1:]}
+    saved = _instrument(PROBES["hidden"] + PROBES["hidden_round1"], sink)
+    try:
+        for _ in range(repeats):
+            for mode in modes[1:]:
+                step("dense")
+                sink["totals"], sink["calls"] = defaultdict(float), 0
+                instrumented[mode].append(timed_step(mode))
+                records[mode].append((dict(sink["totals"]), sink["calls"]))
+    finally:
+        _restore(saved)
     results = {"model": name, "dense_us": dense, "variants": {}}
     for mode in modes[1:]:
-        totals: dict = defaultdict(float)
-        instrumented = []
-        saved = _instrument(PROBES[mode], totals)
-        try:
-            for _ in range(repeats):
-                step("dense")
-                instrumented.append(timed_step(mode))
-        finally:
-            _restore(saved)
-        sizes = sorted({n for (_, n) in totals}, reverse=True)
-        per_step = {key: value / repeats * 1e6 for key, value in totals.items()}  # us a step
+        keys = {key for totals, _ in records[mode] for key in totals}
+        sizes = sorted({n for (_, n) in keys}, reverse=True)
+        median = {
+            key: statistics.median(totals.get(key, 0.0) for totals, _ in records[mode]) * 1e6
+            for key in keys
+        }
         rows = []
         for label in dict.fromkeys(p.label for p in PROBES[mode]):
-            cells = {n: per_step.get((label, n), 0.0) for n in sizes}
+            cells = {n: median.get((label, n), 0.0) for n in sizes}
             rows.append({"component": label, "us": cells, "total_us": sum(cells.values())})
         hidden = statistics.median(plain[mode]) * 1e6
         covered = sum(row["total_us"] for row in rows)
@@ -422,7 +438,8 @@ def profile_model(name: str, repeats: int, warmup: int = 2) -> dict:
         results["variants"][mode] = {
             "sizes": sizes,
             "hidden_us": hidden,
-            "instrumented_us": statistics.median(instrumented) * 1e6,
+            "instrumented_us": statistics.median(instrumented[mode]) * 1e6,
+            "calls_per_step": statistics.median(calls for _, calls in records[mode]),
             "extra_us": hidden - dense,
             "ratio": hidden / dense,
             "rows": rows,
@@ -445,7 +462,7 @@ def print_profile(result: dict) -> None:
         print(
             f"\n{result['model']} {mode}: dense {result['dense_us']:.0f} us, hidden "
             f"{v['hidden_us']:.0f} us ({v['ratio']:.3f}x; instrumented {v['instrumented_us']:.0f}"
-            f" us), extra {v['extra_us']:.0f} us"
+            f" us, {v['calls_per_step']:.0f} probed calls), extra {v['extra_us']:.0f} us"
         )
         print("| component | " + " | ".join(f"{n:,} weights" for n in sizes) + " | all (us) |")
         print("|---" * (len(sizes) + 2) + "|")
@@ -453,7 +470,7 @@ def print_profile(result: dict) -> None:
             cells = " | ".join(f"{row['us'][n]:.1f}" for n in sizes)
             print(f"| {row['component']} | {cells} | {row['total_us']:.1f} |")
         blank = " | ".join("" for _ in sizes)
-        print(f"| all probes | {blank} | {v['covered_us']:.1f} |")
+        print(f"| all probes (medians, summed) | {blank} | {v['covered_us']:.1f} |")
         print(f"| rest of the extra (autograd engine) | {blank} | {v['rest_us']:.1f} |")
         print(
             f"bracket hits per layer {v['bracket_hits']}, misses {v['bracket_misses']} "

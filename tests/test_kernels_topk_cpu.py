@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hiddenite.kernels import topk_cpu
 from hiddenite.layers import SupermaskLinear
-from hiddenite.masks import TopKSelector, kept_count, top_fraction_mask
+from hiddenite.masks import TopKSelector, _weight_factors, kept_count, top_fraction_mask
 
 
 def torch_reference(weight, scores, density, upstream):
@@ -165,8 +165,15 @@ scores_strategy = st.one_of(
     tied=st.booleans(),
     steps=st.integers(1, 6),
     shift=st.sampled_from([0.0, 1e-6, 1e-3, 0.1, 1.0]),
+    constant=st.booleans(),
+    in_place=st.booleans(),
 )
-def test_selector_equals_full_selection_bit_for_bit(n, density, seed, tied, steps, shift):
+def test_selector_equals_full_selection_bit_for_bit(
+    n, density, seed, tied, steps, shift, constant, in_place
+):
+    """Against the full selection, step after step: with weights of one magnitude (read as
+    int8 signs) or not, and with the scores a new tensor each step or one leaf updated in
+    place (as an optimizer does: the selector's cached views then serve every step)."""
     gen = torch.Generator().manual_seed(seed)
     if tied:  # a few distinct values: ties at the threshold almost surely
         values = torch.tensor([0.0, -0.0, 0.25, -0.25, 0.5, 1.0, -1.0])
@@ -174,10 +181,18 @@ def test_selector_equals_full_selection_bit_for_bit(n, density, seed, tied, step
     else:
         scores = torch.randn(n, generator=gen)
     weight = torch.randn(n, generator=gen)  # negative weights: masked to -0.0
+    if constant:
+        weight = torch.where(weight < 0, -0.125, 0.125)
     upstream = torch.randn(n, generator=gen)
     selector = TopKSelector()
+    leaf = scores.clone().requires_grad_(True)
     for _ in range(steps):
-        leaf = scores.clone().requires_grad_(True)
+        if in_place:
+            with torch.no_grad():
+                leaf.copy_(scores)
+            leaf.grad = None
+        else:
+            leaf = scores.clone().requires_grad_(True)
         product = selector.masked_weight(weight, leaf, density)
         product.backward(upstream)
         mask, want_product, want_grad = torch_reference(weight, scores, density, upstream)
@@ -221,8 +236,9 @@ def test_selector_on_float64_takes_the_full_selection():
     assert selector.hits == selector.misses == 0  # the compiled path never ran
 
 
-def test_edge_popup_layer_trains_identically_to_the_full_selection():
-    layer = SupermaskLinear(40, 30, density=0.3, seed=2, layer_index=0)
+@pytest.mark.parametrize("init", ["signed-constant", "kaiming-normal"])
+def test_edge_popup_layer_trains_identically_to_the_full_selection(init):
+    layer = SupermaskLinear(40, 30, density=0.3, seed=2, layer_index=0, init=init)
     x = torch.randn(8, 40, generator=torch.Generator().manual_seed(0))
     scores = layer.scores.detach().clone()
     for _ in range(4):
@@ -238,3 +254,71 @@ def test_edge_popup_layer_trains_identically_to_the_full_selection():
             scores -= 0.5 * want
     assert torch.equal(layer.scores, scores)
     assert layer.mask_selector.hits + layer.mask_selector.misses == 4
+
+
+def test_weight_factors_give_every_weight_exactly():
+    constant = np.array([0.25, -0.25, 0.25, -0.25], dtype=np.float32)
+    factors, scale = _weight_factors(constant)
+    assert factors.dtype == np.int8 and scale == np.float32(0.25)
+    np.testing.assert_array_equal(factors * scale, constant)
+    zeros = np.array([0.0, -0.0, 0.0], dtype=np.float32)  # signed zeros kept
+    factors, scale = _weight_factors(zeros)
+    np.testing.assert_array_equal((factors * scale).view(np.int32), zeros.view(np.int32))
+    mixed = np.array([0.25, -0.5, 0.25], dtype=np.float32)
+    factors, scale = _weight_factors(mixed)
+    assert factors is mixed and scale == np.float32(1.0)
+
+
+def reference_product(layer):
+    mask = top_fraction_mask(layer.scores, layer.density)
+    return layer.weight * mask.view(torch.uint8)
+
+
+def test_selector_follows_weights_regenerated_or_written_in_place():
+    """The cached plan (views, int8 signs) is rebuilt when the weights change: new
+    weights from another seed (a new tensor), an in-place write, another init."""
+    layer = SupermaskLinear(50, 20, density=0.3, seed=2, layer_index=0)
+    assert torch.equal(layer.effective_weight(), reference_product(layer))
+    layer.seed = 9
+    layer.regenerate_weights_()
+    assert torch.equal(layer.effective_weight(), reference_product(layer))
+    with torch.no_grad():
+        layer.weight[0, :7].neg_()
+    assert torch.equal(layer.effective_weight(), reference_product(layer))
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.5, 1.5, 50))  # magnitudes differ: float32 read
+    assert torch.equal(layer.effective_weight(), reference_product(layer))
+    assert layer.mask_selector._plan.weight.dtype == np.float32
+
+
+def test_selector_follows_scores_replaced_or_of_another_layout():
+    layer = SupermaskLinear(30, 30, density=0.4, seed=3, layer_index=1)
+    layer.effective_weight()
+    layer.scores.data = torch.randn(30, 30, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(layer.effective_weight(), reference_product(layer))
+    layer.scores.data = layer.scores.data.t()  # same memory, transposed: not contiguous
+    assert torch.equal(layer.effective_weight(), reference_product(layer))
+    layer.scores.data = layer.scores.data.double()
+    assert torch.equal(layer.effective_weight(), reference_product(layer).double())
+
+
+def test_scores_written_between_forward_and_backward_are_caught():
+    weight = torch.randn(200)
+    scores = torch.randn(200, requires_grad=True)
+    product = TopKSelector().masked_weight(weight, scores, 0.3)
+    with torch.no_grad():
+        scores.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        product.sum().backward()
+
+
+def test_selector_gradient_with_create_graph_matches_torch():
+    gen = torch.Generator().manual_seed(4)
+    weight, scores = torch.randn(100, generator=gen), torch.randn(100, generator=gen)
+    upstream = torch.randn(100, generator=gen, requires_grad=True)
+    leaf = scores.clone().requires_grad_(True)
+    product = TopKSelector().masked_weight(weight, leaf, 0.3)
+    (grad,) = torch.autograd.grad(product, leaf, upstream, create_graph=True)
+    _, _, want = torch_reference(weight, scores, 0.3, upstream.detach())
+    assert torch.equal(grad.detach(), want)
+    assert grad.requires_grad  # differentiable in the upstream gradient

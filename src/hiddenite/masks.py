@@ -214,17 +214,18 @@ class _Plan:
     ``scale`` (signed-constant weights: a quarter of the bytes), the kept count, the shape,
     and the key that tells whether the tensors are still the ones planned for."""
 
-    __slots__ = ("key", "m", "scale", "scores", "shape", "weight")
+    __slots__ = ("held", "key", "m", "scale", "scores", "shape", "weight")
 
-    def __init__(self, key, weight, scale, scores, m, shape) -> None:
+    def __init__(self, key, held, weight, scale, scores, m, shape) -> None:
         self.key, self.weight, self.scale, self.scores = key, weight, scale, scores
         self.m, self.shape = m, shape
+        self.held = held  # the tensors planned for: their memory cannot be reused meanwhile
 
 
 def _plan_key(weight: torch.Tensor, scores: torch.Tensor, density: float) -> tuple:
-    """Everything whose change voids a plan: the memory viewed (the views hold it, so no
-    other tensor can take its address), layout, dtype and device, the weights' version (an
-    in-place write to the frozen weights changes their signs), the density."""
+    """Everything whose change voids a plan: the memory of the tensors (the plan holds them,
+    so no other tensor can take their addresses), layout, dtype and device, the weights'
+    version (an in-place write to the frozen weights changes their signs), the density."""
     return (
         weight.data_ptr(),
         scores.data_ptr(),
@@ -283,8 +284,8 @@ class TopKSelector:
     is one compiled call (:func:`hiddenite.kernels.topk_cpu.select_product`), and so is the
     score gradient. Weights of one magnitude (the signed-constant init) are read as int8
     signs times that magnitude, exactly, a quarter of the bytes of the memory-bound passes.
-    The views hold the tensors' memory: after the layer's tensors are replaced (moved to
-    another device, regenerated), the old memory is released at the layer's next forward.
+    The plan holds the tensors: after the layer's tensors are replaced (moved to another
+    device, regenerated), the old memory is released at the layer's next forward pass.
     """
 
     BAND_LIMIT = 16384  # most values gathered from the bracket before selecting over all
@@ -322,10 +323,11 @@ class TopKSelector:
             and scores.is_contiguous()
             and 0 < m < scores.numel()
         )
+        held = (weight.detach(), scores.detach())
         if not fast:
-            return _Plan(key, None, _ONE, None, m, shape)
-        factors, scale = _weight_factors(weight.detach().numpy().reshape(-1))
-        return _Plan(key, factors, scale, scores.detach().numpy().reshape(-1), m, shape)
+            return _Plan(key, held, None, _ONE, None, m, shape)
+        factors, scale = _weight_factors(held[0].numpy().reshape(-1))
+        return _Plan(key, held, factors, scale, held[1].numpy().reshape(-1), m, shape)
 
     def _product(self, plan: _Plan, out: np.ndarray) -> None:
         """Write ``weight * mask`` (top ``plan.m`` of ``|scores|``) to ``out``."""
