@@ -15,20 +15,24 @@ For the MLP (784-300-100-10) and Conv-4, one SGD step (forward, backward, update
   (``top_fraction_mask``) and torch ops for the masked product and the score gradient.
 
 The variants are interleaved step by step so load changes hit them alike, after warm-up steps
-(numba compiles on the first one). Each row gives the median wall time and the median CPU
-time of the calling thread (``time.thread_time``; with one torch thread it is the whole
-step's work, and it does not count time spent waiting for a core on a shared machine), and
-the ratios to dense of the medians and of the fastest CPU time of each (the step least
-disturbed by other processes). The hidden variants train bit-identically (checked).
+(numba compiles on the first one); ``--block K`` takes K steps of each in turn instead
+(the caches then hold one model's state, as in a training loop: step by step, each
+variant's arrays have been pushed out by the others'). Each row gives the median wall
+time and the median CPU time of the calling thread (``time.thread_time``; with one torch
+thread it is the whole step's work, and it does not count time spent waiting for a core on
+a shared machine), and the ratios to dense of the medians and of the fastest CPU time of
+each (the step least disturbed by other processes). The hidden variants train
+bit-identically (checked: the script fails otherwise).
 
 ``--profile`` splits the hidden step's extra time over dense by component instead
 (:func:`profile_model`), for ``hidden`` and ``hidden_round1``: the functions of the hidden
 path are wrapped with timers for some instrumented steps, and the uninstrumented hidden -
 dense difference (median CPU times, interleaved as above) is compared with what the wrappers
-saw (CPU time too), per component and layer; what they leave is the autograd engine's.
+saw, per component and layer; what they leave is the autograd engine's. An ablation row
+gives the floor of any design with an autograd Function per layer.
 
 Usage: python benchmarks/bench_train_step.py [--repeats 50] [--conv-repeats 5]
-       [--models mlp,conv4] [--threads 1] [--json PATH] [--profile]
+       [--models mlp,conv4] [--threads 1] [--block 1[,K...]] [--json PATH] [--profile]
 """
 
 from __future__ import annotations
@@ -205,13 +209,44 @@ class RoundOneSelector:
         return True
 
 
+# --- stand-ins that do less than a hidden step, for the ablation of ``--profile``
+
+
+class _Pass(torch.autograd.Function):
+    """A Function that returns one kept tensor and passes the gradient on as it came."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, kept):
+        return kept
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad, None
+
+
+class PassFunction:
+    """``mask_selector`` stand-in: only the autograd Function, no allocation, no pass."""
+
+    def __init__(self) -> None:
+        self.kept: torch.Tensor | None = None
+
+    def masked_weight(self, weight, scores, density):
+        if self.kept is None:
+            self.kept = weight * (torch.rand(weight.shape, generator=torch.Generator()) < density)
+        return _Pass.apply(weight, scores, self.kept)
+
+
 # --- the step
 
 
 def build(name: str, mode: str):
     method = "dense" if mode == "dense" else "edge-popup"
     model = models.create(name, SupermaskConfig(density=0.3, method=method))
-    swap = {"hidden_full_select": FullSelect, "hidden_round1": RoundOneSelector}.get(mode)
+    swap = {
+        "hidden_full_select": FullSelect,
+        "hidden_round1": RoundOneSelector,
+        "function_no_alloc": PassFunction,
+    }.get(mode)
     if swap is not None:
         for module in model.modules():
             if hasattr(module, "mask_selector"):
@@ -246,20 +281,24 @@ def _identical(built: dict) -> bool:
     )
 
 
-def bench_model(name: str, repeats: int, warmup: int = 2, modes=MODES) -> dict:
+def bench_model(name: str, repeats: int, warmup: int = 2, modes=MODES, block: int = 1) -> dict:
+    """Median step times of ``modes``, taking ``block`` steps of one mode, then of the next
+    (1: step by step; more: the caches hold one model's state as in a training loop, while
+    alternating blocks still share slow load changes alike)."""
     built, step = _stepper(name, modes)
     for _ in range(warmup):
         for mode in modes:
             step(mode)
     wall = {mode: [] for mode in modes}
     cpu = {mode: [] for mode in modes}
-    for _ in range(repeats):
+    for _ in range(-(-repeats // block)):
         for mode in modes:
-            began, began_cpu = time.perf_counter(), time.thread_time()
-            step(mode)
-            cpu[mode].append(time.thread_time() - began_cpu)
-            wall[mode].append(time.perf_counter() - began)
-    row: dict = {"model": name}
+            for _ in range(block):
+                began, began_cpu = time.perf_counter(), time.thread_time()
+                step(mode)
+                cpu[mode].append(time.thread_time() - began_cpu)
+                wall[mode].append(time.perf_counter() - began)
+    row: dict = {"model": name, "block": block}
     for mode in modes:
         row[f"{mode}_ms"] = statistics.median(wall[mode]) * 1e3
         row[f"{mode}_cpu_ms"] = statistics.median(cpu[mode]) * 1e3
@@ -338,7 +377,7 @@ def _set(owner: Any, attribute: str, value: Any) -> None:
 
 def _instrument(probes, sink: dict) -> list:
     """Wrap each probe's function (once, however many variants list it) so that its
-    exclusive CPU time (less the time of the probes it calls) adds to
+    exclusive time (less the time of the probes it calls) adds to
     ``sink["totals"][label, layer size]`` and its calls to ``sink["calls"]``; returns what
     :func:`_restore` puts back."""
     saved = []
@@ -358,11 +397,11 @@ def _instrument(probes, sink: dict) -> list:
                 size = stack[-1][0] if stack else -1
             frame = [size, 0.0]
             stack.append(frame)
-            began = time.thread_time()
+            began = time.perf_counter()
             try:
                 return _fn(*args, **kwargs)
             finally:
-                elapsed = time.thread_time() - began
+                elapsed = time.perf_counter() - began
                 stack.pop()
                 sink["totals"][_probe.label, size] += elapsed - frame[1]
                 sink["calls"] += 1
@@ -384,12 +423,13 @@ def profile_model(name: str, repeats: int, warmup: int = 2) -> dict:
 
     Uninstrumented steps of the three are interleaved first (median CPU times of the
     stepping thread: the extra to explain); then instrumented steps of the two hidden
-    variants, interleaved with dense steps, give each probe's exclusive CPU time per layer
-    (``time.thread_time``, which does not count waits for a core; the median over the
-    steps). What the probes leave of the extra is the autograd engine's (the Function's
-    graph node and its Python calls, gradient accumulation); the timers' own cost (about
-    1 us a probed call, see ``calls_per_step``: the instrumented step less the plain one)
-    is inside the components, mostly in the callers of the probed functions.
+    variants, interleaved with dense steps, give each probe's exclusive time per layer, the
+    median over the steps (``perf_counter``, a cheap clock: ``thread_time`` is a system
+    call on this virtual machine that cost about 20 us a probe inside a step; the median
+    sets aside the steps in which the thread waited for a core). What the probes leave of
+    the extra is the autograd engine's (the Function's graph node and its Python calls,
+    gradient accumulation); the timers' own cost (compare the instrumented step with the
+    plain one, over ``calls_per_step``) is inside the components.
     """
     modes = ("dense", "hidden", "hidden_round1")
     built, step = _stepper(name, modes)
@@ -449,7 +489,41 @@ def profile_model(name: str, repeats: int, warmup: int = 2) -> dict:
             "bracket_misses": [s.misses for s in selectors],
         }
     results["identical"] = _identical(built)
+    results["ablation"] = ablation(name, repeats, warmup)
     return results
+
+
+ABLATION = (
+    ("hidden", "the package's hidden step"),
+    (
+        "function_no_alloc",
+        "an autograd Function per layer: a fixed masked weight, the gradient passed on",
+    ),
+    ("dense", "the dense twin"),
+)
+
+
+def ablation(name: str, repeats: int, warmup: int = 2) -> list[dict]:
+    """Median CPU times of the hidden step, of a step whose layers each call an autograd
+    Function that does no work (a fixed masked weight forward, the upstream gradient passed
+    on to the scores as it came: what any design with a Function per layer pays at least),
+    and of dense; interleaved, uninstrumented. (A Function that allocated its outputs and
+    wrote nothing would feed uninitialised memory to the products.)"""
+    modes = [mode for mode, _ in ABLATION]
+    _, step = _stepper(name, modes)
+    times: dict = {mode: [] for mode in modes}
+    for i in range(warmup + repeats):
+        for mode in modes:
+            began = time.thread_time()
+            step(mode)
+            if i >= warmup:
+                times[mode].append(time.thread_time() - began)
+    dense = statistics.median(times["dense"])
+    rows = []
+    for mode, what in ABLATION:
+        us = statistics.median(times[mode]) * 1e6
+        rows.append({"variant": mode, "what": what, "us": us, "over_dense": us / 1e6 / dense})
+    return rows
 
 
 def is_hidden(module) -> bool:
@@ -477,6 +551,16 @@ def print_profile(result: dict) -> None:
             "(all steps, warm-up included)"
         )
     print(f"identical: {result['identical']}")
+    print(f"\n{result['model']} ablation (median CPU us a step, interleaved)")
+    print("| variant | what it does | CPU us | / dense | step less the next row (us) |")
+    print("|---|---|---|---|---|")
+    rows = result["ablation"]
+    for row, after in zip(rows, [*rows[1:], None], strict=True):
+        less = f"{row['us'] - after['us']:.0f}" if after else ""
+        print(
+            f"| {row['variant']} | {row['what']} | {row['us']:.0f} | {row['over_dense']:.3f} | "
+            f"{less} |"
+        )
 
 
 def main() -> None:
@@ -485,6 +569,11 @@ def main() -> None:
     parser.add_argument("--conv-repeats", type=int, default=5, help="steps per mode, Conv-4")
     parser.add_argument("--models", default="mlp,conv4")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--block",
+        default="1",
+        help="steps of one mode before the next; a comma list gives one row per value",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
         "--profile", action="store_true", help="split the hidden step's extra time by component"
@@ -503,7 +592,8 @@ def main() -> None:
             results.append(profile_model(name, repeats))
             print_profile(results[-1])
         else:
-            results.append(bench_model(name, repeats))
+            for block in (int(b) for b in args.block.split(",")):
+                results.append(bench_model(name, repeats, block=block))
     if not args.profile:
         keys = list(results[0])
         print("| " + " | ".join(keys) + " |")

@@ -142,7 +142,10 @@ def test_select_product_hits_inside_the_bracket_and_misses_outside(compact, tied
     assert topk_cpu.select_product(f, scale, s, m, state, band, where, out)
     np.testing.assert_array_equal(out.view(np.int32), (w * keep).view(np.int32))
     assert state[0] == np.float32(t) and state[2] == 1.0
-    assert state[1] == max(2 * abs(t - t * 1.001), t * 2.0**-12)
+    lo, hi = np.float32(t * 1.001 - t * 0.01), np.float32(t * 1.001 + t * 0.01)
+    inside = np.count_nonzero((np.abs(s) >= lo) & (np.abs(s) <= hi))
+    spacing = (float(hi) - float(lo)) / inside
+    assert state[1] == max(2 * abs(t - t * 1.001), t * 2.0**-12, 4 * spacing)
     for missing in ([t * 2, t * 0.01, 1.0], [t, 0.0, 0.0]):  # away from t; or none known
         state = np.array(missing)
         assert not topk_cpu.select_product(f, scale, s, m, state, band, where, out)

@@ -344,7 +344,7 @@ class TopKSelector:
         t = part[scores.size - m]
         above = int(np.count_nonzero(part > t))
         tied = int(np.count_nonzero(part == t))
-        topk_cpu.remember(state, t)
+        topk_cpu.remember(state, t, 0.0)
         topk_cpu.masked_product(weight, scale, scores, t, m - above, m - above == tied, out)
 
 

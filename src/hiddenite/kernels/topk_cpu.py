@@ -139,13 +139,19 @@ def score_gradient(grad, weight, scale, scores, out):
         out[i] = (grad[i] * (np.float32(weight[i]) * scale)) * sign
 
 
+_SPACINGS = 4.0  # the next bracket reaches at least this many value spacings either side
+
+
 @njit(nogil=True, cache=True)
-def remember(state, t):
+def remember(state, t, spacing):
     """Record the threshold ``t`` of this step in ``state`` = [threshold, bracket half-width,
-    known]: the next bracket is twice this step's move, at least 2**-12 of ``|t|``."""
+    known]: the next half-width is twice this step's move, at least 2**-12 of ``|t|`` and
+    ``_SPACINGS`` times ``spacing``, the mean gap between the ``|s|`` near ``t`` (0 when
+    unknown). That floor matters in a small layer, whose values are far apart: there the
+    threshold often stays put for a step, then jumps a gap, out of a bracket of 2**-12."""
     t = np.float64(t)
     previous = t if state[2] == 0.0 else state[0]
-    state[1] = max(2.0 * abs(t - previous), abs(t) * 2.0**-12, 1e-30)
+    state[1] = max(2.0 * abs(t - previous), abs(t) * 2.0**-12, _SPACINGS * spacing, 1e-30)
     state[0] = t
     state[2] = 1.0
 
@@ -171,5 +177,5 @@ def select_product(weight, scale, scores, m, state, band, where, out):
     for j in range(inside):
         greater += part[j] > t
     fix_band(weight, scale, band, where, inside, t, m - above - greater, out)
-    remember(state, t)
+    remember(state, t, (np.float64(hi) - np.float64(lo)) / inside)
     return True
