@@ -188,7 +188,14 @@ class _SelectedWeight(torch.autograd.Function):
         ctx.save_for_backward(weight, scores)  # its version check guards the plan's views
         ctx.plan = plan
         out = torch.empty(plan.shape, dtype=torch.float32)
-        selector._product(plan, out.numpy().reshape(-1))
+        flat = out.numpy().reshape(-1)
+        state, band, where = selector._state, selector._band, selector._where
+        if topk_cpu.select_product(
+            plan.weight, plan.scale, plan.scores, plan.m, state, band, where, flat
+        ):
+            selector.hits += 1
+        else:
+            selector._select_all(plan, flat)
         return out
 
     @staticmethod
@@ -330,19 +337,16 @@ class TopKSelector:
         factors, scale = _weight_factors(held[0].numpy().reshape(-1))
         return _Plan(key, held, factors, scale, held[1].numpy().reshape(-1), m, shape)
 
-    def _product(self, plan: _Plan, out: np.ndarray) -> None:
-        """Write ``weight * mask`` (top ``plan.m`` of ``|scores|``) to ``out``."""
-        weight, scale, scores, m = plan.weight, plan.scale, plan.scores, plan.m
-        state, band, where = self._state, self._band, self._where
-        if topk_cpu.select_product(weight, scale, scores, m, state, band, where, out):
-            self.hits += 1
-            return
+    def _select_all(self, plan: _Plan, out: np.ndarray) -> None:
+        """Write ``weight * mask`` (top ``plan.m`` of ``|scores|``) to ``out`` by a selection
+        over all values, when the bracket missed (or no threshold is known yet)."""
         self.misses += 1
+        weight, scale, scores, m = plan.weight, plan.scale, plan.scores, plan.m
         part = np.partition(np.abs(scores), scores.size - m)
         t = part[scores.size - m]
         above = int(np.count_nonzero(part > t))
         tied = int(np.count_nonzero(part == t))
-        topk_cpu.remember(state, t, 0.0)
+        topk_cpu.remember(self._state, t, 0.0)
         topk_cpu.masked_product(weight, scale, scores, t, m - above, m - above == tied, out)
 
 
