@@ -344,3 +344,14 @@ def test_bracket_holds_the_threshold_of_a_small_layer_step_after_step():
             leaf -= 0.001 * leaf.grad
         leaf.grad = None
     assert selector.misses <= 5
+
+
+def test_selector_on_inference_tensors_reads_the_weights_themselves():
+    """Tensors made under ``torch.inference_mode`` keep no version counter: the selector
+    then views the weights (no int8 copy), so a write to them in place is still seen."""
+    with torch.inference_mode():
+        layer = SupermaskLinear(40, 20, density=0.3, seed=5, layer_index=0)
+        assert torch.equal(layer.effective_weight(), reference_product(layer))
+        assert layer.mask_selector._plan.weight.dtype == np.float32
+        layer.weight[:3].neg_()
+        assert torch.equal(layer.effective_weight(), reference_product(layer))

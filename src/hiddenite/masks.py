@@ -236,11 +236,12 @@ def _plan_key(weight: torch.Tensor, scores: torch.Tensor, density: float) -> tup
     device or shape means new memory), the weights' version (an in-place write changes
     their signs), a layout made non-contiguous in place (``.data = x.t()``), the density.
     Not detected: the same memory reinterpreted in place with another shape or dtype of the
-    same size (``.data = x.view(...)``): the plan reads the same flat values as before."""
+    same size (``.data = x.view(...)``): the plan reads the same flat values as before.
+    Inference tensors keep no version: their plan reads the weights themselves, not signs."""
     return (
         weight.data_ptr(),
         scores.data_ptr(),
-        weight._version,
+        None if weight.is_inference() else weight._version,
         weight.is_contiguous(),
         scores.is_contiguous(),
         density,
@@ -334,7 +335,9 @@ class TopKSelector:
         if self._band.size == 0:  # scratch of the compiled selection, made on first need
             self._band = np.empty(self.BAND_LIMIT + 1, dtype=np.float32)
             self._where = np.empty(self.BAND_LIMIT + 1, dtype=np.int64)
-        factors, scale = _weight_factors(held[0].numpy().reshape(-1))
+        factors, scale = held[0].numpy().reshape(-1), _ONE
+        if not weight.is_inference():  # (writes to an inference tensor would go unseen)
+            factors, scale = _weight_factors(factors)
         return _Plan(key, held, factors, scale, held[1].numpy().reshape(-1), m, shape)
 
     def _select_all(self, plan: _Plan, out: np.ndarray) -> None:
