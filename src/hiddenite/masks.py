@@ -34,6 +34,7 @@ __all__ = [
     "top_fraction_mask",
 ]
 
+_ONE = np.float32(1.0)
 _SAMPLE = 4096
 _BRACKET_SIGMAS = 5.0
 _SMALL = 1 << 15
@@ -170,7 +171,7 @@ def _score_gradient(grad, weight, scores) -> torch.Tensor:
     """``grad * weight * sgn(scores)`` (one compiled pass on float32 CPU tensors)."""
     if _compiled(grad, weight, scores.detach()) and grad.shape == scores.shape == weight.shape:
         out = torch.empty(scores.shape, dtype=torch.float32)
-        topk_cpu.score_gradient(_flat(grad), _flat(weight), _flat(scores), _flat(out))
+        topk_cpu.score_gradient(_flat(grad), _flat(weight), _ONE, _flat(scores), _flat(out))
         return out
     grad_scores = grad * weight
     grad_scores.mul_(torch.sgn(scores))
@@ -179,19 +180,82 @@ def _score_gradient(grad, weight, scores) -> torch.Tensor:
 
 class _SelectedWeight(torch.autograd.Function):
     """``weight * mask`` for the top-``m`` mask of ``|scores|``, written by the selector's
-    compiled passes; backward as :class:`_MaskedWeight`."""
+    compiled passes; backward as :class:`_MaskedWeight`, one compiled pass over the arrays
+    the selector keeps for the layer (``plan``)."""
 
     @staticmethod
-    def forward(ctx, weight, scores, selector, m):
-        ctx.save_for_backward(weight, scores)
-        out = torch.empty(weight.shape, dtype=torch.float32)
-        selector._product(_flat(weight), _flat(scores), m, _flat(out))
+    def forward(ctx, weight, scores, selector, plan):
+        ctx.save_for_backward(weight, scores)  # its version check guards the plan's views
+        ctx.plan = plan
+        out = torch.empty(plan.shape, dtype=torch.float32)
+        flat = out.numpy().reshape(-1)
+        state, band, where = selector._state, selector._band, selector._where
+        if topk_cpu.select_product(
+            plan.weight, plan.scale, plan.scores, plan.m, state, band, where, flat
+        ):
+            selector.hits += 1
+        else:
+            selector._select_all(plan, flat)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         weight, scores = ctx.saved_tensors
+        plan = ctx.plan
+        if grad.is_contiguous() and not grad.requires_grad:  # float32: autograd casts to it
+            out = torch.empty(plan.shape, dtype=torch.float32)
+            topk_cpu.score_gradient(
+                grad.numpy().reshape(-1),
+                plan.weight,
+                plan.scale,
+                plan.scores,
+                out.numpy().reshape(-1),
+            )
+            return None, out, None, None
         return None, _score_gradient(grad, weight, scores), None, None
+
+
+class _Plan:
+    """What a layer's steps need that does not change between them: flat numpy views of the
+    scores and of the weights, or of the weights' signs as int8 with their one magnitude as
+    ``scale`` (signed-constant weights: a quarter of the bytes), the kept count, the shape,
+    and the key that tells whether the tensors are still the ones planned for."""
+
+    __slots__ = ("held", "key", "m", "scale", "scores", "shape", "weight")
+
+    def __init__(self, key, held, weight, scale, scores, m, shape) -> None:
+        self.key, self.weight, self.scale, self.scores = key, weight, scale, scores
+        self.m, self.shape = m, shape
+        self.held = held  # the tensors planned for: their memory cannot be reused meanwhile
+
+
+def _plan_key(weight: torch.Tensor, scores: torch.Tensor, density: float) -> tuple:
+    """What voids a plan, in few accessor calls (each costs a few microseconds inside a step,
+    where the caches are cold; twelve of them cost the MLP step about 3 %): the memory of the
+    tensors (the plan holds them, so no other tensor can take their addresses: a new dtype,
+    device or shape means new memory), the weights' version (an in-place write changes
+    their signs), a layout made non-contiguous in place (``.data = x.t()``), the density.
+    Not detected: the same memory reinterpreted in place with another shape or dtype of the
+    same size (``.data = x.view(...)``): the plan reads the same flat values as before.
+    Inference tensors keep no version: their plan reads the weights themselves, not signs."""
+    return (
+        weight.data_ptr(),
+        scores.data_ptr(),
+        None if weight.is_inference() else weight._version,
+        weight.is_contiguous(),
+        scores.is_contiguous(),
+        density,
+    )
+
+
+def _weight_factors(weight: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """``(factors, scale)`` with ``factors[i] * scale == weight[i]`` exactly: the signs as
+    int8 +-1 and the magnitude when every weight has the same one, else the weights and 1."""
+    magnitude = np.abs(weight[:1])
+    if weight.size and np.array_equal(np.abs(weight), np.broadcast_to(magnitude, weight.shape)):
+        signs = np.where(np.signbit(weight), np.int8(-1), np.int8(1)).astype(np.int8)
+        return signs, np.float32(magnitude[0])
+    return weight, _ONE
 
 
 def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -216,17 +280,27 @@ class TopKSelector:
     the threshold is selected among the gathered values and their products written. When
     the bracket misses (or holds too many values), the selection runs over all values, as
     :func:`top_fraction_mask` does. The remembered threshold only chooses the bracket: it never
-    changes a result. Compiled passes run for float32 CPU tensors; other tensors take
-    :func:`top_fraction_mask`.
+    changes a result. Compiled passes run for contiguous float32 CPU tensors; other tensors
+    take :func:`top_fraction_mask`.
+
+    A step's fixed cost (paid by every layer, the larger part of the overhead for a small one)
+    is kept low: the flat numpy views of ``weight`` and ``scores`` and the kept count are made
+    once and reused while the tensors keep their memory, layout and dtype and the weights
+    their version (the optimizer updates the scores in place); the selection with its product
+    is one compiled call (:func:`hiddenite.kernels.topk_cpu.select_product`), and so is the
+    score gradient. Weights of one magnitude (the signed-constant init) are read as int8
+    signs times that magnitude, exactly, a quarter of the bytes of the memory-bound passes.
+    The plan holds the tensors: after the layer's tensors are replaced (moved to another
+    device, regenerated), the old memory is released at the layer's next forward pass.
     """
 
     BAND_LIMIT = 16384  # most values gathered from the bracket before selecting over all
 
     def __init__(self) -> None:
-        self._threshold: float | None = None
-        self._width = 0.0
+        self._state = np.zeros(3, dtype=np.float64)  # threshold, half-width, known (1.0)
         self._band = np.empty(0, dtype=np.float32)
         self._where = np.empty(0, dtype=np.int64)
+        self._plan: _Plan | None = None
         self.hits = 0  # selections the bracket served (for benchmarks and tests)
         self.misses = 0
 
@@ -234,48 +308,49 @@ class TopKSelector:
         self, weight: torch.Tensor, scores: torch.Tensor, density: float
     ) -> torch.Tensor:
         """``weight * top_fraction_mask(scores, density)``, straight-through to ``scores``."""
-        n = scores.numel()
-        m = kept_count(n, density)
-        if not (_compiled(weight, scores.detach()) and weight.shape == scores.shape and 0 < m < n):
+        plan = self._plan
+        if plan is None or plan.key != _plan_key(weight, scores, density):
+            plan = self._plan = self._make_plan(weight, scores, density)
+        if plan.scores is None:
             return masked_weight(weight, scores, top_fraction_mask(scores, density))
-        return _SelectedWeight.apply(weight, scores, self, m)
+        return _SelectedWeight.apply(weight, scores, self, plan)
 
-    def _product(self, weight: np.ndarray, scores: np.ndarray, m: int, out: np.ndarray) -> None:
-        """Write ``weight * mask`` (top ``m`` of ``|scores|``) to ``out``."""
-        if self._threshold is not None and self._bracketed(weight, scores, m, out):
-            self.hits += 1
-            return
+    def _make_plan(self, weight: torch.Tensor, scores: torch.Tensor, density: float) -> _Plan:
+        """The arrays of a compiled step, or a plan without them (``scores`` None) when the
+        tensors need :func:`top_fraction_mask` (not float32 on the CPU, not contiguous or
+        of different shapes) or there is nothing to select (all or none kept)."""
+        key = _plan_key(weight, scores, density)
+        m = kept_count(scores.numel(), density)
+        shape = tuple(scores.shape)
+        fast = (
+            _compiled(weight.detach(), scores.detach())
+            and weight.shape == scores.shape
+            and weight.is_contiguous()
+            and scores.is_contiguous()
+            and 0 < m < scores.numel()
+        )
+        held = (weight.detach(), scores.detach())
+        if not fast:
+            return _Plan(key, held, None, _ONE, None, m, shape)
+        if self._band.size == 0:  # scratch of the compiled selection, made on first need
+            self._band = np.empty(self.BAND_LIMIT + 1, dtype=np.float32)
+            self._where = np.empty(self.BAND_LIMIT + 1, dtype=np.int64)
+        factors, scale = held[0].numpy().reshape(-1), _ONE
+        if not weight.is_inference():  # (writes to an inference tensor would go unseen)
+            factors, scale = _weight_factors(factors)
+        return _Plan(key, held, factors, scale, held[1].numpy().reshape(-1), m, shape)
+
+    def _select_all(self, plan: _Plan, out: np.ndarray) -> None:
+        """Write ``weight * mask`` (top ``plan.m`` of ``|scores|``) to ``out`` by a selection
+        over all values, when the bracket missed (or no threshold is known yet)."""
         self.misses += 1
+        weight, scale, scores, m = plan.weight, plan.scale, plan.scores, plan.m
         part = np.partition(np.abs(scores), scores.size - m)
         t = part[scores.size - m]
         above = int(np.count_nonzero(part > t))
         tied = int(np.count_nonzero(part == t))
-        self._remember(t)
-        topk_cpu.masked_product(weight, scores, t, m - above, m - above == tied, out)
-
-    def _remember(self, t: np.float32) -> None:
-        previous = t if self._threshold is None else self._threshold
-        self._width = max(2.0 * abs(float(t) - previous), abs(float(t)) * 2.0**-12, 1e-30)
-        self._threshold = float(t)
-
-    def _bracketed(self, weight: np.ndarray, scores: np.ndarray, m: int, out: np.ndarray) -> bool:
-        """Select within ``[t0 - h, t0 + h]`` and write the product; False if it misses."""
-        lo = np.float32(self._threshold - self._width)
-        hi = np.float32(self._threshold + self._width)
-        if self._band.size == 0:
-            self._band = np.empty(self.BAND_LIMIT + 1, dtype=np.float32)
-            self._where = np.empty(self.BAND_LIMIT + 1, dtype=np.int64)
-        band, where = self._band, self._where
-        above, inside = topk_cpu.bracket_product(weight, scores, lo, hi, out, band, where)
-        if not above < m <= above + inside or inside > self.BAND_LIMIT:
-            return False
-        rank = inside - (m - above)  # the threshold's index in the band, ascending
-        part = np.partition(band[:inside], rank)  # a copy: the band stays in index order
-        t = part[rank]
-        budget = m - above - int(np.count_nonzero(part > t))
-        topk_cpu.fix_band(weight, band, where, inside, t, budget, out)
-        self._remember(t)
-        return True
+        topk_cpu.remember(self._state, t, 0.0)
+        topk_cpu.masked_product(weight, scale, scores, t, m - above, m - above == tied, out)
 
 
 class GlobalThreshold:
