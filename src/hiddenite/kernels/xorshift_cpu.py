@@ -198,6 +198,22 @@ def _fill_values(state, first, last, n, out, mode, scale):
                 row[j] = np.float32((u * 2.0 - 1.0) * scale)
 
 
+@njit(inline="always")
+def _in_tail(word, tail_words):
+    """Whether ``min(u, 1 - u) < p_low`` for the uint32 ``word``: its ``u`` is among the
+    ``tail_words`` lowest or (``1 - u`` being the ``u`` of ``~word``) highest."""
+    return np.uint32(word + np.uint32(tail_words)) < np.uint32(2 * tail_words)
+
+
+@njit(cache=True, nogil=True)
+def _in_tail_array(words, tail_words):
+    """:func:`_in_tail` of each word (for the tests)."""
+    out = np.empty(words.size, np.bool_)
+    for j in range(words.size):
+        out[j] = _in_tail(words[j], tail_words)
+    return out
+
+
 @njit(cache=True, nogil=True, error_model="numpy")  # no zero-divisor test: it blocks SIMD
 def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
     """Like :func:`_fill_values` for ``NORMAL``, in passes over blocks of about ``_BLOCK``
@@ -239,8 +255,6 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
     b0, b1, b2, b3, b4 = b[0], b[1], b[2], b[3], b[4]
     c0, c1, c2, c3, c4, c5 = c[0], c[1], c[2], c[3], c[4], c[5]
     d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
-    shift = np.uint32(tail_words)
-    span = np.uint32(2 * tail_words)
     for r0 in range(first, last, rows):
         r1 = min(last, r0 + rows)
         base = r0 * lanes
@@ -267,7 +281,7 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
             num = ((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5
             den = (((b0 * r + b1) * r + b2) * r + b3) * r + b4
             dst[j] = np.float32(num * q / (den * r + 1.0) * scale)
-            flags[j] = np.uint8(1 if np.uint32(w + shift) < span else 0)
+            flags[j] = np.uint8(1 if _in_tail(w, tail_words) else 0)
         flags[m:] = 0
         k = 0
         for g in range(0, m, 64):  # 3. the tails gathered
