@@ -226,8 +226,8 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
        ``(w + tail_words) mod 2**32 < 2 * tail_words`` (``tail_words`` from
        :func:`_tail_words`, the count of words whose ``u`` is below ``p_low``);
     3. the tails (about 4.85 %) gathered: the bytes of 64 values packed into one 64-bit
-       mask (a multiply per 8 bytes), whose set bits are visited; their indices and words
-       are kept;
+       mask (a multiply per 8 bytes), whose set bits are visited (six of them without a
+       branch, the rest in a loop); their indices and words are kept;
     4. ``tail_u = min(u, 1 - u)`` of those, ``frexp`` from its IEEE-754 bits (exact, as
        the reference's), then the log series, the square root and the tail's rational
        function, over the gathered values;
@@ -241,11 +241,11 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
     rows = max(1, _BLOCK // lanes)
     size = rows * lanes
     padded = -(-size // 64) * 64
-    words = np.empty(size, np.uint32)
+    words = np.zeros(size + 64, np.uint32)
     flags = np.zeros(padded, np.uint8)
     flag_words = flags.view(np.uint64)
-    where = np.empty(size, np.int64)
-    tail_word = np.empty(size, np.uint32)
+    where = np.empty(size + 6, np.int64)
+    tail_word = np.empty(size + 6, np.uint32)
     tails = np.empty(size, np.float64)
     tail_bits = tails.view(np.uint64)
     mantissas = np.empty(size, np.float64)
@@ -289,6 +289,12 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
             for i in range(8):
                 packed = (flag_words[(g >> 3) + i] * _PACK_BYTES) >> np.uint64(56)
                 mask |= packed << np.uint64(8 * i)
+            for _ in range(6):  # without branches (most groups have at most 6 tails)
+                j = g + trailing_zeros(mask)  # g + 64 once the mask is empty: in the padding
+                where[k] = j
+                tail_word[k] = words[j]
+                k += 1 if mask else 0
+                mask &= mask - np.uint64(1)
             while mask:
                 j = g + trailing_zeros(mask)
                 where[k] = j
