@@ -6,6 +6,8 @@ Times, interleaved (each repeat runs every case once), the median of ``--repeats
   the normal weights within 2x of it);
 - the fused Kaiming-normal kernel (``hiddenite.kernels.xorshift_cpu``, 4,096 lanes) with
   one thread and with ``torch.get_num_threads()`` threads;
+- the same kernel (one thread) and ``ndarray.fill`` writing into one reused buffer: no
+  page faults, so the arithmetic of the kernel alone against the writing of the values;
 - with ``--before REV``, the same kernel from git revision ``REV`` of this repository (its
   ``xorshift_cpu.py`` loaded as a separate module), on one thread and on all.
 
@@ -83,6 +85,18 @@ def main() -> None:
             cases[f"kaiming-normal, {label}, 1 thread"] = normal(module, 1)
             if threads > 1:
                 cases[f"kaiming-normal, {label}, {threads} threads"] = normal(module, threads)
+        reused = np.empty(args.n, dtype=np.float32)
+        tail_words = xorshift_cpu._tail_words(init._P_LOW)
+
+        def normal_reused() -> np.ndarray:
+            torch.set_num_threads(1)
+            xorshift_cpu._run(
+                xorshift_cpu._fill_normal, seeds, args.n, reused, scale, *acklam[:4], tail_words
+            )
+            return reused
+
+        cases["kaiming-normal, fused numba, 1 thread, reused buffer"] = normal_reused
+        cases["ndarray.fill float32, reused buffer"] = lambda: reused.fill(0.5)
         first = None
         for name, fn in cases.items():  # warm-up (compilation), and the bits compared
             values = fn()
