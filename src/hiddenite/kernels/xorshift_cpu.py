@@ -24,7 +24,9 @@ fused with the generator, so no full-size word buffer exists:
 - ``SIGN``: ``+c`` when bit 31 of the word is set, else ``-c`` (signed constant);
 - ``UNIFORM``: ``((word + 0.5) * 2**-32 * 2 - 1) * bound`` in float64, rounded once;
 - ``NORMAL``: Acklam's inverse normal CDF of ``(word + 0.5) * 2**-32`` (coefficients passed
-  in by :mod:`hiddenite.init`, the one place they are written), times ``std``.
+  in by :mod:`hiddenite.init`, the one place they are written), times ``std``; computed in
+  vectorised passes over cache-sized blocks, the 4.85 % of values in the tails gathered
+  and done apart (:func:`_fill_normal`).
 """
 
 from __future__ import annotations
@@ -395,8 +397,8 @@ def lane_values(
     out = np.empty(n, dtype=np.float32)
     if n and mode == NORMAL:
         a, b, c, d, p_low = normal
-        words = _tail_words(float(p_low))
-        _run(_fill_normal, seeds, n, out, float(scale), a, b, c, d, words)
+        tail_words = _tail_words(float(p_low))
+        _run(_fill_normal, seeds, n, out, float(scale), a, b, c, d, tail_words)
     elif n:
         _run(_fill_values, seeds, n, out, mode, float(scale))
     return out
