@@ -293,6 +293,8 @@ def test_fused_normal_at_the_branch_points(scale):
         (300_001, 4096),  # chunks on threads, a partial last row
         (262_145, 4097),  # one row per block, longer than the block
         (20_011, 5000),
+        (40_013, 9000),  # rows wider than a block: pieces of 4,096 lanes
+        (100_000, 100_000),
     ],
 )
 def test_fused_normal_equals_the_reference_over_sizes_and_lanes(n, n_lanes):

@@ -218,8 +218,9 @@ def _in_tail_array(words, tail_words):
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no zero-divisor test: it blocks SIMD
 def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
-    """Like :func:`_fill_values` for ``NORMAL``, in passes over blocks of about ``_BLOCK``
-    values whose buffers stay in the L1 cache, each pass but the third a loop without
+    """Like :func:`_fill_values` for ``NORMAL``, in passes over blocks of at most ``_BLOCK``
+    values (whole rows of lanes, or a piece of a row wider than that), whose buffers stay
+    in the L1 cache whatever the lane count; each pass but the third is a loop without
     branches that LLVM vectorises:
 
     1. the block's words (every lane stepped);
@@ -240,8 +241,9 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
     branch test is done on the integer word, which selects the same values.
     """
     lanes = state.size
-    rows = max(1, _BLOCK // lanes)
-    size = rows * lanes
+    rows = max(1, _BLOCK // lanes)  # a block: whole rows of lanes, or a piece of one row
+    width = min(lanes, _BLOCK)
+    size = rows * width
     padded = -(-size // 64) * 64
     words = np.zeros(size + 64, np.uint32)
     flags = np.zeros(padded, np.uint8)
@@ -259,74 +261,79 @@ def _fill_normal(state, first, last, n, out, scale, a, b, c, d, tail_words):
     d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
     for r0 in range(first, last, rows):
         r1 = min(last, r0 + rows)
-        base = r0 * lanes
-        m = min(r1 * lanes, n) - base
-        if lanes < _FEW_LANES:  # 1. the words
-            for j in range(lanes):
-                x = np.uint64(state[j])
-                for r in range(r1 - r0):
-                    x = _step(x)
-                    words[r * lanes + j] = np.uint32(x)
-                state[j] = np.uint32(x)
-        else:
-            for r in range(r1 - r0):
-                row = words[r * lanes : (r + 1) * lanes]
+        for j0 in range(0, lanes, width):
+            j1 = min(lanes, j0 + width)
+            start = r0 * lanes + j0
+            m = min((r1 - 1) * lanes + j1, n) - start
+            if lanes < _FEW_LANES:  # 1. the words
                 for j in range(lanes):
-                    x = np.uint32(_step(np.uint64(state[j])))
-                    state[j] = x
-                    row[j] = x
-        dst = out[base : base + m]
-        for j in range(m):  # 2. the central branch, and the tails' flags
-            w = words[j]
-            q = (float(w) + 0.5) * _HALF_ULP - 0.5
-            r = q * q
-            num = ((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5
-            den = (((b0 * r + b1) * r + b2) * r + b3) * r + b4
-            dst[j] = np.float32(num * q / (den * r + 1.0) * scale)
-            flags[j] = np.uint8(1 if _in_tail(w, tail_words) else 0)
-        flags[m:] = 0
-        k = 0
-        for g in range(0, m, 64):  # 3. the tails gathered
-            mask = np.uint64(0)
-            for i in range(8):
-                packed = (flag_words[(g >> 3) + i] * _PACK_BYTES) >> np.uint64(56)
-                mask |= packed << np.uint64(8 * i)
-            for _ in range(6):  # without branches (most groups have at most 6 tails)
-                j = g + trailing_zeros(mask)  # g + 64 once the mask is empty: in the padding
-                where[k] = j
-                tail_word[k] = words[j]
-                k += 1 if mask else 0
-                mask &= mask - np.uint64(1)
-            while mask:
-                j = g + trailing_zeros(mask)
-                where[k] = j
-                tail_word[k] = words[j]
-                k += 1
-                mask &= mask - np.uint64(1)
-        for t in range(k):  # 4. tail_u, its frexp, the tail's quantile
-            u = (float(tail_word[t]) + 0.5) * _HALF_ULP
-            tails[t] = min(u, 1.0 - u)
-        for t in range(k):
-            x = tail_bits[t]
-            exponents[t] = float(np.int64(x >> _EXPONENT_SHIFT) - 1022)
-            mantissa_bits[t] = (x & _FRACTION) | _HALF_EXPONENT
-        for t in range(k):
-            mantissa = mantissas[t]
-            e = exponents[t]
-            small = mantissa < _SQRT_HALF
-            mantissa = mantissa * 2.0 if small else mantissa
-            e = e - 1.0 if small else e
-            s = (mantissa - 1.0) / (mantissa + 1.0)
-            s2 = s * s
-            poly = 1.0 / 25.0
-            for i in range(11, -1, -1):
-                poly = poly * s2 + 1.0 / (2 * i + 1)
-            v = math.sqrt(-2.0 * (e * _LN2 + 2.0 * s * poly))
-            num = ((((c0 * v + c1) * v + c2) * v + c3) * v + c4) * v + c5
-            tails[t] = num / ((((d0 * v + d1) * v + d2) * v + d3) * v + 1.0)
-        for t in range(k):  # 5. the tail values over the central ones
-            tail = tails[t] if tail_word[t] < np.uint32(0x80000000) else -tails[t]
-            dst[where[t]] = np.float32(tail * scale)
+                    x = np.uint64(state[j])
+                    for r in range(r1 - r0):
+                        x = _step(x)
+                        words[r * lanes + j] = np.uint32(x)
+                    state[j] = np.uint32(x)
+            else:
+                piece = state[j0:j1]
+                for r in range(r1 - r0):
+                    row = words[r * width : (r + 1) * width]
+                    for j in range(piece.size):
+                        x = np.uint32(_step(np.uint64(piece[j])))
+                        piece[j] = x
+                        row[j] = x
+            if m <= 0:
+                continue  # lanes past the end of the last row
+            dst = out[start : start + m]
+            for j in range(m):  # 2. the central branch, and the tails' flags
+                w = words[j]
+                q = (float(w) + 0.5) * _HALF_ULP - 0.5
+                r = q * q
+                num = ((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5
+                den = (((b0 * r + b1) * r + b2) * r + b3) * r + b4
+                dst[j] = np.float32(num * q / (den * r + 1.0) * scale)
+                flags[j] = np.uint8(1 if _in_tail(w, tail_words) else 0)
+            flags[m:] = 0
+            k = 0
+            for g in range(0, m, 64):  # 3. the tails gathered
+                mask = np.uint64(0)
+                for i in range(8):
+                    packed = (flag_words[(g >> 3) + i] * _PACK_BYTES) >> np.uint64(56)
+                    mask |= packed << np.uint64(8 * i)
+                for _ in range(6):  # without branches (most groups have at most 6 tails)
+                    j = g + trailing_zeros(mask)  # g + 64 once the mask is empty: padding
+                    where[k] = j
+                    tail_word[k] = words[j]
+                    k += 1 if mask else 0
+                    mask &= mask - np.uint64(1)
+                while mask:
+                    j = g + trailing_zeros(mask)
+                    where[k] = j
+                    tail_word[k] = words[j]
+                    k += 1
+                    mask &= mask - np.uint64(1)
+            for t in range(k):  # 4. tail_u, its frexp, the tail's quantile
+                u = (float(tail_word[t]) + 0.5) * _HALF_ULP
+                tails[t] = min(u, 1.0 - u)
+            for t in range(k):
+                x = tail_bits[t]
+                exponents[t] = float(np.int64(x >> _EXPONENT_SHIFT) - 1022)
+                mantissa_bits[t] = (x & _FRACTION) | _HALF_EXPONENT
+            for t in range(k):
+                mantissa = mantissas[t]
+                e = exponents[t]
+                small = mantissa < _SQRT_HALF
+                mantissa = mantissa * 2.0 if small else mantissa
+                e = e - 1.0 if small else e
+                s = (mantissa - 1.0) / (mantissa + 1.0)
+                s2 = s * s
+                poly = 1.0 / 25.0
+                for i in range(11, -1, -1):
+                    poly = poly * s2 + 1.0 / (2 * i + 1)
+                v = math.sqrt(-2.0 * (e * _LN2 + 2.0 * s * poly))
+                num = ((((c0 * v + c1) * v + c2) * v + c3) * v + c4) * v + c5
+                tails[t] = num / ((((d0 * v + d1) * v + d2) * v + d3) * v + 1.0)
+            for t in range(k):  # 5. the tail values over the central ones
+                tail = tails[t] if tail_word[t] < np.uint32(0x80000000) else -tails[t]
+                dst[where[t]] = np.float32(tail * scale)
 
 
 def _tail_words(p_low: float) -> int:
