@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hiddenite import SupermaskConfig, fileformat, is_supermask, models
+from hiddenite import SupermaskConfig, fileformat, init, is_supermask, models
 from hiddenite.init import INITS, frozen_weights, uniform_values
 from hiddenite.kernels import xorshift_cpu as kernels
 from hiddenite.prng import (
@@ -27,6 +27,7 @@ from hiddenite.prng import (
     lanes_numba,
     lanes_numpy,
     lanes_torch,
+    layer_seeds,
     xorshift32,
 )
 
@@ -207,3 +208,110 @@ def test_top_fraction_mask_of_a_large_tied_layer_keeps_the_count():
     assert int(mask.sum()) == m
     ones = torch.nonzero(scores).flatten()
     assert torch.equal(torch.nonzero(mask).flatten(), ones[:m])
+
+
+# The Kaiming-normal kernel (_fill_normal): blocks of values in passes, the tails gathered.
+
+_ACKLAM = (*(np.array(v) for v in (init._A, init._B, init._C, init._D)), init._P_LOW)
+_TAIL_WORDS = kernels._tail_words(init._P_LOW)
+
+
+def _normal_reference(words: np.ndarray, scale: float) -> np.ndarray:
+    """float32 Kaiming-normal values of uint32 ``words`` by the torch reference path."""
+    u = init.words_to_unit_interval(torch.from_numpy(words.astype(np.int64)))
+    return (init.inverse_normal_cdf(u) * scale).to(torch.float32).numpy()
+
+
+def _unstep(y: int) -> int:
+    """The xorshift32 state whose next state is ``y`` (the step undone, shift by shift)."""
+    for shift, left in ((5, True), (17, False), (13, True)):
+        x = y
+        for _ in range(32 // shift + 1):  # x = y ^ (x << shift): a fixed point in 32 // s steps
+            x = y ^ (((x << shift) & 0xFFFFFFFF) if left else (x >> shift))
+        y = x
+    return y
+
+
+def test_unstep_inverts_the_xorshift32_step():
+    for y in (1, 2, 0x80000000, 0xFFFFFFFF, 2463534242, 12345):
+        assert int(xorshift32(_unstep(y), 1)[0]) == y
+
+
+def test_tail_word_count_is_the_reference_branch_test():
+    lo = _TAIL_WORDS
+    assert 0 < lo < 2**31
+    for w in [0, 1, lo - 2, lo - 1, lo, lo + 1, 2**31 - 1, 2**31]:
+        for word in (w, 2**32 - 1 - w):  # and the mirror word, for the upper tail
+            u = (word + 0.5) * 2.0**-32
+            in_tail = min(u, 1.0 - u) < init._P_LOW
+            assert in_tail == (((word + lo) % 2**32) < 2 * lo), word
+            assert kernels._in_tail_array(np.array([word], np.uint32), lo)[0] == in_tail
+    assert (lo - 1 + 0.5) * 2.0**-32 < init._P_LOW <= (lo + 0.5) * 2.0**-32
+    with pytest.raises(ValueError, match="p_low"):
+        kernels._tail_words(0.5)
+
+
+def _branch_point_words() -> np.ndarray:
+    lo = _TAIL_WORDS
+    chosen = {0, 1, 2, 3, 2**31 - 1, 2**31, 2**32 - 1, 2**32 - 2}
+    for w in range(lo - 3, lo + 3):  # both tails' edges
+        chosen |= {w, 2**32 - 1 - w}
+    for k in range(1, 27):  # tail_u whose mantissa sits just below / above sqrt(1/2)
+        v = int(math.sqrt(0.5) * 2**k - 0.5)
+        for w in range(max(0, v - 1), v + 2):
+            if w < lo:
+                chosen |= {w, 2**32 - 1 - w}
+    rng = np.random.default_rng(11)
+    chosen |= set(rng.integers(0, lo, 300).tolist())  # deep in the tails
+    chosen |= set(rng.integers(0, 2**32, 300).tolist())
+    return np.array(sorted(chosen), dtype=np.uint32)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.0208])
+def test_fused_normal_at_the_branch_points(scale):
+    """Lanes seeded so that their first words are the chosen ones: every branch edge, both
+    tails and the frexp mantissa edge, against the reference values bit for bit."""
+    words = _branch_point_words()
+    seeds = np.array([_unstep(int(w)) for w in words], dtype=np.uint32)
+    assert np.array_equal(kernels.lane_words(seeds, words.size), words)
+    got = kernels.lane_values(seeds, words.size, kernels.NORMAL, scale, _ACKLAM)
+    assert np.array_equal(got.view(np.uint32), _normal_reference(words, scale).view(np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("n", "n_lanes"),
+    [
+        (1, 1),
+        (63, 1),
+        (4097, 1),
+        (70_001, 3),  # few lanes: blocks of 1,365 steps
+        (65, 15),
+        (4_099, 16),  # the first lane count stepped across the lanes
+        (9_001, 17),
+        (12_289, 4095),
+        (8_191, 4096),
+        (300_001, 4096),  # chunks on threads, a partial last row
+        (262_145, 4097),  # one row per block, longer than the block
+        (20_011, 5000),
+        (40_013, 9000),  # rows wider than a block: pieces of 4,096 lanes
+        (100_000, 100_000),
+    ],
+)
+def test_fused_normal_equals_the_reference_over_sizes_and_lanes(n, n_lanes):
+    seeds = layer_seeds(77, 5, n, n_lanes, 0)
+    got = kernels.lane_values(seeds, n, kernels.NORMAL, 0.75, _ACKLAM)
+    expected = _normal_reference(lanes_numpy(77, 5, n, n_lanes, 0), 0.75)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    n=st.integers(0, 150_000),
+    n_lanes=st.integers(1, 6000),
+)
+def test_fused_normal_equals_the_reference_for_any_arguments(seed, n, n_lanes):
+    kw = dict(init="kaiming-normal", seed=seed, layer_index=1, fan_in=9, n_lanes=n_lanes)
+    expected = frozen_weights((n,), kernel="numpy", **kw)
+    got = frozen_weights((n,), kernel="numba", **kw)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
