@@ -300,6 +300,15 @@ class Method(abc.ABC):
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
         """Set the learned state so that :meth:`weight` gives what was exported."""
 
+    def restored_matches(self, layer: Any, arrays: dict[str, np.ndarray]) -> bool:
+        """True when ``layer``, just restored from ``arrays``, gives back exactly those parts
+        (the load's check of :meth:`restore`). The default exports every part once more and
+        compares; a method may prove the same in fewer passes."""
+        again = self.export(layer)
+        return sorted(again) == sorted(arrays) and all(
+            np.array_equal(np.asarray(again[key]), np.asarray(want)) for key, want in arrays.items()
+        )
+
     def check(self, items: list[LayerItem]) -> None:
         """Raise ValueError if decoded parts cannot come from this method (counts, values).
 
