@@ -54,7 +54,13 @@ from torch import nn
 from . import codecs, models
 from ._version import __version__
 from .atomic import atomic_write, write_chunks
-from .convert import SupermaskConfig, supermask_, version_1_method
+from .convert import (
+    SupermaskConfig,
+    can_materialize,
+    materialize_,
+    supermask_,
+    version_1_method,
+)
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
@@ -1457,9 +1463,11 @@ def _decode_parts(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.nd
 
 def _target(
     info: ModelFileInfo, model: nn.Module | None, max_weights: int
-) -> tuple[nn.Module | None, _Layout]:
-    """The module to restore into (None: build the zoo model) and its layout, checked."""
+) -> tuple[nn.Module | None, _Layout, nn.Module | None]:
+    """The module to restore into (None: build the zoo model), its layout, checked, and the
+    zoo model's ``meta`` skeleton (None for a given module)."""
     config = info.config
+    skeleton = None
     if model is None:
         if info.arch is None:
             raise ModelFormatError(
@@ -1467,7 +1475,8 @@ def _target(
                 "as load(path, model=module)"
             )
         name, kwargs = info.arch
-        layout = _layout(_skeleton(name, kwargs, config))
+        skeleton = _skeleton(name, kwargs, config)
+        layout = _layout(skeleton)
         what = f"architecture {name!r}"
     else:
         if not _supermask_layers(model):
@@ -1489,7 +1498,7 @@ def _target(
         raise ModelFormatError(str(exc)) from None
     _fit(layout, info.entries, config)
     _fit_params(layout, {p["name"]: tuple(p["shape"]) for p in info.meta["params"]}, what)
-    return model, layout
+    return model, layout, skeleton
 
 
 def _load(
@@ -1497,7 +1506,7 @@ def _load(
 ) -> tuple[nn.Module, ModelFileInfo]:
     head, file_bytes = _read_head(fh, path)
     info = _parse(head, file_bytes, path)
-    model, _ = _target(info, model, max_weights)
+    model, _, skeleton = _target(info, model, max_weights)
     blob = head + fh.read(file_bytes - len(head))
     if len(blob) != file_bytes:
         raise ModelFormatError("file is truncated (shrank while being read)")
@@ -1509,8 +1518,11 @@ def _load(
     decoded = _decode_parts(info, data)
     if model is None:
         name, kwargs = info.arch
-        try:
-            model = models.create(name, info.config, init_state=False, **kwargs)
+        try:  # the checked skeleton given memory, else built again (as create would)
+            if can_materialize(skeleton):
+                model = materialize_(skeleton, torch.get_default_device())
+            else:
+                model = models.create(name, info.config, init_state=False, **kwargs)
         except Exception as exc:  # the meta-device layout built, so this is memory or torch
             raise ModelFormatError(
                 f"architecture {name!r} cannot be built ({_first(exc)})"

@@ -46,9 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import SupermaskConfig, supermask_
+from ..convert import SupermaskConfig, can_materialize, materialize_, supermask_
 from ..errors import ConfigError
-from ..layers import SupermaskLayer
 from ..resources import check_weights, weight_count
 from .attention import SEConvNet, se_resnet
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -312,45 +311,18 @@ def create(
     """
     info = model_info(name)
     args = _arguments(info, kwargs)
-    model = None
-    if config is not None and not init_state:
-        model = _build_for_loading(info, args, config)
-    if model is None:
-        model = info.builder(**args)
-        if config is not None:
-            supermask_(model, config, init_state=init_state)
-    model.hiddenite_arch = (name, dict(args))
-    return model
-
-
-def _holds_tensors(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False)) or any(
-        True for _ in module.buffers(recurse=False)
-    )
-
-
-def _build_for_loading(
-    info: ModelInfo, args: dict[str, Any], config: SupermaskConfig
-) -> nn.Module | None:
-    """The converted model without torch's random init of the layers conversion replaces:
-    built on the ``meta`` device, given memory, converted (twins regenerate their frozen
-    weights; learned state at zero), then every other module holding tensors resets itself
-    (batch norm: ones, zeros and fresh running statistics, as its constructor leaves them).
-    None when some module holding tensors is not a ``torch.nn`` layer with
-    ``reset_parameters`` (its initial state could differ), or when building on ``meta``."""
     device = torch.get_default_device()
-    if device.type == "meta":
-        return None
-    with torch.device("meta"):
-        model = info.builder(**args)
-    for module in model.modules():
-        if _holds_tensors(module) and not (
-            type(module).__module__.startswith("torch.nn.") and hasattr(module, "reset_parameters")
-        ):
-            return None
-    model.to_empty(device=device)  # no fill: the converted layers' memory is never touched
-    supermask_(model, config, init_state=False)
-    for module in model.modules():
-        if not isinstance(module, SupermaskLayer) and _holds_tensors(module):
-            module.reset_parameters()
+    if config is not None and not init_state and device.type != "meta":
+        # built on meta and given memory: no torch init of the layers conversion replaces
+        with torch.device("meta"):
+            model = info.builder(**args)
+            supermask_(model, config, init_state=False)
+        if can_materialize(model):
+            materialize_(model, device)
+            model.hiddenite_arch = (name, dict(args))
+            return model
+    model = info.builder(**args)
+    if config is not None:
+        supermask_(model, config, init_state=init_state)
+    model.hiddenite_arch = (name, dict(args))
     return model
