@@ -26,7 +26,16 @@ from ..masks import (
     masked_weight,
     top_fraction_mask,
 )
-from .base import LayerCost, LayerItem, Method, MethodConfig, Part, fan_in, register_method
+from .base import (
+    LayerCost,
+    LayerItem,
+    Method,
+    MethodConfig,
+    Part,
+    fan_in,
+    register_method,
+    zeros_like,
+)
 
 SCOPES = ("layer", "global")
 
@@ -78,7 +87,7 @@ class TopKScores(Method):
                 layer.mask_group = group
 
     def setup(self, layer: Any) -> None:
-        layer.scores = nn.Parameter(torch.zeros_like(layer.weight))
+        layer.scores = nn.Parameter(zeros_like(layer.weight))
         layer.mask_group = None
 
     def initialize(self, layer: Any) -> None:
