@@ -1560,8 +1560,9 @@ def load(
 
     Frozen weights are regenerated from the seed; each layer's method restores its learned
     state from the stored parts (an edge-popup layer's scores become its 0/1 mask, which its
-    own top-k selection re-selects exactly; the original scores are not in the file: resume
-    training from the checkpoint instead). With float32 parameters the outputs equal the saved
+    own top-k selection re-selects exactly, and the layer uses the mask itself until its
+    scores change; the original scores are not in the file: resume training from the
+    checkpoint instead). With float32 parameters the outputs equal the saved
     model's bit for bit.
 
     ``model``: restore into this module instead of building the zoo architecture the file
@@ -1570,9 +1571,9 @@ def load(
     converted here with the file's config, exactly the layers the file lists). The first layer
     whose name, shape, method or density differs raises ModelFormatError.
     ``max_weights`` caps the weight count (memory is about 9 bytes per weight while
-    building). ``check_masks`` exports every layer's parts once more to confirm the restored
-    layer gives exactly the stored parts (about one forward pass of top-k work; False skips
-    it). Raises ModelFormatError for any bad, truncated or hostile file.
+    building). ``check_masks`` confirms that every restored layer gives exactly its stored
+    parts (``Method.restored_matches``: one pass over an edge-popup layer, no selection; False
+    skips it). Raises ModelFormatError for any bad, truncated or hostile file.
     """
     if isinstance(max_weights, bool) or not isinstance(max_weights, int) or max_weights < 1:
         raise ValueError(f"max_weights must be a positive integer, got {max_weights!r}")
