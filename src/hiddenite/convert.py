@@ -355,8 +355,10 @@ def supermask_(
 
 
 def _holds_tensors(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False)) or any(
-        True for _ in module.buffers(recurse=False)
+    """Whether ``module`` itself (not its children) registers a parameter or buffer (read
+    from its registries: ``parameters(recurse=False)`` walks the module tree each call)."""
+    return any(t is not None for t in module._parameters.values()) or any(
+        t is not None for t in module._buffers.values()
     )
 
 
