@@ -7,6 +7,7 @@ restored 0/1 scores (``top_fraction_mask``)."""
 from __future__ import annotations
 
 import copy
+import io
 
 import numpy as np
 import pytest
@@ -138,3 +139,17 @@ def test_a_held_mask_with_the_wrong_kept_count_is_not_saved(tmp_path):
     held.view(-1)[int(torch.nonzero(~held.view(-1))[0])] = True
     with pytest.raises(ValueError, match="keeps"):
         save(loaded, tmp_path / "bad.hnn")
+
+
+def test_a_loaded_model_pickles_and_the_copy_selects_again(tmp_path):
+    _, path = saved(tmp_path)
+    loaded = load(path)
+    with torch.no_grad():
+        want = loaded(x())
+    buffer = io.BytesIO()
+    torch.save(loaded, buffer)  # the whole module, as some users save it
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)  # our own bytes, written just above
+    assert all(layer.method._held(layer) is None for layer in hidden(again))
+    with torch.no_grad():
+        assert torch.equal(again(x()), want)

@@ -10,7 +10,6 @@ regenerated from the seed, a signed add per kept weight.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,14 +61,14 @@ def initial_scores(layer: Any, stream: str = "scores") -> torch.Tensor:
 
 
 def _key(scores: torch.Tensor) -> tuple:
-    """What identifies a score tensor's present values: the tensor itself (by weak reference,
-    so a copied module never matches), its storage, device and in-place version."""
-    return (weakref.ref(scores), scores.data_ptr(), scores.device, scores._version)
+    """What identifies a score tensor's present values: the tensor itself, its storage, device
+    and in-place version (a moved, copied or unpickled module never matches)."""
+    return (scores, scores.data_ptr(), scores.device, scores._version)
 
 
 def _same(key: tuple, scores: torch.Tensor) -> bool:
-    ref, *rest = key
-    return ref() is scores and tuple(rest) == _key(scores)[1:]
+    held, *rest = key
+    return held is scores and tuple(rest) == _key(scores)[1:]
 
 
 class TopKScores(Method):
