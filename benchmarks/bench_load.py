@@ -10,13 +10,17 @@ in the machine's load hit all alike), the median of ``--repeats``:
   re-check that each restored layer gives back its stored mask (on by default);
 - ``hiddenite.load(path, check_masks=False)`` for comparison;
 - ``safetensors.torch.load_file`` of the float32 weights, touching every 4 KiB page (the file
-  is mapped lazily; without the touch nothing would be read).
+  is mapped lazily; without the touch nothing would be read);
+- two floors of materialising the weights at all: ``np.full`` of a float32 buffer the size of
+  the hidden weights (a constant fill), and the frozen weights alone (``frozen_weights`` of
+  every layer, the fused kernels), which every load regenerates.
 
 Warm: the files are in the page cache. Cold: before each timed run the file is dropped from
 the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (after an ``fsync``, so its pages
 are clean and can be dropped).
 
-``--profile`` instead prints where one warm load's time goes (cProfile, own time).
+``--profile`` instead prints where one warm load's time goes (cProfile: own time, then the
+cumulative time of hiddenite's own functions).
 
 Usage: python benchmarks/bench_load.py [--repeats 7] [--model resnet50] [--density 0.3]
        [--codecs auto rle packed] [--json PATH] [--profile]
@@ -40,6 +44,7 @@ from safetensors.torch import load_file, save_file
 
 import hiddenite
 from hiddenite import SupermaskConfig, fileformat, models, to_dense
+from hiddenite.init import frozen_weights
 
 
 def drop_from_page_cache(path: Path) -> None:
@@ -60,12 +65,12 @@ def read_float32(path: Path) -> dict[str, torch.Tensor]:
 
 
 def interleaved(
-    fns: dict[str, tuple[Path, Callable[[], object]]], repeats: int, cold: bool
+    fns: dict[str, tuple[Path | None, Callable[[], object]]], repeats: int, cold: bool
 ) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, (path, fn) in fns.items():
-            if cold:
+            if cold and path is not None:
                 drop_from_page_cache(path)
             began = time.perf_counter()
             fn()
@@ -73,7 +78,7 @@ def interleaved(
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def profile(path: Path, top: int = 14) -> None:
+def profile(path: Path, top: int = 16) -> None:
     """Print the functions that take the most time (own time) in one warm load."""
     import cProfile
     import pstats
@@ -91,6 +96,14 @@ def profile(path: Path, top: int = 14) -> None:
     for (file, line, name), (_, calls, own, _, _) in rows:
         where = f"{Path(file).name}:{line}" if line else "built-in"
         print(f"| `{name}` ({where}) | {calls} | {own * 1e3:,.0f} | {own / total:.0%} |")
+    package = str(Path(hiddenite.__file__).parent)
+    ours = [(k, v) for k, v in stats.items() if k[0].startswith(package) and k[2] != "<lambda>"]
+    rows = sorted(ours, key=lambda kv: -kv[1][3])[:top]
+    print("\n| hiddenite function (cumulative time) | calls | ms | share |")
+    print("|---|---|---|---|")
+    for (file, line, name), (_, calls, _, cum, _) in rows:
+        where = f"{Path(file).relative_to(package)}:{line}"
+        print(f"| `{name}` ({where}) | {calls} | {cum * 1e3:,.0f} | {cum / total:.0%} |")
 
 
 def main() -> None:
@@ -131,12 +144,13 @@ def main() -> None:
             st_path,
         )
         weights = sum(m.weight.numel() for m in model.modules() if hiddenite.is_supermask(m))
+        specs = [m.frozen_spec() for m in model.modules() if hiddenite.is_supermask(m)]
         del dense, model
 
         if args.profile:
             profile(files[args.codecs[0]])
             return
-        cases: dict[str, tuple[Path, Callable[[], object]]] = {}
+        cases: dict[str, tuple[Path | None, Callable[[], object]]] = {}
         for codec, path in files.items():
             cases[f"hiddenite.load, {codec} codec"] = (path, lambda p=path: hiddenite.load(p))
         auto = files[args.codecs[0]]
@@ -148,11 +162,21 @@ def main() -> None:
             st_path,
             lambda: read_float32(st_path),
         )
+        cases["floor: np.full float32 of the weights' size (constant fill)"] = (
+            None,
+            lambda: np.full(weights, 1.0, dtype=np.float32),
+        )
+        cases["floor: the frozen weights alone (frozen_weights, every layer)"] = (
+            None,
+            lambda: [frozen_weights(**spec) for spec in specs],
+        )
         for _, fn in cases.values():  # warm-up: compiled kernels, page cache
             fn()
         warm = interleaved(cases, args.repeats, cold=False)
         cold = interleaved(cases, args.repeats, cold=True)
-        sizes = {name: path.stat().st_size for name, (path, _) in cases.items()}
+        sizes = {
+            name: f"{path.stat().st_size:,}" if path else "-" for name, (path, _) in cases.items()
+        }
 
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, hiddenite {hiddenite.__version__}, torch "
@@ -167,7 +191,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in cases:
         print(
-            f"| {name} | {sizes[name]:,} | {warm[name] * 1e3:,.1f} | "
+            f"| {name} | {sizes[name]} | {warm[name] * 1e3:,.1f} | "
             f"{warm[name] / warm[base]:.1f}x | {cold[name] * 1e3:,.1f} | "
             f"{cold[name] / cold[base]:.1f}x |"
         )

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from hiddenite import SupermaskConfig, is_supermask, models
+from hiddenite import SupermaskConfig, is_supermask, models, supermask_
 from hiddenite.errors import ConfigError
 from hiddenite.masks import kept_count
 from hiddenite.methods import method_config
@@ -281,3 +281,26 @@ def test_model_errors_are_config_errors():
     with pytest.raises(ConfigError, match="conv8"):
         models.check_arguments("conv8", image_size=8)
     models.check_arguments("conv8", image_size=32)  # fine: no error
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv2", "resnet20", "se-resnet14", "resnet18-folded"])
+def test_a_model_built_for_loading_skips_torch_init_and_equals_the_plain_build(name):
+    """``init_state=False`` builds on ``meta`` and resets only the unconverted modules: no
+    torch random draw, the same state as converting the ordinary build (the layers' biases,
+    left for the loader, aside)."""
+    config = SupermaskConfig(density=0.3, seed=2)
+    before = torch.random.get_rng_state()
+    fast = models.create(name, config, init_state=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # torch's init never ran
+    info = models.model_info(name)
+    plain = info.builder(**models._arguments(info, {}))
+    supermask_(plain, config, init_state=False)
+    want, got = plain.state_dict(keep_vars=True), fast.state_dict(keep_vars=True)
+    assert list(got) == list(want)
+    biases = {f"{n}.bias" for n, m in plain.named_modules() if is_supermask(m)}
+    for key in set(want) - biases:
+        assert torch.equal(got[key], want[key]), key
+    for a, b in zip(fast.modules(), plain.modules(), strict=True):
+        assert type(a) is type(b)
+        if is_supermask(a):
+            assert torch.equal(a.weight, b.weight)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
@@ -44,6 +45,8 @@ __all__ = [
     "ConfigError",
     "LayerPlan",
     "SupermaskConfig",
+    "can_materialize",
+    "materialize_",
     "plan_layers",
     "supermask_",
     "to_dense",
@@ -358,6 +361,51 @@ def supermask_(
         for name in plan.names:  # a module shared under several names stays shared
             _replace(model, name, twin)
     get_method(config.method_name).link(linked, config.method)
+    return model
+
+
+def _holds_tensors(module: nn.Module) -> bool:
+    """Whether ``module`` itself (not its children) registers a parameter or buffer (read
+    from its registries: ``parameters(recurse=False)`` walks the module tree each call)."""
+    return any(t is not None for t in module._parameters.values()) or any(
+        t is not None for t in module._buffers.values()
+    )
+
+
+def can_materialize(model: nn.Module) -> bool:
+    """Whether :func:`materialize_` rebuilds every tensor of ``model``: each module holding
+    tensors is a supermask layer or a ``torch.nn`` layer that has ``reset_parameters``."""
+    return all(
+        isinstance(module, SupermaskLayer)
+        or not _holds_tensors(module)
+        or (type(module).__module__.startswith("torch.nn.") and hasattr(module, "reset_parameters"))
+        for module in model.modules()
+    )
+
+
+def materialize_(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """Give a model converted on the ``meta`` device memory on ``device``, in place: the state
+    that building and converting it there with ``init_state=False`` leaves, without torch's
+    random init of the layers conversion replaces (and without any random draw): the
+    supermask layers regenerate their weights and set up their learned state at zero
+    (:meth:`SupermaskLayer.materialize_`), the layers converted together are linked again,
+    every other module resets itself (batch norm: ones, zeros and fresh running statistics).
+    Biases of supermask layers are left for the caller to load. Requires
+    :func:`can_materialize` (ValueError otherwise)."""
+    if not can_materialize(model):
+        raise ValueError("materialize_: a module holds tensors it cannot reset")
+    model.to_empty(device=device)  # no fill: every tensor is rebuilt or reset below
+    linked: dict[int, tuple[SupermaskConfig, list[SupermaskLayer]]] = {}
+    for module in model.modules():
+        if isinstance(module, SupermaskLayer):
+            module.materialize_()
+            config = module.conversion
+            if config is not None and module.method.name == config.method_name:
+                linked.setdefault(id(config), (config, []))[1].append(module)
+        elif _holds_tensors(module):
+            module.reset_parameters()
+    for config, layers in linked.values():
+        get_method(config.method_name).link(layers, config.method)
     return model
 
 

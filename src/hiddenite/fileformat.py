@@ -57,7 +57,14 @@ from torch import nn
 from . import codecs, models
 from ._version import __version__
 from .atomic import atomic_write, write_chunks
-from .convert import SupermaskConfig, supermask_, unwrap_model, version_1_method
+from .convert import (
+    SupermaskConfig,
+    can_materialize,
+    materialize_,
+    supermask_,
+    unwrap_model,
+    version_1_method,
+)
 from .errors import ConfigError, UserError
 from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
@@ -1702,9 +1709,11 @@ def _decode_parts(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.nd
 
 def _target(
     info: ModelFileInfo, model: nn.Module | None, max_weights: int
-) -> tuple[nn.Module | None, _Layout]:
-    """The module to restore into (None: build the zoo model) and its layout, checked."""
+) -> tuple[nn.Module | None, _Layout, nn.Module | None]:
+    """The module to restore into (None: build the zoo model), its layout, checked, and the
+    zoo model's ``meta`` skeleton (None for a given module)."""
     config = info.config
+    skeleton = None
     if model is None:
         if info.arch is None:
             raise ModelFormatError(
@@ -1712,7 +1721,8 @@ def _target(
                 "as load(path, model=module)"
             )
         name, kwargs = info.arch
-        layout = _layout(_skeleton(name, kwargs, config), info.format_version >= 4)
+        skeleton = _skeleton(name, kwargs, config)
+        layout = _layout(skeleton, info.format_version >= 4)
         what = f"architecture {name!r}"
     else:
         if not _supermask_layers(model):
@@ -1735,7 +1745,7 @@ def _target(
     _fit(layout, info.entries, config)
     _fit_params(layout, {p["name"]: tuple(p["shape"]) for p in info.meta["params"]}, what)
     _fit_precision(layout, info, what)
-    return model, layout
+    return model, layout, skeleton
 
 
 def _load(
@@ -1743,7 +1753,7 @@ def _load(
 ) -> tuple[nn.Module, ModelFileInfo]:
     head, file_bytes = _read_head(fh, path)
     info = _parse(head, file_bytes, path)
-    model, _ = _target(info, model, max_weights)
+    model, _, skeleton = _target(info, model, max_weights)
     blob = head + fh.read(file_bytes - len(head))
     if len(blob) != file_bytes:
         raise ModelFormatError("file is truncated (shrank while being read)")
@@ -1755,8 +1765,11 @@ def _load(
     decoded = _decode_parts(info, data)
     if model is None:
         name, kwargs = info.arch
-        try:
-            model = models.create(name, info.config, init_state=False, **kwargs)
+        try:  # the checked skeleton given memory, else built again (as create would)
+            if can_materialize(skeleton):
+                model = materialize_(skeleton, torch.get_default_device())
+            else:
+                model = models.create(name, info.config, init_state=False, **kwargs)
         except Exception as exc:  # the meta-device layout built, so this is memory or torch
             raise ModelFormatError(
                 f"architecture {name!r} cannot be built ({_first(exc)})"
@@ -1777,12 +1790,8 @@ def _load(
         for (_, layer), arrays in zip(layers, decoded, strict=True):
             layer.method.restore(layer, arrays)
         for (qual, layer), arrays in zip(layers, decoded, strict=True) if check_parts else ():
-            again = layer.method.export(layer)
-            for key, want in arrays.items():
-                if not np.array_equal(np.asarray(again[key]), np.asarray(want)):
-                    raise ModelFormatError(
-                        f"internal: layer {qual!r} does not rebuild its part {key!r}"
-                    )
+            if not layer.method.restored_matches(layer, arrays):
+                raise ModelFormatError(f"internal: layer {qual!r} does not rebuild its parts")
     _restore_precision(model, info)
     return model.eval(), info
 
@@ -1799,10 +1808,11 @@ def load(
 
     Frozen weights are regenerated from the seed; each layer's method restores its learned
     state from the stored parts (an edge-popup layer's scores become its 0/1 mask, which its
-    own top-k selection re-selects exactly; the original scores are not in the file: resume
-    training from the checkpoint instead). Declared activation quantizers (version 4) are
-    attached frozen at their stored scales and declared operators set per layer. With float32
-    parameters the outputs equal the saved model's bit for bit.
+    own top-k selection re-selects exactly, and the layer uses the mask itself until its
+    scores change; the original scores are not in the file: resume training from the
+    checkpoint instead). Declared activation quantizers (version 4) are attached frozen at
+    their stored scales and declared operators set per layer. With float32 parameters the
+    outputs equal the saved model's bit for bit.
 
     ``model``: restore into this module instead of building the zoo architecture the file
     names (needed for a module built outside the zoo): a module converted with
@@ -1810,9 +1820,9 @@ def load(
     converted here with the file's config, exactly the layers the file lists). The first layer
     whose name, shape, method or density differs raises ModelFormatError.
     ``max_weights`` caps the weight count (memory is about 9 bytes per weight while
-    building). ``check_masks`` exports every layer's parts once more to confirm the restored
-    layer gives exactly the stored parts (about one forward pass of top-k work; False skips
-    it). Raises ModelFormatError for any bad, truncated or hostile file.
+    building). ``check_masks`` confirms that every restored layer gives exactly its stored
+    parts (``Method.restored_matches``: one pass over an edge-popup layer, no selection; False
+    skips it). Raises ModelFormatError for any bad, truncated or hostile file.
     """
     if isinstance(max_weights, bool) or not isinstance(max_weights, int) or max_weights < 1:
         raise ValueError(f"max_weights must be a positive integer, got {max_weights!r}")

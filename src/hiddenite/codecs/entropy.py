@@ -58,10 +58,11 @@ def _model(q: int):
 
 
 def _encode_payload(bits: np.ndarray, q: int) -> bytes:
+    """The payload of 1-D ``bits`` (bool, or int32 0/1 symbols as the decoder gives them)."""
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(bits.astype(np.int32), _model(q))
+    encoder.encode(bits.astype(np.int32, copy=False), _model(q))
     return encoder.get_compressed().astype("<u4", copy=False).tobytes()
 
 
@@ -147,12 +148,13 @@ def decode(data: bytes, n: int) -> np.ndarray:
         # constriction reports undecodable data with AssertionError; a Rust panic would surface
         # as pyo3's PanicException, which derives from BaseException.
         raise CodecError(f"entropy payload does not decode: {exc}") from None
-    if symbols.shape != (n,) or (symbols.size and int(symbols.max(initial=0)) > 1):
+    if symbols.shape != (n,) or (
+        symbols.size and (int(symbols.max(initial=0)) > 1 or int(symbols.min(initial=0)) < 0)
+    ):
         raise CodecError("entropy payload decodes to invalid symbols")
-    bits = symbols.astype(np.bool_)
-    if _encode_payload(bits, q) != payload:
+    if _encode_payload(symbols, q) != payload:  # the decoder's int32 symbols, no copy
         raise CodecError(f"entropy payload is corrupt, truncated or has trailing data (n={n} bits)")
-    return bits
+    return symbols.astype(np.bool_)
 
 
 # --------------------------------------------------------------------------- alphabets > 2

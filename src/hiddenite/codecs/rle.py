@@ -24,6 +24,7 @@ import operator
 
 import numpy as np
 
+from ..kernels import mask_cpu
 from ._common import as_bits, as_buffer, check_n
 from .errors import CodecError
 
@@ -131,38 +132,6 @@ def encode(bits: np.ndarray, width: int | None = None) -> bytes:
     return bytes([w]) + _pack_fields(_fields(gaps, trailing, w), w)
 
 
-def _read_fields(buf: np.ndarray, w: int, start: int, count: int) -> np.ndarray:
-    """Fields ``start .. start+count-1`` (int64) of the MSB-first ``w``-bit stream ``buf``.
-
-    ``start`` must be a multiple of 8 and ``buf`` must hold at least 8 zero bytes of padding
-    after the real payload.
-    """
-    first = start * w // 8  # byte-aligned because start % 8 == 0
-    nbytes = (count * w + 7) // 8
-    raw = buf[first : first + nbytes]
-    if w == 8:
-        return raw.astype(np.int64)
-    if w in (16, 32):
-        return np.frombuffer(raw.tobytes(), dtype=f">u{w // 8}").astype(np.int64)
-    if w < 8:
-        mat = np.unpackbits(raw, count=count * w).reshape(count, w)
-        vals = mat[:, 0].astype(np.int64)
-        for k in range(1, w):
-            vals <<= 1
-            vals |= mat[:, k]
-        return vals
-    ext = buf[first : first + nbytes + 8]  # the padding keeps every gather in bounds
-    bitpos = np.arange(count, dtype=np.int64) * w
-    byte = bitpos >> 3
-    span = (7 + w + 7) // 8  # bytes a field can straddle at bit offset 7
-    window = np.zeros(count, dtype=np.uint64)
-    for k in range(span):
-        window <<= np.uint64(8)
-        window |= ext[byte + k]
-    shift = (8 * span - w - (bitpos & 7)).astype(np.uint64)
-    return ((window >> shift) & np.uint64((1 << w) - 1)).astype(np.int64)
-
-
 def decode(data: bytes, n: int) -> np.ndarray:
     """Decode an ``rle`` stream into a bool mask of ``n`` bits; raise CodecError if corrupt.
 
@@ -202,35 +171,13 @@ def decode(data: bytes, n: int) -> np.ndarray:
 
 
 def _decode_fields(buf: np.ndarray, w: int, n: int, payload: int) -> tuple[np.ndarray, int]:
-    """Run the field stream until ``n`` bits are produced: (mask, number of fields used)."""
-    esc = (1 << w) - 1
+    """Run the field stream until ``n`` bits are produced: (mask, number of fields used).
+    ``buf`` ends with 8 zero bytes of padding (compiled: ``kernels.mask_cpu.rle_fields``)."""
     out = np.zeros(n, dtype=np.bool_)
     available = payload * 8 // w  # whole fields present in the payload
-    pos = 0  # bits produced so far
-    start = 0  # index of the next field
-    while True:
-        if start >= available:
-            raise CodecError(f"rle stream is truncated: decoded {pos} of {n} bits")
-        count = min(_CHUNK_FIELDS, available - start)
-        f = _read_fields(buf, w, start, count)
-        is_esc = f == esc
-        # Bits each field produces: E zeros for an escape, else f zeros and one kept weight.
-        # Capping at n + 2 keeps sums small and leaves any overshoot beyond n detectable.
-        step = np.minimum(np.where(is_esc, esc, f + 1), n + 2)
-        cum = np.cumsum(step)
-        cum += pos
-        hit = np.flatnonzero(cum >= n)
-        if hit.size == 0:
-            out[cum[~is_esc] - 1] = True
-            pos = int(cum[-1])
-            start += count
-            continue
-        j = int(hit[0])
-        last = int(cum[j])
-        if last > (n if is_esc[j] else n + 1):
-            raise CodecError(f"rle run overshoots the mask length {n} at field {start + j}")
-        kept = cum[: j + 1][~is_esc[: j + 1]] - 1
-        if kept.size and kept[-1] == n:
-            kept = kept[:-1]  # the terminating field ends on n: zeros only, no kept weight
-        out[kept] = True
-        return out, start + j + 1
+    outcome, used, detail = mask_cpu.rle_fields(buf, w, n, available, out)
+    if outcome == mask_cpu.RLE_TRUNCATED:
+        raise CodecError(f"rle stream is truncated: decoded {detail} of {n} bits")
+    if outcome == mask_cpu.RLE_OVERSHOOT:
+        raise CodecError(f"rle run overshoots the mask length {n} at field {detail}")
+    return out, used

@@ -9,6 +9,7 @@
 - :mod:`hiddenite.kernels.topk_cpu`: compiled (numba) CPU passes of the edge-popup training
   step (bracketed selection, masked product, score gradient), driven by
   :class:`hiddenite.masks.TopKSelector`.
+- :mod:`hiddenite.kernels.mask_cpu`: the load's one-pass check of a restored edge-popup layer.
 
 See ``docs/kernels.md``.
 """

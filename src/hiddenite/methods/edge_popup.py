@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..kernels import mask_cpu
 from ..masks import (
     GlobalThreshold,
     TopKSelector,
@@ -24,7 +25,16 @@ from ..masks import (
     masked_weight,
     top_fraction_mask,
 )
-from .base import LayerCost, LayerItem, Method, MethodConfig, Part, fan_in, register_method
+from .base import (
+    LayerCost,
+    LayerItem,
+    Method,
+    MethodConfig,
+    Part,
+    fan_in,
+    register_method,
+    zeros_like,
+)
 
 SCOPES = ("layer", "global")
 
@@ -50,6 +60,17 @@ def initial_scores(layer: Any, stream: str = "scores") -> torch.Tensor:
     return layer.uniform(shape, 1.0 / math.sqrt(fan_in(shape)), stream)
 
 
+def _key(scores: torch.Tensor) -> tuple:
+    """What identifies a score tensor's present values: the tensor itself, its storage, device
+    and in-place version (a moved, copied or unpickled module never matches)."""
+    return (scores, scores.data_ptr(), scores.device, scores._version)
+
+
+def _same(key: tuple, scores: torch.Tensor) -> bool:
+    held, *rest = key
+    return held is scores and tuple(rest) == _key(scores)[1:]
+
+
 class TopKScores(Method):
     """A real score per weight (``layer.scores``); the top ``kept_count(n, density)`` of
     ``|score|`` are selected per layer, or over every layer converted together when the
@@ -65,7 +86,7 @@ class TopKScores(Method):
                 layer.mask_group = group
 
     def setup(self, layer: Any) -> None:
-        layer.scores = nn.Parameter(torch.zeros_like(layer.weight))
+        layer.scores = nn.Parameter(zeros_like(layer.weight))
         layer.mask_group = None
 
     def initialize(self, layer: Any) -> None:
@@ -88,7 +109,31 @@ class EdgePopup(TopKScores):
         super().setup(layer)
         layer.mask_selector = TopKSelector()  # warm-starts each step's layer-scope selection
 
+    def _held(self, layer: Any) -> torch.Tensor | None:
+        """The mask :meth:`restore` wrote, while it is still what the selection would give:
+        the scores of the layer (and of its global group) are the very tensors, at the very
+        versions, that restore left; None (and the mask is dropped) once any changed, as when
+        an optimizer steps or the module moves to another device."""
+        held = getattr(layer, "restored_mask", None)
+        if held is None:
+            return None
+        group = layer.mask_group
+        for other in (layer,) if group is None else group.layers:
+            kept = getattr(other, "restored_mask", None)
+            scores = other.scores
+            if kept is None or not _same(kept[1], scores):
+                layer.restored_mask = None
+                return None
+        return held[0]
+
+    def _mask(self, layer: Any, in_forward: bool = False) -> torch.Tensor:
+        held = self._held(layer)
+        return held if held is not None else super()._mask(layer, in_forward)
+
     def weight(self, layer: Any) -> torch.Tensor:
+        held = self._held(layer)
+        if held is not None:  # a restored layer not trained since: no selection to run
+            return masked_weight(layer.weight, layer.scores, held)
         if layer.mask_group is None:
             return layer.mask_selector.masked_weight(layer.weight, layer.scores, layer.density)
         return masked_weight(layer.weight, layer.scores, self._mask(layer, True))
@@ -110,10 +155,33 @@ class EdgePopup(TopKScores):
 
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
         bits = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.bool_))
+        bits = bits.reshape(layer.scores.shape)
         with torch.no_grad():  # the top-k selection re-selects exactly the ones
-            layer.scores.copy_(bits.reshape(layer.scores.shape))  # converts in the one pass
+            layer.scores.copy_(bits)  # converts in the one pass
         if layer.mask_group is not None:
             layer.mask_group.invalidate()
+        # the forward pass, the support and the export use the mask itself until the scores
+        # change (training resumes from the 0/1 scores, which select exactly this mask)
+        scores = layer.scores
+        layer.restored_mask = (
+            bits.to(scores.device),
+            _key(scores),
+        )
+
+    def restored_matches(self, layer: Any, arrays: dict[str, np.ndarray]) -> bool:
+        """One pass, no selection: the layer holds the stored mask and its scores are exactly
+        that mask as 0/1 (``check_layer`` confirmed it keeps ``kept_count(n, density)``), so
+        the top-k selection of its scores, by layer or over a global group whose masks all
+        passed, gives back exactly the stored mask."""
+        held = self._held(layer)
+        scores = layer.scores.detach()
+        if held is None or scores.device.type != "cpu" or scores.dtype != torch.float32:
+            return super().restored_matches(layer, arrays)
+        want = np.asarray(arrays["mask"], dtype=np.bool_).reshape(-1)
+        mask = held.reshape(-1).numpy()
+        return bool(np.array_equal(mask, want)) and mask_cpu.is_zero_one_of(
+            scores.contiguous().reshape(-1).numpy(), mask
+        )
 
     def check(self, items: list[LayerItem]) -> None:
         if not items:

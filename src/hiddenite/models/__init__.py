@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import SupermaskConfig, supermask_
+from ..convert import SupermaskConfig, can_materialize, materialize_, supermask_
 from ..errors import ConfigError
 from ..resources import check_weights, weight_count
 from .attention import SEConvNet, se_resnet
@@ -311,6 +311,16 @@ def create(
     """
     info = model_info(name)
     args = _arguments(info, kwargs)
+    device = torch.get_default_device()
+    if config is not None and not init_state and device.type != "meta":
+        # built on meta and given memory: no torch init of the layers conversion replaces
+        with torch.device("meta"):
+            model = info.builder(**args)
+            supermask_(model, config, init_state=False)
+        if can_materialize(model):
+            materialize_(model, device)
+            model.hiddenite_arch = (name, dict(args))
+            return model
     model = info.builder(**args)
     if config is not None:
         supermask_(model, config, init_state=init_state)
