@@ -319,8 +319,13 @@ class Method(abc.ABC):
         """Per-layer check of decoded parts (override)."""
         return  # optional: nothing by default
 
-    def kept(self, shape: tuple[int, ...], config: MethodConfig, density: float,
-             counts: dict[str, tuple[int, ...]]) -> int:
+    def kept(
+        self,
+        shape: tuple[int, ...],
+        config: MethodConfig,
+        density: float,
+        counts: dict[str, tuple[int, ...]],
+    ) -> int:
         """Weights a stored layer uses, from its parts' symbol ``counts`` (as the file header
         records them); the default, exact for a per-layer density, is ``kept_count(n, density)``.
         A method whose layers share one global count overrides it."""

@@ -32,7 +32,7 @@ import torch
 from ..masks import top_fraction_mask
 from .base import MethodConfig
 
-__all__ = ["FrozenCounts", "Freezing", "frozen_pattern", "own_config"]
+__all__ = ["Freezing", "FrozenCounts", "frozen_pattern", "own_config"]
 
 
 @dataclass(frozen=True)

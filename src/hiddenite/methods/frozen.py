@@ -191,7 +191,9 @@ class FrozenConfig(MethodConfig):
                 f"one of {', '.join([NATIVE_INNER, *freezable_methods()])}",
             )
         if self.scope != "layer":
-            self.fail("scope", f"must be 'layer' with inner={self.inner!r} (global needs edge-popup)")
+            self.fail(
+                "scope", f"must be 'layer' with inner={self.inner!r} (global needs edge-popup)"
+            )
 
     @property
     def inner_config(self) -> MethodConfig:
