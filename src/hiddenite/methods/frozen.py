@@ -129,6 +129,8 @@ class FrozenConfig(MethodConfig):
     def __post_init__(self) -> None:
         if isinstance(self.inner_args, dict):  # a JSON object, as --method-arg parses it
             object.__setattr__(self, "inner_args", json.dumps(self.inner_args, sort_keys=True))
+        elif not isinstance(self.inner_args, str):
+            self.fail("inner_args", f"must be a JSON object, got {self.inner_args!r}")
         super().__post_init__()
 
     @classmethod
