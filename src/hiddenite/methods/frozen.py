@@ -1,4 +1,4 @@
-"""``frozen``: edge-popup inside a partially frozen random network (Otsuka et al., TMLR 2025).
+"""``frozen``: a partially frozen random network (Otsuka et al., TMLR 2025), edge-popup inside.
 
 Per layer of ``n`` weights, a seed-derived random set of positions is frozen *pruned* (mask
 always 0) and another frozen *locked* (mask always 1); edge-popup learns a score for each of
@@ -48,6 +48,25 @@ positions; the global density must lie in [N_locked / N, (N - N_pruned) / N] by 
 Stored: one binary part ``mask`` with one bit per free position (position order). Hardware:
 1-bit frozen weights and the freezing pattern regenerated from the seed (streams ``weights``
 and ``frozen``), a signed add per kept weight.
+
+Composed with another method (``inner=NAME``, its own arguments in ``inner_args``): any
+registered method that declares ``freezable`` (a binary connectivity mask chosen by a top-k
+of a score per weight; :mod:`hiddenite.methods.freezing`), found through the registry. The
+freezing pattern, counts, distributions and density rules are the same; ``frozen`` sets
+``layer.freezing`` and delegates the layer to the inner method, which keeps every locked
+position, never a pruned one, chooses ``free_kept`` of the free positions, and stores its
+connectivity for the free positions only (its declared :meth:`frozen_parts`). What each method
+stores per frozen position (nothing) and per kept weight:
+
+- ``trichromatic``: the connectivity colour is frozen; sign and magnitude still cover every
+  kept weight, the locked ones included (they are used, so they are learned and stored);
+- ``signed``: freezing fixes the ternary symbol, as it fixes edge-popup's bit: pruned = hide,
+  locked = keep (never inverted), one symbol per free position;
+- ``multicoat``: pruned = level 0, locked = level 1 (in the connectivity coat, unit
+  multiplier); the coats are chosen among the free positions, one level per free position.
+
+Global scope is edge-popup's alone (``scope="global"`` with another inner is a ConfigError);
+hardware: the inner method's cost plus the ``frozen`` stream.
 """
 
 from __future__ import annotations
