@@ -62,7 +62,7 @@ def runs(density_grid: list[float]) -> list[tuple[str, dict]]:
     # freezing composed with trichromatic (the connectivity colour frozen and stored for the
     # free positions only; the sign colour learned on every kept weight), against plain
     # trichromatic at densities that store about as many bits
-    for p in (0.5, 0.6):
+    for p in (0.5, 0.6, 0.65):
         composed = method_config("frozen", pruned=p, inner="trichromatic")
         out.append(
             (
