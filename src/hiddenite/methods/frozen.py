@@ -353,7 +353,7 @@ class _FrozenMaskedWeight(torch.autograd.Function):
 class Frozen(Method):
     name = "frozen"
     config_type = FrozenConfig
-    streams = ("scores", "frozen")
+    streams = ("scores", "frozen")  # composed: "frozen" plus the inner method's own streams
 
     @staticmethod
     def _inner(config: FrozenConfig) -> Method | None:
