@@ -179,7 +179,7 @@ class FrozenConfig(MethodConfig):
         if self.pruned + self.locked >= 1.0:
             self.fail(
                 "pruned",
-                f"pruned + locked must be < 1 (some weights must stay free), got "
+                f"+ locked must be < 1 (some weights must stay free), got "
                 f"{self.pruned} + {self.locked}",
             )
         if self.distribution not in DISTRIBUTIONS:
