@@ -59,6 +59,21 @@ def runs(density_grid: list[float]) -> list[tuple[str, dict]]:
         ("signed k=0.3", {"supermask": {"density": 0.3, "method": "signed"}}),
         ("trichromatic k=0.3", {"supermask": {"density": 0.3, "method": "trichromatic"}}),
     ]
+    # freezing composed with trichromatic (the connectivity colour frozen and stored for the
+    # free positions only; the sign colour learned on every kept weight), against plain
+    # trichromatic at densities that store about as many bits
+    for p in (0.5, 0.6, 0.65):
+        composed = method_config("frozen", pruned=p, inner="trichromatic")
+        out.append(
+            (
+                f"frozen+trichromatic p={p:g} k=0.3",
+                {"supermask": {"density": 0.3, "method": composed}},
+            )
+        )
+    for k in (0.1, 0.15):
+        out.append(
+            (f"trichromatic k={k:g}", {"supermask": {"density": k, "method": "trichromatic"}})
+        )
     for bits in (1, 2, 4):
         analog = method_config("analog", bits=bits)
         out.append(

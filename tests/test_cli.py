@@ -546,3 +546,19 @@ class _StopError(Exception):
 
 def _stop():
     raise _StopError
+
+
+def test_train_frozen_composed_with_trichromatic(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *MLP, *FAST, "--data-dir", str(data_dir), "--out", str(out)]
+    argv += ["--method", "frozen", "--method-arg", "inner=trichromatic", "--density", "0.3"]
+    argv += ["--method-arg", 'inner_args={"sign_density": 0.25}', "--method-arg", "locked=0.05"]
+    assert main(argv) == 0
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    method = config.supermask.method
+    assert (method.inner, method.locked) == ("trichromatic", 0.05)
+    assert method.inner_config.sign_density == 0.25
+    capsys.readouterr()
+    bad = ["train", *MLP, *FAST, "--data-dir", str(data_dir), "--out", str(tmp_path / "bad")]
+    line = user_error(capsys, [*bad, "--method", "frozen", "--method-arg", "inner=binarized"])
+    assert "inner 'binarized' cannot be frozen" in line

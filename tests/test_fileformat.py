@@ -1213,3 +1213,34 @@ def test_a_model_that_cannot_fit_in_memory_is_refused_before_building(tmp_path, 
     expect_error(path, f"needs about {resources.format_bytes(32 * weights)} of memory")
     monkeypatch.setattr(resources, "available_memory", lambda: 32 * weights)
     load(path)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        method_config("frozen", scope="global", pruned=0.3, locked=0.1),
+        method_config("edge-popup", scope="global"),
+        method_config("signed", scope="global"),
+    ],
+    ids=["frozen-global", "edge-popup-global", "signed-global"],
+)
+def test_inspect_shows_each_layers_own_kept_fraction_under_global_scope(tmp_path, method):
+    """Under a global scope every layer keeps its own share: the header's rows (and the
+    ``inspect`` table) give each layer's real kept fraction, counted here in the model."""
+    cfg = SupermaskConfig(method=method, density=0.3, seed=3)
+    model = models.create("mlp", cfg, in_channels=1, image_size=6, num_classes=4, hidden=(24, 12))
+    path = tmp_path / "g.hnn"
+    save(model, path)
+    info = read_header(path)
+    layers = [m for m in model.modules() if isinstance(m, hiddenite.layers.SupermaskLayer)]
+    used = [int(torch.count_nonzero(m.method.weight(m).detach())) for m in layers]
+    sizes = [m.weight.numel() for m in layers]
+    rows = info.rows()
+    assert [r["kept"] for r in rows] == used
+    assert [r["density"] for r in rows] == [u / n for u, n in zip(used, sizes, strict=True)]
+    assert {r["target_density"] for r in rows} == {0.3}
+    assert len({round(r["density"], 4) for r in rows}) > 1  # the layers really differ
+    assert sum(used) == kept_count(sum(sizes), 0.3)
+    table = info.table()
+    for u, n in zip(used, sizes, strict=True):
+        assert f"{u / n:.4f}" in table

@@ -9,6 +9,7 @@ identical outputs; a corrupted part raises only ModelFormatError.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -23,15 +24,30 @@ from hiddenite.layers import SupermaskLayer
 from hiddenite.methods import METHODS, get_method, method_config
 
 # every registered method with its defaults, plus non-default configurations that take another
-# code path ("name:key=value,...")
-METHOD_NAMES = [*sorted(METHODS), "frozen:scope=global"]
+# code path ("name:key=value;...", a value is JSON where it parses, else a string); frozen
+# composed with every freezable method (locked positions included)
+METHOD_NAMES = [
+    *sorted(METHODS),
+    "frozen:scope=global",
+    "frozen:inner=trichromatic;locked=0.1",
+    'frozen:inner=trichromatic;locked=0.05;inner_args={"magnitude_coats":[0.12,0.04]}',
+    "frozen:inner=signed;locked=0.1",
+    "frozen:inner=multicoat;locked=0.05",
+]
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def example(name: str):
     """The method config an example name stands for."""
     method, _, args = name.partition(":")
-    pairs = (arg.split("=", 1) for arg in args.split(",") if arg)
-    return method_config(method, **dict(pairs))
+    pairs = (arg.split("=", 1) for arg in args.split(";") if arg)
+    return method_config(method, **{key: _value(value) for key, value in pairs})
 
 
 ARCHS = {

@@ -80,7 +80,7 @@ def test_config_rejects_impossible_ratios():
     with pytest.raises(ConfigError, match="distribution"):
         FrozenConfig(distribution="igq")
     with pytest.raises(ConfigError, match="inner"):
-        FrozenConfig(inner="multicoat")
+        FrozenConfig(inner="binarized")
     cfg = FrozenConfig(pruned=0.25, locked=0.125, distribution="erk")
     assert method_config(cfg.to_dict()) == cfg
 
@@ -349,14 +349,18 @@ def test_scope_is_validated_and_version_1_reads_as_layer_scope():
     with pytest.raises(ConfigError, match="scope must be one of layer, global"):
         FrozenConfig(scope="model")
     cfg = FrozenConfig(pruned=0.25, scope="global", distribution="epl")
-    assert cfg.to_dict()["version"] == 2 and method_config(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["version"] == 3 and method_config(cfg.to_dict()) == cfg
     v1 = {"name": "frozen", "version": 1, "pruned": 0.25, "locked": 0.0}
     v1 |= {"distribution": "uniform", "inner": "edge-popup"}
     assert method_config(v1) == FrozenConfig(pruned=0.25, scope="layer")
     with pytest.raises(ConfigError, match="version-1 config has no scope"):
         method_config({**v1, "scope": "global"})
-    with pytest.raises(ConfigError, match="version 3"):
-        method_config({**v1, "version": 3})
+    v2 = {**v1, "version": 2, "scope": "global"}
+    assert method_config(v2) == FrozenConfig(pruned=0.25, scope="global")
+    with pytest.raises(ConfigError, match="version-2 config has no inner_args"):
+        method_config({**v2, "inner_args": {}})
+    with pytest.raises(ConfigError, match="version 4"):
+        method_config({**v1, "version": 4})
 
 
 def naive_global_mask(model):

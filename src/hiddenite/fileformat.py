@@ -424,6 +424,13 @@ class LayerEntry:
         return sum(p.bytes for p in self.parts if p.alphabet is None)
 
     @property
+    def kept(self) -> int:
+        """Weights the layer uses, from its method's declaration and the header's symbol
+        counts (under a global scope each layer keeps its own share of the global count)."""
+        counts = {p.name: p.counts for p in self.parts if p.counts is not None}
+        return get_method(self.method).kept(self.shape, self.config, self.density, counts)
+
+    @property
     def codec(self) -> str:
         """The codecs of the layer's symbol parts joined by ``+`` (``-`` when it has none)."""
         names = [p.codec for p in self.parts if p.codec is not None]
@@ -1358,7 +1365,9 @@ class ModelFileInfo:
                     "method": e.method,
                     "shape": list(e.shape),
                     "weights": n,
-                    "density": e.density,
+                    "density": e.kept / n if n else 0.0,  # the layer's own kept fraction
+                    "kept": e.kept,
+                    "target_density": e.density,  # as configured (global under global scope)
                     "codec": e.codec,
                     "bytes": e.bytes,
                     "symbol_bytes": e.symbol_bytes,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..masks import kept_count as _kept_count
 
 __all__ = [
     "METHODS",
@@ -237,6 +238,11 @@ class Method(abc.ABC):
     #: (optimizer, peak learning rate) that train this method when the user names neither;
     #: None: the command line's defaults (SGD at 0.1)
     default_optimizer: ClassVar[tuple[str, float] | None] = None
+    #: the method learns a binary connectivity (keep / prune) mask by a top-k of a score per
+    #: weight, which ``frozen`` may restrict to the positions its seed leaves free: the method
+    #: then honours ``layer.freezing`` and implements :meth:`frozen_parts` and
+    #: :meth:`frozen_check_layer` (see :mod:`hiddenite.methods.freezing`)
+    freezable: ClassVar[bool] = False
 
     # -- planning ------------------------------------------------------------------------------
     def layer_configs(
@@ -322,6 +328,37 @@ class Method(abc.ABC):
     def check_layer(self, item: LayerItem) -> None:
         """Per-layer check of decoded parts (override)."""
         return  # optional: nothing by default
+
+    def kept(
+        self,
+        shape: tuple[int, ...],
+        config: MethodConfig,
+        density: float,
+        counts: dict[str, tuple[int, ...]],
+    ) -> int:
+        """Weights a stored layer uses, from its parts' symbol ``counts`` (as the file header
+        records them); the default, exact for a per-layer density, is ``kept_count(n, density)``.
+        A method whose layers share one global count overrides it."""
+        return _kept_count(math.prod(shape), density)
+
+    # -- freezing (methods that declare ``freezable``) ------------------------------------------
+    def freezing_problem(self, config: MethodConfig) -> str | None:
+        """Why ``frozen`` cannot restrict this method under ``config`` (None: it can)."""
+        if not self.freezable:
+            return "learns no binary connectivity mask that freezing can restrict"
+        return None
+
+    def frozen_parts(
+        self, shape: tuple[int, ...], config: MethodConfig, density: float, counts: Any
+    ) -> list[Part]:
+        """:meth:`parts` of a layer whose connectivity is restricted by the freezing ``counts``
+        (:class:`~hiddenite.methods.freezing.FrozenCounts`): connectivity over the free
+        positions only. Only a ``freezable`` method is ever asked."""
+        raise TypeError(f"method {self.name!r} is not freezable")
+
+    def frozen_check_layer(self, item: LayerItem, counts: Any) -> None:
+        """:meth:`check_layer` of decoded parts restricted by the freezing ``counts``."""
+        raise TypeError(f"method {self.name!r} is not freezable")
 
     # -- hardware ------------------------------------------------------------------------------
     @abc.abstractmethod

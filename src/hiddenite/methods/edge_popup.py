@@ -198,6 +198,11 @@ class EdgePopup(TopKScores):
                 f"{items[0].density} keeps {want}"
             )
 
+    def kept(self, shape, config, density, counts) -> int:
+        if config.scope == "global":  # the group decides: the layer's stored ones
+            return counts["mask"][1]
+        return kept_count(math.prod(shape), density)
+
     def check_layer(self, item: LayerItem) -> None:
         n = math.prod(item.shape)
         kept = int(np.count_nonzero(item.arrays["mask"]))

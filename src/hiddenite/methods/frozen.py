@@ -1,4 +1,4 @@
-"""``frozen``: edge-popup inside a partially frozen random network (Otsuka et al., TMLR 2025).
+"""``frozen``: a partially frozen random network (Otsuka et al., TMLR 2025), edge-popup inside.
 
 Per layer of ``n`` weights, a seed-derived random set of positions is frozen *pruned* (mask
 always 0) and another frozen *locked* (mask always 1); edge-popup learns a score for each of
@@ -48,10 +48,31 @@ positions; the global density must lie in [N_locked / N, (N - N_pruned) / N] by 
 Stored: one binary part ``mask`` with one bit per free position (position order). Hardware:
 1-bit frozen weights and the freezing pattern regenerated from the seed (streams ``weights``
 and ``frozen``), a signed add per kept weight.
+
+Composed with another method (``inner=NAME``, its own arguments in ``inner_args``): any
+registered method that declares ``freezable`` (a binary connectivity mask chosen by a top-k
+of a score per weight; :mod:`hiddenite.methods.freezing`), found through the registry. The
+freezing pattern, counts, distributions and density rules are the same; ``frozen`` sets
+``layer.freezing`` and delegates the layer to the inner method, which keeps every locked
+position, never a pruned one, chooses ``free_kept`` of the free positions, and stores its
+connectivity for the free positions only (its declared :meth:`frozen_parts`). What each method
+stores per frozen position (nothing) and per kept weight:
+
+- ``trichromatic``: the connectivity colour is frozen; sign and magnitude still cover every
+  kept weight, the locked ones included (they are used, so they are learned and stored);
+- ``signed``: freezing fixes the ternary symbol, as it fixes edge-popup's bit: pruned = hide,
+  locked = keep (never inverted), one symbol per free position;
+- ``multicoat``: pruned = level 0, locked = level 1 (in the connectivity coat, unit
+  multiplier); the coats are chosen among the free positions, one level per free position.
+
+Global scope is edge-popup's alone (``scope="global"`` with another inner is a ConfigError);
+hardware: the inner method's cost plus the ``frozen`` stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -63,18 +84,32 @@ from torch import nn
 from ..errors import ConfigError
 from ..masks import GlobalThreshold, kept_count, top_fraction_mask
 from ..prng import register_stream
-from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
-from .edge_popup import initial_scores
+from .base import (
+    METHODS,
+    LayerCost,
+    LayerItem,
+    Method,
+    MethodConfig,
+    Part,
+    get_method,
+    method_config,
+    register_method,
+)
+from .edge_popup import EdgePopup, initial_scores
+from .freezing import Freezing, FrozenCounts, frozen_pattern
 
 STREAM_FROZEN = register_stream("frozen", 3)
 
 DISTRIBUTIONS = ("uniform", "erk", "epl")
-INNER_METHODS = ("edge-popup",)
+#: the inner method ``frozen`` learns itself, over the free positions only (its layout since
+#: version 1: one score and one stored bit per free position); any other inner is a registered
+#: method that declares ``freezable`` and is delegated to
+NATIVE_INNER = EdgePopup.name
 SCOPES = ("layer", "global")
 
 __all__ = [
     "DISTRIBUTIONS",
-    "INNER_METHODS",
+    "NATIVE_INNER",
     "SCOPES",
     "STREAM_FROZEN",
     "Frozen",
@@ -92,29 +127,49 @@ class FrozenConfig(MethodConfig):
     """pruned: fraction of the weights frozen pruned (the global target when a distribution
     spreads it); locked: fraction frozen locked (kept); distribution: ``uniform``, ``erk`` or
     ``epl`` (how the global targets become per-layer ratios); inner: the learned method over
-    the free positions (``edge-popup`` only); scope: ``layer`` (each layer meets the density)
-    or ``global`` (one top-k over the free positions of all layers converted together).
+    the free positions: ``edge-popup`` or any registered method that declares ``freezable``
+    (``trichromatic``, ``signed``, ``multicoat``); inner_args: that method's own arguments (a
+    JSON object, kept as its canonical text; ``{}``: its defaults); scope: ``layer`` (each
+    layer meets the density) or ``global`` (one top-k over the free positions of all layers
+    converted together; edge-popup only).
 
-    Version 2 added ``scope``; a version-1 config (no ``scope``) reads as ``scope="layer"``."""
+    Version 2 added ``scope``, version 3 ``inner_args``; older configs read as
+    ``scope="layer"`` and ``inner_args={}``."""
 
     method = "frozen"
-    VERSION = 2
+    VERSION = 3
     pruned: float = 0.3  # below 1 - the default density 0.5: something is left to learn
     locked: float = 0.0
     distribution: str = "uniform"
-    inner: str = "edge-popup"
+    inner: str = NATIVE_INNER
+    inner_args: str = "{}"
     scope: str = "layer"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inner_args, dict):  # a JSON object, as --method-arg parses it
+            object.__setattr__(self, "inner_args", json.dumps(self.inner_args, sort_keys=True))
+        elif not isinstance(self.inner_args, str):
+            self.fail("inner_args", f"must be a JSON object, got {self.inner_args!r}")
+        super().__post_init__()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
         version = data.get("version") if isinstance(data, dict) else None
-        if version == 1 and not isinstance(version, bool):
-            if "scope" in data:
+        if version in (1, 2) and not isinstance(version, bool):
+            added = ("scope", "inner_args") if version == 1 else ("inner_args",)
+            late = [field for field in added if field in data]
+            if late:
                 raise ConfigError(
-                    "method 'frozen': a version-1 config has no scope; write version 2 to set scope"
+                    f"method 'frozen': a version-{version} config has no {late[0]}; write "
+                    f"version {cls.VERSION} to set {late[0]}"
                 )
-            data = {**data, "version": cls.VERSION}  # v1 meant per-layer scope
+            data = {**data, "version": cls.VERSION}  # they meant layer scope, no inner args
         return super().from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["inner_args"] = json.loads(self.inner_args)
+        return data
 
     def check(self) -> None:
         for field in ("pruned", "locked"):
@@ -124,7 +179,7 @@ class FrozenConfig(MethodConfig):
         if self.pruned + self.locked >= 1.0:
             self.fail(
                 "pruned",
-                f"pruned + locked must be < 1 (some weights must stay free), got "
+                f"+ locked must be < 1 (some weights must stay free), got "
                 f"{self.pruned} + {self.locked}",
             )
         if self.distribution not in DISTRIBUTIONS:
@@ -132,33 +187,44 @@ class FrozenConfig(MethodConfig):
                 "distribution",
                 f"must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}",
             )
-        if self.inner not in INNER_METHODS:
-            self.fail(
-                "inner",
-                f"must be one of {', '.join(INNER_METHODS)} (the learned method over the free "
-                f"positions), got {self.inner!r}",
-            )
         if self.scope not in SCOPES:
             self.fail("scope", f"must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-
-
-@dataclass(frozen=True)
-class FrozenCounts:
-    """A layer's position counts: frozen pruned, frozen locked, free, and kept among free
-    (``free_kept`` is None under global scope, where the group decides it)."""
-
-    n: int
-    pruned: int
-    locked: int
-    free_kept: int | None
+        try:
+            args = json.loads(self.inner_args)
+        except json.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):
+            self.fail("inner_args", f"must be a JSON object, got {self.inner_args!r}")
+        if self.inner == NATIVE_INNER:
+            if args:
+                self.fail(
+                    "inner_args",
+                    f"must be empty with inner={NATIVE_INNER!r} (its scope is frozen's scope "
+                    f"argument), got {self.inner_args}",
+                )
+            return
+        inner = get_method(self.inner) if self.inner != self.method else None
+        problem = inner.freezing_problem(method_config(self.inner, **args)) if inner else None
+        if inner is None or problem:
+            self.fail(
+                "inner",
+                f"{self.inner!r} cannot be frozen ({problem or 'freezing cannot nest'}): choose "
+                f"one of {', '.join([NATIVE_INNER, *freezable_methods()])}",
+            )
+        if self.scope != "layer":
+            self.fail(
+                "scope", f"must be 'layer' with inner={self.inner!r} (global needs edge-popup)"
+            )
 
     @property
-    def free(self) -> int:
-        return self.n - self.pruned - self.locked
+    def inner_config(self) -> MethodConfig:
+        """The inner method's own config."""
+        return method_config(self.inner, **json.loads(self.inner_args))
 
-    @property
-    def kept(self) -> int | None:
-        return None if self.free_kept is None else self.locked + self.free_kept
+
+def freezable_methods() -> list[str]:
+    """Registered methods that declare a connectivity mask ``frozen`` can restrict."""
+    return sorted(name for name, m in METHODS.items() if m.freezable)
 
 
 def frozen_counts(n: int, config: FrozenConfig, density: float) -> FrozenCounts:
@@ -187,17 +253,6 @@ def frozen_counts(n: int, config: FrozenConfig, density: float) -> FrozenCounts:
             f"{'locked' if free_kept < 0 else 'pruned'}"
         )
     return FrozenCounts(n, pruned, locked, free_kept)
-
-
-def frozen_pattern(words: torch.Tensor, counts: FrozenCounts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(free positions ascending, locked as a boolean over all positions) from one PRNG word
-    per position: ranked by word, ties by index; the first ``counts.pruned`` are pruned, the
-    next ``counts.locked`` locked."""
-    order = torch.sort(words.reshape(-1), stable=True).indices
-    locked = torch.zeros(words.numel(), dtype=torch.bool, device=words.device)
-    locked[order[counts.pruned : counts.pruned + counts.locked]] = True
-    free = torch.sort(order[counts.pruned + counts.locked :]).values
-    return free, locked
 
 
 # ------------------------------------------------------------------------- distributions
@@ -298,7 +353,12 @@ class _FrozenMaskedWeight(torch.autograd.Function):
 class Frozen(Method):
     name = "frozen"
     config_type = FrozenConfig
-    streams = ("scores", "frozen")
+    streams = ("scores", "frozen")  # composed: "frozen" plus the inner method's own streams
+
+    @staticmethod
+    def _inner(config: FrozenConfig) -> Method | None:
+        """The inner method ``frozen`` delegates to; None when it learns edge-popup itself."""
+        return None if config.inner == NATIVE_INNER else get_method(config.inner)
 
     # -- planning ------------------------------------------------------------------------------
     def layer_configs(self, shapes, config, density):
@@ -334,21 +394,23 @@ class Frozen(Method):
                 )
             locked = _apportion(share, locked_total, caps)
             chosen = [
-                (
-                    FrozenConfig(
-                        pruned=(n - u) / n, locked=r / n, inner=config.inner, scope=config.scope
-                    ),
-                    n,
-                )
+                (config.replace(pruned=(n - u) / n, locked=r / n, distribution="uniform"), n)
                 for n, u, r in zip(sizes, unfrozen, locked, strict=True)
             ]
         if config.scope == "global":
             self._check_global(chosen, density)
             return [(layer_config, density) for layer_config, _ in chosen]
         out = []
-        for layer_config, n in chosen:
+        inner = self._inner(config)
+        for shape, (layer_config, n) in zip(shapes, chosen, strict=True):
             counts = (kept_count(n, layer_config.pruned), kept_count(n, layer_config.locked))
-            out.append((layer_config, _clip_density(n, counts, density)))
+            layer_density = _clip_density(n, counts, density)
+            if inner is not None:  # the inner method's own density rules (ConfigError)
+                inner_config = layer_config.inner_config
+                inner.layer_configs([shape], inner_config, layer_density)
+                layer_counts = frozen_counts(n, layer_config, layer_density)
+                inner.frozen_parts(shape, inner_config, layer_density, layer_counts)
+            out.append((layer_config, layer_density))
         return out
 
     @staticmethod
@@ -364,6 +426,12 @@ class Frozen(Method):
                 f"outside what the freezing allows ({locked} locked .. {total - pruned} "
                 "unfrozen): change density, pruned or locked"
             )
+
+    def scale_density(self, config: MethodConfig, density: float) -> float | None:
+        inner = self._inner(config)
+        if inner is None:
+            return density
+        return inner.scale_density(config.inner_config, density)
 
     def link(self, layers: list[Any], config: MethodConfig) -> None:
         if config.scope != "global" or not layers:
@@ -389,28 +457,30 @@ class Frozen(Method):
 
     def _pattern(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(free positions, locked boolean), derived from the seed once per device."""
-        device = layer.weight.device
-        cache = layer.__dict__.setdefault("_frozen_pattern", {})
-        key = str(device)
-        if key not in cache:
-            if "cpu" not in cache:
-                words = layer.words(layer.weight.numel(), "frozen").to("cpu")
-                cache["cpu"] = frozen_pattern(words, layer.frozen_counts)
-            free, locked = cache["cpu"]
-            cache[key] = (free.to(device), locked.to(device))
-        return cache[key]
+        return layer.freezing.pattern(layer)
 
     def setup(self, layer: Any) -> None:
+        config: FrozenConfig = layer.method_config
         counts = self._counts(layer)  # raises ConfigError when density cannot be met
         layer.frozen_counts = counts
         layer.mask_group = None  # set by link under global scope
-        layer.__dict__["_frozen_pattern"] = {}
+        inner = self._inner(config)
+        layer.freezing = Freezing(counts, config.inner_config)
+        if inner is not None:
+            shape = tuple(layer.weight.shape)
+            inner.frozen_parts(shape, config.inner_config, layer.density, counts)  # its checks
+            inner.setup(layer)
+            return
         weight = layer.weight
         layer.scores = nn.Parameter(
             torch.zeros(counts.free, dtype=weight.dtype, device=weight.device)
         )
 
     def initialize(self, layer: Any) -> None:
+        inner = self._inner(layer.method_config)
+        if inner is not None:
+            inner.initialize(layer)
+            return
         free, _ = self._pattern(layer)
         with torch.no_grad():  # edge-popup's score of each free position (same stream)
             layer.scores.copy_(initial_scores(layer).reshape(-1)[free.to(layer.scores.device)])
@@ -428,15 +498,20 @@ class Frozen(Method):
         return mask.reshape(layer.weight.shape)
 
     def weight(self, layer: Any) -> torch.Tensor:
+        inner = self._inner(layer.method_config)
+        if inner is not None:
+            return inner.weight(layer)
         free, _ = self._pattern(layer)
         mask = self._mask(layer, in_forward=True)
         return _FrozenMaskedWeight.apply(layer.weight, layer.scores, mask, free)
 
     def support(self, layer: Any) -> torch.Tensor:
-        return self._mask(layer)
+        inner = self._inner(layer.method_config)
+        return self._mask(layer) if inner is None else inner.support(layer)
 
-    def weight_factor(self, layer: Any) -> torch.Tensor:
-        return self._mask(layer).to(torch.int8)
+    def weight_factor(self, layer: Any) -> torch.Tensor | None:
+        inner = self._inner(layer.method_config)
+        return self._mask(layer).to(torch.int8) if inner is None else inner.weight_factor(layer)
 
     def frozen_masks(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(frozen pruned, frozen locked) as weight-shaped booleans."""
@@ -447,18 +522,30 @@ class Frozen(Method):
         return pruned.reshape(shape), locked.reshape(shape)
 
     def owned_state(self, layer: Any) -> tuple[str, ...]:
-        return ("scores",)
+        inner = self._inner(layer.method_config)
+        return ("scores",) if inner is None else inner.owned_state(layer)
 
     # -- storage -------------------------------------------------------------------------------
     def parts(self, shape, config, density) -> list[Part]:
-        return [Part("mask", frozen_counts(math.prod(shape), config, density).free, 2)]
+        counts = frozen_counts(math.prod(shape), config, density)
+        inner = self._inner(config)
+        if inner is None:
+            return [Part("mask", counts.free, 2)]
+        return inner.frozen_parts(tuple(shape), config.inner_config, density, counts)
 
     def export(self, layer: Any) -> dict[str, np.ndarray]:
+        inner = self._inner(layer.method_config)
+        if inner is not None:
+            return inner.export(layer)
         free, _ = self._pattern(layer)
         bits = self._mask(layer).reshape(-1)[free]
         return {"mask": bits.detach().to("cpu").numpy()}
 
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
+        inner = self._inner(layer.method_config)
+        if inner is not None:
+            inner.restore(layer, arrays)
+            return
         bits = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.bool_)).reshape(-1)
         if bits.numel() != layer.scores.numel():
             raise ValueError(
@@ -469,6 +556,12 @@ class Frozen(Method):
             layer.scores.copy_(bits.to(layer.scores))
         if layer.mask_group is not None:
             layer.mask_group.invalidate()
+
+    def kept(self, shape, config, density, counts) -> int:
+        n = math.prod(shape)
+        if config.scope == "global":  # the group decides: locked + the stored ones
+            return kept_count(n, config.locked) + counts["mask"][1]
+        return frozen_counts(n, config, density).kept
 
     def check(self, items: list[LayerItem]) -> None:
         layered = [item for item in items if item.config.scope == "layer"]
@@ -495,6 +588,13 @@ class Frozen(Method):
             counts = frozen_counts(n, item.config, item.density)
         except ConfigError as exc:
             raise ValueError(f"layer {item.name!r}: {exc}") from None
+        inner = self._inner(item.config)
+        if inner is not None:
+            inner_item = LayerItem(
+                item.name, item.shape, item.config.inner_config, item.density, item.arrays
+            )
+            inner.frozen_check_layer(inner_item, counts)
+            return
         bits = np.asarray(item.arrays["mask"])
         if bits.size != counts.free:
             raise ValueError(
@@ -512,14 +612,20 @@ class Frozen(Method):
 
     # -- hardware ------------------------------------------------------------------------------
     def cost(self, shape, config, density) -> LayerCost:
-        return LayerCost("prng", 1, "add", ("weights", "frozen"))
+        inner = self._inner(config)
+        if inner is None:
+            return LayerCost("prng", 1, "add", ("weights", "frozen"))
+        cost = inner.cost(shape, config.inner_config, density)
+        return dataclasses.replace(cost, prng_streams=(*cost.prng_streams, "frozen"))
 
     def describe(self, layer: Any) -> str:
         c = layer.frozen_counts
         scope = ", global" if layer.mask_group is not None else ""
+        config = layer.method_config
+        inner = "" if config.inner == NATIVE_INNER else f", inner {config.inner_config.describe()}"
         return (
             f"method=frozen, density={layer.density:g} ({c.pruned} pruned, {c.locked} locked, "
-            f"{c.free} free of {c.n}{scope})"
+            f"{c.free} free of {c.n}{scope}{inner})"
         )
 
 

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..masks import kept_count, top_fraction_mask
 from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
 from .edge_popup import initial_scores
+from .freezing import own_config
 
 __all__ = [
     "PAPER_COAT_RATIOS",
@@ -137,10 +139,31 @@ class _LeveledWeight(torch.autograd.Function):
         return None, grad_scores, None, None
 
 
+def frozen_coat_counts(n: int, config: MulticoatConfig, density: float, counts: Any) -> tuple:
+    """Free positions inside each coat of a layer restricted by freezing ``counts``: the
+    first coat ``counts.free_kept`` (with the locked ones it keeps ``kept_count(n, density)``),
+    each inner coat ``kept_count(n, k_i)`` (ConfigError when the free kept ones cannot hold
+    it)."""
+    inner = coat_counts(n, config, density)[1:]
+    if inner and inner[0] > counts.free_kept:
+        raise ConfigError(
+            f"method 'multicoat' under frozen: coat 2 keeps {inner[0]} of {n} weights, more "
+            f"than the {counts.free_kept} free kept ones: lower locked or coat_ratios"
+        )
+    return (counts.free_kept, *inner)
+
+
 class Multicoat(Method):
+    """Under ``frozen`` (``freezable``): freezing fixes the level, as it fixes edge-popup's
+    bit: a frozen-pruned weight is at level 0, a frozen-locked one at level 1 (in the first,
+    connectivity coat, at unit multiplier); the coats are chosen among the free positions
+    (the first keeps ``free_kept`` of them, coat i still ``kept_count(n, k_i)``), which store
+    one level each."""
+
     name = "multicoat"
     config_type = MulticoatConfig
     streams = ("scores",)
+    freezable = True
 
     def scale_density(self, config: MethodConfig, density: float) -> float | None:
         if config.scale == "first-coat":
@@ -155,16 +178,34 @@ class Multicoat(Method):
     def initialize(self, layer: Any) -> None:
         with torch.no_grad():
             layer.scores.copy_(initial_scores(layer))
+            freezing = layer.__dict__.get("freezing")
+            if freezing is not None:  # a zero score gets no gradient: frozen stays frozen
+                layer.scores.view(-1).masked_fill_(freezing.frozen(layer), 0.0)
 
     def levels(self, layer: Any) -> torch.Tensor:
         """The layer's uint8 levels (weight-shaped)."""
-        return levels_of(layer.scores, layer.method_config, layer.density)
+        config = own_config(layer)
+        freezing = layer.__dict__.get("freezing")
+        if freezing is None:
+            return levels_of(layer.scores, config, layer.density)
+        free, locked = freezing.pattern(layer)
+        counts = frozen_coat_counts(layer.weight.numel(), config, layer.density, freezing.counts)
+        level = locked.to(torch.uint8)  # locked: level 1; pruned: level 0
+        values = layer.scores.detach().reshape(-1)[free]
+        if free.numel():
+            free_level = torch.zeros(free.numel(), dtype=torch.uint8, device=level.device)
+            for m in counts:
+                free_level += top_fraction_mask(values, m / free.numel()).view(torch.uint8)
+            level[free] = free_level
+        return level.reshape(layer.weight.shape)
 
     def weight(self, layer: Any) -> torch.Tensor:
-        coats = layer.method_config.coats
+        coats = own_config(layer).coats
         return _LeveledWeight.apply(layer.weight, layer.scores, self.levels(layer), coats)
 
     def support(self, layer: Any) -> torch.Tensor:
+        if "freezing" in layer.__dict__ and layer.__dict__["freezing"] is not None:
+            return self.levels(layer) > 0
         return top_fraction_mask(layer.scores, layer.density)  # the first (outer) coat
 
     def owned_state(self, layer: Any) -> tuple[str, ...]:
@@ -177,23 +218,41 @@ class Multicoat(Method):
         """The paper's size count of a layer's multicoated mask: N * (1 + k_2 + ... + k_C)."""
         return math.prod(shape) * (1.0 + sum(coat_densities(config, density)[1:]))
 
+    def frozen_parts(self, shape, config, density, counts) -> list[Part]:
+        frozen_coat_counts(math.prod(shape), config, density, counts)  # ConfigError
+        return [Part("levels", counts.free, config.coats + 1)]
+
     def export(self, layer: Any) -> dict[str, np.ndarray]:
-        levels = self.levels(layer).detach().to("cpu").reshape(-1).numpy()
-        if layer.method_config.coats == 1:
+        levels = self.levels(layer).detach().reshape(-1)
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # the free positions' levels only
+            levels = freezing.gather(layer, levels)
+        levels = levels.to("cpu").numpy()
+        if own_config(layer).coats == 1:
             return {"levels": levels.astype(np.bool_)}  # a binary part is stored as bools
         return {"levels": levels}
 
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
         levels = torch.from_numpy(np.asarray(arrays["levels"]).astype(np.float32))
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # free positions' scores; 0 at the frozen ones
+            levels = freezing.scatter(layer, levels.reshape(-1).to(layer.scores.device))
         with torch.no_grad():  # |score| = level: each coat re-selects exactly the levels >= i
             layer.scores.copy_(levels.reshape(layer.scores.shape).to(layer.scores))
 
     def check_layer(self, item: LayerItem) -> None:
+        self._check(item, None)
+
+    def frozen_check_layer(self, item: LayerItem, counts: Any) -> None:
+        self._check(item, counts)
+
+    def _check(self, item: LayerItem, frozen: Any) -> None:
         config = item.config
         levels = np.asarray(item.arrays["levels"]).astype(np.int64).reshape(-1)
         n = math.prod(item.shape)
-        if levels.size != n:
-            raise ValueError(f"layer {item.name!r} has {levels.size} levels for {n} weights")
+        size = n if frozen is None else frozen.free
+        if levels.size != size:
+            raise ValueError(f"layer {item.name!r} has {levels.size} levels for {size} weights")
         top = int(levels.max(initial=0))
         if top > config.coats or int(levels.min(initial=0)) < 0:
             raise ValueError(
@@ -203,7 +262,13 @@ class Multicoat(Method):
         histogram = np.bincount(levels, minlength=config.coats + 1)
         inside = np.cumsum(histogram[::-1])[::-1]  # inside[i]: weights with level >= i
         densities = coat_densities(config, item.density)
-        counts = coat_counts(n, config, item.density)
+        if frozen is None:
+            counts = coat_counts(n, config, item.density)
+        else:
+            try:
+                counts = frozen_coat_counts(n, config, item.density, frozen)
+            except ConfigError as exc:
+                raise ValueError(f"layer {item.name!r}: {exc}") from None
         for i, (k, m) in enumerate(zip(densities, counts, strict=True), 1):
             if int(inside[i]) != m:
                 raise ValueError(
@@ -217,7 +282,7 @@ class Multicoat(Method):
         )
 
     def describe(self, layer: Any) -> str:
-        ks = ", ".join(f"{k:g}" for k in coat_densities(layer.method_config, layer.density))
+        ks = ", ".join(f"{k:g}" for k in coat_densities(own_config(layer), layer.density))
         return f"method=multicoat, density={layer.density:g} (coats {ks})"
 
 

@@ -78,16 +78,44 @@ class _SignedWeight(torch.autograd.Function):
 
 
 class Signed(TopKScores):
+    """Under ``frozen`` (``freezable``): freezing fixes the ternary symbol itself, as it fixes
+    edge-popup's bit: a frozen-pruned weight is hidden, a frozen-locked one kept (+1, never
+    inverted), so a frozen position stores nothing and never changes; the free positions
+    store one symbol each, ``free_kept`` of them visible (keep or invert)."""
+
     name = "signed"
     config_type = SignedConfig
+    freezable = True
 
-    def factor(self, layer: Any) -> torch.Tensor:
+    def freezing_problem(self, config: MethodConfig) -> str | None:
+        if config.scope != "layer":
+            return "scope='global': freezing restricts a per-layer selection"
+        return None
+
+    def initialize(self, layer: Any) -> None:
+        super().initialize(layer)
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # frozen positions' scores are never read: keep them at 0
+            with torch.no_grad():
+                layer.scores.view(-1).masked_fill_(freezing.frozen(layer), 0.0)
+
+    def _mask(self, layer: Any, in_forward: bool = False) -> torch.Tensor:
+        freezing = layer.__dict__.get("freezing")
+        if freezing is None:
+            return super()._mask(layer, in_forward)
+        return freezing.select(layer, layer.scores).reshape(layer.weight.shape)
+
+    def factor(self, layer: Any, in_forward: bool = False) -> torch.Tensor:
         """The layer's ternary mask as int8 (weight-shaped): -1 invert, 0 hide, +1 keep."""
-        return signed_factor(layer.scores, self._mask(layer))
+        factor = signed_factor(layer.scores, self._mask(layer, in_forward))
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # frozen locked: keep, whatever its (unused) score
+            _, locked = freezing.pattern(layer)
+            factor.view(-1).masked_fill_(locked, 1)
+        return factor
 
     def weight(self, layer: Any) -> torch.Tensor:
-        factor = signed_factor(layer.scores, self._mask(layer, True))
-        return _SignedWeight.apply(layer.weight, layer.scores, factor)
+        return _SignedWeight.apply(layer.weight, layer.scores, self.factor(layer, True))
 
     def support(self, layer: Any) -> torch.Tensor:
         return self._mask(layer)
@@ -101,8 +129,15 @@ class Signed(TopKScores):
     def parts(self, shape, config, density) -> list[Part]:
         return [Part("signs", math.prod(shape), 3)]
 
+    def frozen_parts(self, shape, config, density, counts) -> list[Part]:
+        return [Part("signs", counts.free, 3)]
+
     def export(self, layer: Any) -> dict[str, np.ndarray]:
-        factor = self.factor(layer).detach().to("cpu").reshape(-1).numpy()
+        factor = self.factor(layer).detach().reshape(-1)
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # the free positions' symbols only
+            factor = freezing.gather(layer, factor)
+        factor = factor.to("cpu").numpy()
         symbols = np.where(factor < 0, INVERT, factor).astype(np.uint8)  # -1 -> 2
         return {"signs": symbols}
 
@@ -111,15 +146,18 @@ class Signed(TopKScores):
         if symbols.size and (int(symbols.min()) < 0 or int(symbols.max()) > INVERT):
             raise ValueError("signed: sign symbols must be 0 (hide), 1 (keep) or 2 (invert)")
         values = torch.tensor(_RESTORE_SCORE, dtype=torch.float32)[torch.from_numpy(symbols)]
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # free positions' scores; 0 at the frozen ones
+            values = freezing.scatter(layer, values.to(layer.scores.device))
         with torch.no_grad():  # |score| 1 re-selects exactly the visible ones
             layer.scores.copy_(values.reshape(layer.scores.shape).to(layer.scores))
         if layer.mask_group is not None:
             layer.mask_group.invalidate()
 
     @staticmethod
-    def _symbols(item: LayerItem) -> np.ndarray:
+    def _symbols(item: LayerItem, n: int | None = None) -> np.ndarray:
         symbols = np.asarray(item.arrays["signs"]).astype(np.int64).reshape(-1)
-        n = math.prod(item.shape)
+        n = math.prod(item.shape) if n is None else n
         if symbols.size != n:
             raise ValueError(f"layer {item.name!r} has {symbols.size} signs for {n} weights")
         if symbols.size and int(symbols.max()) > INVERT:
@@ -150,6 +188,19 @@ class Signed(TopKScores):
                 f"layer {item.name!r} shows {shown} of {n} weights, but density "
                 f"{item.density} shows {want}"
             )
+
+    def frozen_check_layer(self, item: LayerItem, counts: Any) -> None:
+        shown = int(np.count_nonzero(self._symbols(item, counts.free)))
+        if shown != counts.free_kept:
+            raise ValueError(
+                f"layer {item.name!r} shows {shown} of its {counts.free} free weights, but its "
+                f"freezing keeps {counts.free_kept} of them ({counts.locked} locked)"
+            )
+
+    def kept(self, shape, config, density, counts) -> int:
+        if config.scope == "global":  # the group decides: the visible (non-hide) symbols
+            return sum(counts["signs"][1:])
+        return kept_count(math.prod(shape), density)
 
     def cost(self, shape, config, density) -> LayerCost:
         return LayerCost("prng", 1, "add", ("weights",))

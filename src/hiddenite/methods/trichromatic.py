@@ -68,6 +68,7 @@ from ..masks import kept_count, threshold_for_top, top_fraction_mask
 from ..prng import register_stream
 from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
 from .edge_popup import initial_scores
+from .freezing import own_config
 
 STREAM_SIGN_SCORES = register_stream("sign-scores", 7)
 STREAM_MAGNITUDE_SCORES = register_stream("magnitude-scores", 8)
@@ -179,10 +180,14 @@ class _Selection:
     """
 
     def __init__(self, layer: Any) -> None:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         n = layer.weight.numel()
         device = layer.weight.device
-        if config.connectivity:
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:  # locked + the top free positions (see methods.freezing)
+            self.kept = freezing.select(layer, layer.scores)
+            positions = torch.nonzero(self.kept).reshape(-1)
+        elif config.connectivity:
             self.kept = top_fraction_mask(layer.scores.detach().reshape(-1), layer.density)
             positions = torch.nonzero(self.kept).reshape(-1)
         else:
@@ -264,6 +269,15 @@ class Trichromatic(Method):
     name = "trichromatic"
     config_type = TrichromaticConfig
     streams = ("scores", "sign-scores", "magnitude-scores")
+    #: under ``frozen`` the connectivity colour is restricted (locked kept, pruned never kept)
+    #: and stored for the free positions only; sign and magnitude still cover every kept
+    #: weight, locked ones included (their sign and level are used, so they are learned)
+    freezable = True
+
+    def freezing_problem(self, config: MethodConfig) -> str | None:
+        if not config.connectivity:
+            return "connectivity=False: no connectivity colour to freeze"
+        return None
 
     def layer_configs(self, shapes, config, density):
         _check_density(config, density)
@@ -278,7 +292,7 @@ class Trichromatic(Method):
         )
 
     def setup(self, layer: Any) -> None:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         _check_density(config, layer.density)
         if config.connectivity:
             layer.scores = nn.Parameter(torch.zeros_like(layer.weight))
@@ -288,17 +302,20 @@ class Trichromatic(Method):
             layer.magnitude_scores = nn.Parameter(torch.zeros_like(layer.weight))
 
     def initialize(self, layer: Any) -> None:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         with torch.no_grad():
             if config.connectivity:
                 layer.scores.copy_(initial_scores(layer))
+                freezing = layer.__dict__.get("freezing")
+                if freezing is not None:  # a zero score gets no gradient: frozen stays frozen
+                    layer.scores.view(-1).masked_fill_(freezing.frozen(layer), 0.0)
             if config.sign:
                 layer.sign_scores.copy_(initial_scores(layer, "sign-scores"))
             if config.coats:
                 layer.magnitude_scores.copy_(initial_scores(layer, "magnitude-scores"))
 
     def weight(self, layer: Any) -> torch.Tensor:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         with torch.no_grad():
             signed, factor = _Selection(layer).factors(layer.weight.dtype)
         shape = layer.weight.shape
@@ -313,13 +330,16 @@ class Trichromatic(Method):
         )
 
     def support(self, layer: Any) -> torch.Tensor:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
+        freezing = layer.__dict__.get("freezing")
+        if freezing is not None:
+            return freezing.select(layer, layer.scores).reshape(layer.weight.shape)
         if not config.connectivity:
             return torch.ones_like(layer.weight, dtype=torch.bool)
         return top_fraction_mask(layer.scores, layer.density)
 
     def owned_state(self, layer: Any) -> tuple[str, ...]:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         names = []
         if config.connectivity:
             names.append("scores")
@@ -342,13 +362,21 @@ class Trichromatic(Method):
             parts.append(Part("magnitude", n_kept, config.coats + 1))
         return parts
 
+    def frozen_parts(self, shape, config, density, counts) -> list[Part]:
+        _check_density(config, density)
+        parts = self.parts(shape, config, density)
+        return [Part(p.name, counts.free, 2) if p.name == "connectivity" else p for p in parts]
+
     def export(self, layer: Any) -> dict[str, np.ndarray]:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
+        freezing = layer.__dict__.get("freezing")
         with torch.no_grad():
             sel = _Selection(layer)
             kept = sel.kept.to("cpu")
             arrays: dict[str, np.ndarray] = {}
-            if config.connectivity:
+            if freezing is not None:  # connectivity of the free positions only
+                arrays["connectivity"] = freezing.gather(layer, sel.kept).to("cpu").numpy()
+            elif config.connectivity:
                 arrays["connectivity"] = kept.numpy().copy()
             if config.sign:
                 arrays["sign"] = sel.flip.to("cpu")[kept].numpy().copy()
@@ -358,10 +386,18 @@ class Trichromatic(Method):
         return arrays
 
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         n = layer.weight.numel()
+        freezing = layer.__dict__.get("freezing")
+        bits = None
         if config.connectivity:
-            kept = torch.from_numpy(np.asarray(arrays["connectivity"], dtype=np.bool_))
+            bits = torch.from_numpy(np.asarray(arrays["connectivity"], dtype=np.bool_))
+        if freezing is not None:  # stored bits are the free positions'; locked are kept
+            _, locked = freezing.pattern(layer)
+            bits = bits.reshape(-1).to(locked.device)
+            kept = freezing.scatter(layer, bits.to(torch.uint8)).bool() | locked
+        elif config.connectivity:
+            kept = bits
         else:
             kept = torch.ones(n, dtype=torch.bool)
         kept = kept.reshape(-1).to(layer.weight.device)
@@ -374,7 +410,10 @@ class Trichromatic(Method):
             scores.copy_(values.reshape(scores.shape))
 
         with torch.no_grad():
-            if config.connectivity:
+            if freezing is not None:  # 1 + bit at the free positions, 0 at the frozen ones
+                free_scores = bits.to(layer.scores) + 1.0
+                layer.scores.copy_(freezing.scatter(layer, free_scores).reshape(layer.scores.shape))
+            elif config.connectivity:
                 layer.scores.copy_((kept.to(layer.scores) + 1.0).reshape(layer.scores.shape))
             if config.sign:
                 write(layer.sign_scores, arrays["sign"])
@@ -382,10 +421,25 @@ class Trichromatic(Method):
                 write(layer.magnitude_scores, arrays["magnitude"])
 
     def check_layer(self, item: LayerItem) -> None:
+        self._check(item, None)
+
+    def frozen_check_layer(self, item: LayerItem, counts: Any) -> None:
+        self._check(item, counts)
+
+    def _check(self, item: LayerItem, counts: Any) -> None:
         config: TrichromaticConfig = item.config
         n = math.prod(item.shape)
         where = f"layer {item.name!r} (trichromatic)"
-        if config.connectivity:
+        if counts is not None:  # frozen: connectivity bits for the free positions only
+            bits = np.asarray(item.arrays["connectivity"])
+            chosen = int(np.count_nonzero(bits))
+            if bits.size != counts.free or chosen != counts.free_kept:
+                raise ValueError(
+                    f"{where} keeps {chosen} of {bits.size} stored free positions, but its "
+                    f"freezing leaves {counts.free} free with {counts.free_kept} kept"
+                )
+            kept = counts.kept
+        elif config.connectivity:
             kept = int(np.count_nonzero(item.arrays["connectivity"]))
             want = kept_count(n, item.density)
             if kept != want:
@@ -432,7 +486,7 @@ class Trichromatic(Method):
         return LayerCost("prng", 1, "add", ("weights",))
 
     def describe(self, layer: Any) -> str:
-        config: TrichromaticConfig = layer.method_config
+        config: TrichromaticConfig = own_config(layer)
         colours = [
             name
             for name, on in (
