@@ -18,6 +18,7 @@ from torch import nn
 from .convert import to_dense
 from .layers import SupermaskLayer
 from .methods.analog import Analog, AnalogConfig, _noise
+from .methods.edge_popup import EdgePopup
 
 __all__ = ["edge_popup_with_device_noise", "with_noise"]
 
@@ -55,7 +56,7 @@ def edge_popup_with_device_noise(model: nn.Module, relative_std: float, seed: in
     a kept one (the analog method's missing connections stay exactly zero)."""
     if not (math.isfinite(relative_std) and relative_std >= 0.0):
         raise ValueError(f"relative_std must be a finite number >= 0, got {relative_std}")
-    targets = [(n, m) for n, m in _supermask_layers(model) if m.method.name == "edge-popup"]
+    targets = [(n, m) for n, m in _supermask_layers(model) if m.method.name == EdgePopup.name]
     if not targets:
         raise ValueError("edge_popup_with_device_noise: the model has no edge-popup layer")
     plain = to_dense(model)
