@@ -20,8 +20,9 @@ name                      what                                         default i
 ========================  ===========================================  ===================
 
 Keyword arguments: ``in_channels``, ``image_size``, ``num_classes``, and ``width``
-(channel multiplier) for conv and ResNet models, ``bn_affine`` for ResNets, ``hidden``
-(tuple of layer widths) for the MLP.
+(channel multiplier) for conv and ResNet models, ``bn_affine`` for ResNets, ``batch_norm``
+(a batch norm after every conv and hidden linear layer, default off) for ``conv2/4/6/8``,
+``hidden`` (tuple of layer widths) for the MLP.
 
 The ``-folded`` ResNets (Hidden-Fold Networks, BMVC 2021) keep each stage's first block and
 replace the other ``n - 1`` blocks by one block whose convolutions are shared and iterated,
@@ -116,8 +117,14 @@ def _resnet(block, blocks, planes, imagenet_stem, folded=False):
 
 
 def _conv(plan):
-    def build(in_channels: int, image_size: int, num_classes: int, width: float = 1.0):
-        return ConvNet(plan, in_channels, image_size, num_classes, width)
+    def build(
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        width: float = 1.0,
+        batch_norm: bool = False,
+    ):
+        return ConvNet(plan, in_channels, image_size, num_classes, width, batch_norm)
 
     return build
 
@@ -277,8 +284,8 @@ def _check_values(args: dict[str, Any]) -> None:
                     raise ValueError(f"hidden widths must be integers, got {units!r}")
                 if not 1 <= units <= _MAX_HIDDEN[1]:
                     raise ValueError(f"hidden widths must be in [1, {_MAX_HIDDEN[1]}]")
-        elif key == "bn_affine" and not isinstance(value, bool):
-            raise ValueError(f"bn_affine must be true or false, got {value!r}")
+        elif key in ("bn_affine", "batch_norm") and not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
 
 
 def check_arguments(name: str, **kwargs: Any) -> None:
