@@ -210,6 +210,38 @@ def test_other_kwargs():
     assert [m.out_features for m in mlp.modules() if isinstance(m, nn.Linear)] == [50, 3]
 
 
+def test_conv_batch_norm_option():
+    plain = models.create("conv4", width=0.5)
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in plain.modules())
+    bn = models.create("conv4", width=0.5, batch_norm=True)
+    kinds = [type(m).__name__ for m in [*bn.features, *bn.classifier]]
+    assert kinds == [
+        *["Conv2d", "BatchNorm2d", "ReLU"] * 2,
+        "MaxPool2d",
+        *["Conv2d", "BatchNorm2d", "ReLU"] * 2,
+        "MaxPool2d",
+        "Flatten",
+        *["Linear", "BatchNorm1d", "ReLU"] * 2,
+        "Linear",
+    ]
+    assert all(m.affine for m in bn.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d))
+    # the convolutions and linear layers are the same as without (same names in order)
+    shapes = [
+        tuple(m.weight.shape) for m in plain.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    assert shapes == [
+        tuple(m.weight.shape) for m in bn.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    with torch.no_grad():
+        assert bn.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    hidden = models.create("conv2", SupermaskConfig(density=0.5), width=0.25, batch_norm=True)
+    assert sum(is_supermask(m) for m in hidden.modules()) == 5
+    with pytest.raises(ConfigError, match="batch_norm must be true or false"):
+        models.check_arguments("conv2", batch_norm="yes")
+    with pytest.raises(ConfigError, match="batch_norm"):
+        models.create("resnet20", batch_norm=True)
+
+
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="resnet99") as info:
         models.create("resnet99")
