@@ -40,6 +40,13 @@ Training from scratch (``trains_weights``): latent float weights, the forward pa
 layer's current precision, gradient straight through the quantizer (quantization-aware
 training at N bits). :func:`to_progressive` converts an already trained network instead.
 
+Any-precision training (``train_bits``, after Yu et al., AAAI 2021): every step runs once per
+listed precision, N first (:meth:`Progressive.training_passes`), and in a pass at n < N the
+layer's output is batch-normalised with the batch's statistics and the n-bit gamma/beta,
+then mapped to the N-bit statistics of the same batch (:meth:`Progressive.output`), the
+formula above with batch for running statistics; the running per-precision statistics
+follow the batches, so one trained model holds a batch norm per precision.
+
 Stored parts (n weights, C output channels): the N digit planes ``digit{N-1}`` (most
 significant) .. ``digit0``, n bits each (1 = +1); ``scales``, C floats (1 for ``"layer"``);
 ``bn_mean`` / ``bn_var``, N x C floats (row n-1: precision n); with ``affine`` also
