@@ -19,8 +19,8 @@ trained networks at 1, 2, 4 and 8 bits (the Any-Precision anchor), with modelled
    per-precision gamma/beta, recalibrated, then only its batch norm retrained E epochs per
    precision on the calibration images (:func:`hiddenite.progressive.tune`).
 
-``--batch-norm`` builds the Conv-n with a batch norm after every conv and hidden linear
-layer; ``--init`` picks the initial latent weights (kaiming-normal: a spread of magnitudes;
+``--batch-norm`` trains ``<model>-bn`` (Conv-n with a batch norm after every conv and hidden
+linear layer); ``--init`` picks the initial latent weights (kaiming-normal: a spread of magnitudes;
 signed-constant puts every initial weight at +-s, the extreme levels). ``--no-float`` skips
 the float32 twin; ``--anchors`` lists the separately trained precisions (N reuses the N-bit
 network: the same training run).
@@ -57,7 +57,11 @@ from hiddenite.train import TrainConfig, evaluate, train
 
 
 def _model_kwargs(args) -> dict:
-    return {"width": args.width, **({"batch_norm": True} if args.batch_norm else {})}
+    return {"width": args.width}
+
+
+def _model(args) -> str:
+    return f"{args.model}-bn" if args.batch_norm else args.model
 
 
 def train_at(
@@ -65,7 +69,7 @@ def train_at(
 ) -> tuple[torch.nn.Module, float]:
     method = method or ProgressiveConfig(bits=bits)
     config = TrainConfig(
-        model=args.model,
+        model=_model(args),
         model_kwargs=_model_kwargs(args),
         supermask=SupermaskConfig(method=method, density=1.0, seed=args.seed, init=args.init),
         epochs=args.epochs,
@@ -163,7 +167,7 @@ def main() -> None:
     float_acc = None
     if args.float:
         float_cfg = TrainConfig(
-            model=args.model,
+            model=_model(args),
             model_kwargs=_model_kwargs(args),
             supermask=SupermaskConfig(method="dense", density=1.0, seed=args.seed, init=args.init),
             epochs=args.epochs,

@@ -413,12 +413,11 @@ def _any_precision_trained(bits: int, affine: bool) -> nn.Module:
     """conv2 with batch norm, ProgressiveNN, a few any-precision steps on random data."""
     cfg = ProgressiveConfig(bits=bits, affine=affine, train_bits=(1, 3, bits))
     model = models.create(
-        "conv2",
+        "conv2-bn",
         SupermaskConfig(method=cfg, density=1.0, init="kaiming-normal"),
         width=0.125,
         image_size=8,
         num_classes=3,
-        batch_norm=True,
     ).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(3):

@@ -68,8 +68,8 @@ def test_cli_runs_an_any_precision_checkpoint_from_its_own_digits(tmp_path, caps
     column of per-precision batch norm retrained, and the model file stores that model."""
     data = write_fashion_mnist(tmp_path / "data", 200, 100)
     run = tmp_path / "run"
-    argv = ["train", "--model", "conv2", "--model-arg", "width=0.125"]
-    argv += ["--model-arg", "batch_norm=true", "--method", "progressive"]
+    argv = ["train", "--model", "conv2-bn", "--model-arg", "width=0.125"]
+    argv += ["--method", "progressive"]
     argv += ["--method-arg", "bits=3", "--method-arg", "train_bits=[1,2,3]"]
     argv += ["--method-arg", "affine=true", "--epochs", "1", "--batch-size", "50"]
     argv += ["--no-progress", "--data-dir", str(data), "--out", str(run)]

@@ -8,6 +8,7 @@ name                      what                                         default i
 ========================  ===========================================  ===================
 ``mlp``                   784-300-100-10 fully connected               1 x 28 x 28
 ``conv2/4/6/8``           Frankle/Ramanujan Conv-n, no BN, no bias     1 x 28 x 28
+``conv2/4/6/8-bn``        Conv-n + affine BN after every conv/hidden   1 x 28 x 28
 ``resnet20``              CIFAR-style ResNet-20 (16/32/64)             1 x 28 x 28
 ``resnet14``              CIFAR-style ResNet-14 (16/32/64, 2+2+2)      1 x 28 x 28
 ``se-resnet14``           ResNet-14 + binarized SE in every block      1 x 28 x 28
@@ -20,9 +21,8 @@ name                      what                                         default i
 ========================  ===========================================  ===================
 
 Keyword arguments: ``in_channels``, ``image_size``, ``num_classes``, and ``width``
-(channel multiplier) for conv and ResNet models, ``bn_affine`` for ResNets, ``batch_norm``
-(a batch norm after every conv and hidden linear layer, default off) for ``conv2/4/6/8``,
-``hidden`` (tuple of layer widths) for the MLP.
+(channel multiplier) for conv and ResNet models, ``bn_affine`` for ResNets, ``hidden``
+(tuple of layer widths) for the MLP.
 
 The ``-folded`` ResNets (Hidden-Fold Networks, BMVC 2021) keep each stage's first block and
 replace the other ``n - 1`` blocks by one block whose convolutions are shared and iterated,
@@ -116,14 +116,8 @@ def _resnet(block, blocks, planes, imagenet_stem, folded=False):
     return build
 
 
-def _conv(plan):
-    def build(
-        in_channels: int,
-        image_size: int,
-        num_classes: int,
-        width: float = 1.0,
-        batch_norm: bool = False,
-    ):
+def _conv(plan, batch_norm: bool = False):
+    def build(in_channels: int, image_size: int, num_classes: int, width: float = 1.0):
         return ConvNet(plan, in_channels, image_size, num_classes, width, batch_norm)
 
     return build
@@ -176,6 +170,15 @@ MODELS: dict[str, ModelInfo] = {
     "mlp": ModelInfo("mlp", _mlp, dict(_SMALL), "784-300-100-10 MLP, no biases"),
     **{
         name: ModelInfo(name, _conv(plan), dict(_SMALL), f"{name[4:]}-conv-layer VGG-like net")
+        for name, plan in CONV_PLANS.items()
+    },
+    **{
+        f"{name}-bn": ModelInfo(
+            f"{name}-bn",
+            _conv(plan, batch_norm=True),
+            dict(_SMALL),
+            f"{name[4:]}-conv-layer VGG-like net with batch norm",
+        )
         for name, plan in CONV_PLANS.items()
     },
     "resnet20": ModelInfo(
@@ -284,8 +287,8 @@ def _check_values(args: dict[str, Any]) -> None:
                     raise ValueError(f"hidden widths must be integers, got {units!r}")
                 if not 1 <= units <= _MAX_HIDDEN[1]:
                     raise ValueError(f"hidden widths must be in [1, {_MAX_HIDDEN[1]}]")
-        elif key in ("bn_affine", "batch_norm") and not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+        elif key == "bn_affine" and not isinstance(value, bool):
+            raise ValueError(f"bn_affine must be true or false, got {value!r}")
 
 
 def check_arguments(name: str, **kwargs: Any) -> None:

@@ -4,9 +4,9 @@ Shapes follow Frankle & Carbin / Ramanujan et al.: 3x3 convolutions with padding
 2x2 max-pooling after every pair, then two 256-unit fully connected layers; no batch norm
 and no biases. The first fully connected layer's width adapts to the input size.
 
-``batch_norm=True`` (Conv-n only) adds a batch norm after every convolution and every hidden
-fully connected layer, before its ReLU (affine, as in the quantized-network papers; the
-edge-popup Conv-n have none). It is off by default.
+``batch_norm=True`` (the zoo's ``conv2-bn`` .. ``conv8-bn``) adds a batch norm after every
+convolution and every hidden fully connected layer, before its ReLU (affine, as in the
+quantized-network papers; the edge-popup Conv-n have none). It is off by default.
 """
 
 from __future__ import annotations
