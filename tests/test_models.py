@@ -60,6 +60,10 @@ def test_zoo_names():
         "conv4",
         "conv6",
         "conv8",
+        "conv2-bn",
+        "conv4-bn",
+        "conv6-bn",
+        "conv8-bn",
         "resnet20",
         "resnet14",
         "se-resnet14",
@@ -208,6 +212,36 @@ def test_other_kwargs():
         assert model.eval()(torch.randn(2, 3, 20, 20)).shape == (2, 7)
     mlp = models.create("mlp", hidden=(50,), num_classes=3)
     assert [m.out_features for m in mlp.modules() if isinstance(m, nn.Linear)] == [50, 3]
+
+
+def test_conv_with_batch_norm():
+    plain = models.create("conv4", width=0.5)
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in plain.modules())
+    bn = models.create("conv4-bn", width=0.5)
+    kinds = [type(m).__name__ for m in [*bn.features, *bn.classifier]]
+    assert kinds == [
+        *["Conv2d", "BatchNorm2d", "ReLU"] * 2,
+        "MaxPool2d",
+        *["Conv2d", "BatchNorm2d", "ReLU"] * 2,
+        "MaxPool2d",
+        "Flatten",
+        *["Linear", "BatchNorm1d", "ReLU"] * 2,
+        "Linear",
+    ]
+    assert all(m.affine for m in bn.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d))
+    # the convolutions and linear layers are the same as without (same names in order)
+    shapes = [
+        tuple(m.weight.shape) for m in plain.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    assert shapes == [
+        tuple(m.weight.shape) for m in bn.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    with torch.no_grad():
+        assert bn.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    hidden = models.create("conv2-bn", SupermaskConfig(density=0.5), width=0.25)
+    assert sum(is_supermask(m) for m in hidden.modules()) == 5
+    with pytest.raises(ConfigError, match="batch_norm"):
+        models.create("conv4", batch_norm=True)  # a zoo name, not an argument
 
 
 def test_unknown_model_lists_choices():

@@ -164,8 +164,16 @@ def test_data_seed_changes_the_run(data):
         dict(optimizer="sgd", warmup_epochs=0.5),
         dict(optimizer="adam", lr=0.01),
         dict(optimizer="sgd", score_decay=False, augment=True),
+        dict(
+            optimizer="adam",
+            lr=0.01,
+            supermask=SupermaskConfig(
+                method=method_config("progressive", bits=3, train_bits=[1, 3], affine=True),
+                density=1.0,
+            ),
+        ),
     ],
-    ids=["sgd-warmup", "adam", "sgd-no-score-decay-augment"],
+    ids=["sgd-warmup", "adam", "sgd-no-score-decay-augment", "any-precision"],
 )
 def test_resume_after_interruption_is_bit_identical(tmp_path, data, overrides):
     cfg = config(epochs=2, **overrides)
@@ -199,6 +207,35 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, data, overrides):
     assert without_seconds(json.loads((out / "metrics.json").read_text())) == without_seconds(
         straight.history
     )
+
+
+def test_a_method_declaring_passes_trains_through_them(data):
+    """ProgressiveNN with train_bits: the training loop runs the method's passes. With the
+    N-bit pass alone, the passes change no gradient (that pass is plain quantization-aware
+    training), so the weights equal those of a run without train_bits bit for bit, while the
+    running per-precision statistics were tracked; with a second precision they differ."""
+
+    def progressive(**args):
+        method = method_config("progressive", bits=3, **args)
+        return config(
+            epochs=1, optimizer="adam", lr=0.01, supermask=SupermaskConfig(method=method, density=1)
+        )
+
+    plain = run(progressive(), data).model
+    top_only = run(progressive(train_bits=[3]), data).model
+    both = run(progressive(train_bits=[1, 3]), data).model
+    a, b, c = (m.state_dict() for m in (plain, top_only, both))
+    for key in a:
+        if key.endswith(("pnn_mean", "pnn_var")):
+            assert torch.equal(a[key], torch.zeros_like(a[key]) + a[key][0])  # untouched
+            assert not torch.equal(b[key][-1], a[key][-1])  # N-bit statistics tracked
+            assert torch.equal(b[key][0], b[key][-1])  # 1 bit not trained: follows N
+            assert not torch.equal(c[key][0], c[key][-1])  # 1 bit trained: its own
+        else:
+            assert torch.equal(a[key], b[key]), key
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
+    assert [layer.pnn_bits for layer in both.modules() if hasattr(layer, "pnn_bits")] == [3] * 2
+    assert list(train_mod.training_passes(plain)) == [1.0]
 
 
 def test_resume_extends_a_finished_run(tmp_path, data):

@@ -41,11 +41,11 @@ from .hw.sweep import write_rows_csv
 from .init import INITS
 from .main_job import run_main_job
 from .methods import METHODS, get_method, method_config
-from .methods.progressive import recalibrate_bn
 from .onnx_export import export_onnx
 from .ops import OPERATORS, PHASES, OperatorChoice, get_operator, operator_choices, use_operator
-from .progressive import ProgressiveConfig, sweep_table, to_progressive, write_sweep
+from .progressive import ProgressiveConfig, as_progressive, sweep_table, write_sweep
 from .progressive import sweep as progressive_sweep
+from .progressive import tune as tune_progressive
 from .quant import ActQuantConfig
 from .summary import summary
 from .train import (
@@ -299,6 +299,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument("--bits", default="1-8", help="precisions: A-B or a list 1,2,4,8 (N = max)")
     p.add_argument("--recalibrate", action="store_true", help="per-precision BN statistics")
+    p.add_argument(
+        "--retrain-bn",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="also retrain only the per-precision batch norm (gamma, beta) at each precision "
+        "for EPOCHS on the calibration images (implies --recalibrate)",
+    )
     p.add_argument("--calibration-examples", type=int, default=5000, help="training images used")
     p.add_argument("--scale", default="channel", choices=["channel", "layer"])
     p.add_argument("--out", default="progressive-out", help="folder for CSV, JSON, plot")
@@ -870,26 +878,38 @@ def _cmd_progressive(args) -> int:
         raise UserError(f"--bits: {args.bits!r} must name precisions in 1..8")
     if args.calibration_examples < 1:
         raise UserError("--calibration-examples must be >= 1")
+    if args.retrain_bn < 0:
+        raise UserError(f"--retrain-bn {args.retrain_bn}: give a number of epochs >= 0")
     model, config = load_trained(args.checkpoint)
-    prog = to_progressive(model, ProgressiveConfig(bits=max(bits), scale=args.scale))
+    # a checkpoint trained with --method progressive is run from its own digits and statistics
+    wanted = ProgressiveConfig(bits=max(bits), scale=args.scale, affine=args.retrain_bn > 0)
+    prog = as_progressive(model, wanted)
     test = load_dataset(config.dataset, "test", args.data_dir)
     calibration = None
-    if args.recalibrate:
+    if args.recalibrate or args.retrain_bn:
         full = load_dataset(config.dataset, "train", args.data_dir)
         calibration = full.subset(range(min(args.calibration_examples, len(full))))
     rows = progressive_sweep(
-        prog, test, bits, calibration=calibration, batch_size=config.eval_batch_size
+        prog,
+        test,
+        bits,
+        calibration=calibration,
+        retrain_epochs=args.retrain_bn,
+        batch_size=config.eval_batch_size,
     )
     print(sweep_table(rows))
     title = f"{config.model} on {config.dataset}: ProgressiveNN N={max(bits)}"
     try:
         files = write_sweep(rows, args.out, title=title)
         if args.model_file:
-            if calibration is not None:  # the file stores the recalibrated statistics
-                batches = iterate_batches(
-                    calibration, 500, shuffle=False, generator=None, augment=False
+            if calibration is not None:  # the file stores the recalibrated (retrained) model
+                prog = tune_progressive(
+                    prog,
+                    calibration,
+                    bits,
+                    retrain_epochs=args.retrain_bn,
+                    batch_size=config.eval_batch_size,
                 )
-                recalibrate_bn(prog, [x for x, _ in batches], bits)
             save(prog, args.model_file)
             files.append(args.model_file)
     except OSError as exc:

@@ -241,7 +241,8 @@ class SupermaskConv2d(SupermaskLayer, nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d_forward(self, x, self.effective_weight(), self.effective_bias())
+        y = conv2d_forward(self, x, self.effective_weight(), self.effective_bias())
+        return self.method.output(self, y)
 
     def extra_repr(self) -> str:
         return nn.Conv2d.extra_repr(self) + ", " + self.supermask_repr()
@@ -281,7 +282,8 @@ class SupermaskLinear(SupermaskLayer, nn.Linear):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.active_operator().linear(x, self.effective_weight(), self.effective_bias())
+        y = self.active_operator().linear(x, self.effective_weight(), self.effective_bias())
+        return self.method.output(self, y)
 
     def extra_repr(self) -> str:
         return nn.Linear.extra_repr(self) + ", " + self.supermask_repr()

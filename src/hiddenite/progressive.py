@@ -7,9 +7,13 @@ this module adds what needs the conversion machinery and the hardware model:
 - :func:`to_progressive`: a converted copy of any trained network (plain, a dense twin, or a
   hidden network, whose *effective* weights are taken) with every conv/linear layer a
   ``progressive`` layer holding N {-1,+1} digits per weight;
+- :func:`as_progressive`: the model itself (a copy) when it already holds progressive layers
+  (trained with ``--method progressive``, e.g. at any precision), else :func:`to_progressive`;
+- :func:`tune`: a copy with per-precision statistics recalibrated on training data and,
+  optionally, only the per-precision batch-norm gamma/beta retrained at each precision;
 - :func:`sweep`: test accuracy at every precision, with and without per-precision
-  statistics recalibrated on training data, the relative compute ``n / N`` of a bit-serial PE
-  and the modelled energy per inference from :mod:`hiddenite.hw`;
+  statistics recalibrated on training data (and retrained batch norm), the relative compute
+  ``n / N`` of a bit-serial PE and the modelled energy per inference from :mod:`hiddenite.hw`;
 - :func:`write_sweep`: CSV, JSON and a PNG plot, each written atomically.
 """
 
@@ -39,15 +43,18 @@ from .methods.progressive import (
     precision,
     progressive_layers,
     recalibrate_bn,
+    retrain_bn,
 )
 from .train import evaluate
 
 __all__ = [
     "ProgressiveConfig",
+    "as_progressive",
     "precision",
     "recalibrate_bn",
     "sweep",
     "to_progressive",
+    "tune",
     "write_sweep",
 ]
 
@@ -81,6 +88,47 @@ def to_progressive(model: nn.Module, config: ProgressiveConfig | int = 8) -> nn.
     return out.eval()
 
 
+def as_progressive(model: nn.Module, config: ProgressiveConfig) -> nn.Module:
+    """A copy of ``model`` as it is when it already holds progressive layers (their digits,
+    per-precision statistics and config are kept; ``config`` is not used), else
+    :func:`to_progressive` with ``config``."""
+    if progressive_layers(model):
+        return copy.deepcopy(model).eval()
+    return to_progressive(model, config)
+
+
+def tune(
+    model: nn.Module,
+    calibration: Dataset,
+    bits: Sequence[int],
+    *,
+    retrain_epochs: int = 0,
+    lr: float = 1e-2,
+    calibration_batches: int | None = None,
+    batch_size: int = 500,
+) -> nn.Module:
+    """A copy of the progressive ``model`` with the per-precision statistics of ``bits``
+    recalibrated on ``calibration`` (training data, in order) and, with ``retrain_epochs``,
+    then only the per-precision batch-norm gamma/beta of each n in ``bits`` retrained for
+    that many epochs (:func:`~hiddenite.methods.progressive.retrain_bn`; the layers need
+    ``affine=True``)."""
+    if isinstance(retrain_epochs, bool) or not isinstance(retrain_epochs, int):
+        raise ConfigError(f"retrain epochs must be an integer >= 0, got {retrain_epochs!r}")
+    if retrain_epochs < 0:
+        raise ConfigError(f"retrain epochs must be an integer >= 0, got {retrain_epochs}")
+    out = copy.deepcopy(model)
+    batches = list(
+        iterate_batches(calibration, batch_size, shuffle=False, generator=None, augment=False)
+    )
+    recalibrate_bn(out, [x for x, _ in batches], bits, max_batches=calibration_batches)
+    if retrain_epochs:
+        for n in sorted(set(bits)):
+            retrain_bn(
+                out, batches, n, epochs=retrain_epochs, lr=lr, max_batches=calibration_batches
+            )
+    return out.eval()
+
+
 def _accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device) -> float:
     return evaluate(model, dataset, batch_size, device)["accuracy"]
 
@@ -92,14 +140,18 @@ def sweep(
     *,
     calibration: Dataset | None = None,
     calibration_batches: int | None = None,
+    retrain_epochs: int = 0,
+    retrain_lr: float = 1e-2,
     batch_size: int = 500,
     arch: str = "hiddenite",
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """One row per precision n: ``bits``, ``accuracy`` (stored statistics, as converted),
-    ``accuracy_recalibrated`` (per-precision statistics measured on ``calibration``; None
-    without it), ``relative_compute`` (n / N: digits accumulated by a bit-serial PE) and
-    ``energy_pj`` (modelled energy of one inference on ``arch``, batch 1).
+    """One row per precision n: ``bits``, ``accuracy`` (stored statistics, as converted or
+    trained), ``accuracy_recalibrated`` (per-precision statistics measured on
+    ``calibration``; None without it), ``accuracy_retrained`` (recalibrated, then only the
+    per-precision batch-norm gamma/beta retrained ``retrain_epochs`` on ``calibration``, see
+    :func:`tune`; None without it), ``relative_compute`` (n / N: digits accumulated by a
+    bit-serial PE) and ``energy_pj`` (modelled energy of one inference on ``arch``, batch 1).
 
     ``model`` must hold progressive layers (see :func:`to_progressive`); it is not changed.
     """
@@ -113,31 +165,32 @@ def sweep(
             raise ConfigError(f"--bits: {b!r} is outside 1..{top} (the stored N)")
     shape = (1, test.in_channels, test.image_size, test.image_size)
     workloads = workloads_from_module(model, shape)
+    if retrain_epochs and calibration is None:
+        raise ConfigError("sweep: retraining batch norm needs calibration (training) data")
     plain = copy.deepcopy(model)
-    calibrated = None
+    variants: dict[str, nn.Module] = {}
     if calibration is not None:
-        calibrated = copy.deepcopy(model)
-        loader = [
-            x
-            for x, _ in iterate_batches(
-                calibration, batch_size, shuffle=False, generator=None, augment=False
+        options = {"calibration_batches": calibration_batches, "batch_size": batch_size}
+        variants["recalibrated"] = tune(model, calibration, bits, **options)
+        if retrain_epochs:
+            variants["retrained"] = tune(
+                model, calibration, bits, retrain_epochs=retrain_epochs, lr=retrain_lr, **options
             )
-        ]
-        recalibrate_bn(calibrated, loader, bits, max_batches=calibration_batches)
     rows = []
     for n in bits:
         with precision(plain, n):
             acc = _accuracy(plain, test, batch_size, device)
-        acc_cal = None
-        if calibrated is not None:
-            with precision(calibrated, n):
-                acc_cal = _accuracy(calibrated, test, batch_size, device)
+        tuned: dict[str, float | None] = {"recalibrated": None, "retrained": None}
+        for key, net in variants.items():
+            with precision(net, n):
+                tuned[key] = _accuracy(net, test, batch_size, device)
         report = estimate(at_precision(workloads, n), arch)
         rows.append(
             {
                 "bits": n,
                 "accuracy": acc,
-                "accuracy_recalibrated": acc_cal,
+                "accuracy_recalibrated": tuned["recalibrated"],
+                "accuracy_retrained": tuned["retrained"],
                 "relative_compute": n / top,
                 "energy_pj": report.totals["energy_pj"],
                 "energy_compute_pj": sum(r.energy_compute_pj for r in report.rows),
@@ -147,19 +200,20 @@ def sweep(
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a plain text table."""
-    head = f"{'bits':>4}  {'accuracy':>9}  {'recalibrated':>12}  {'compute':>8}  {'energy/inf':>11}"
-    lines = [head]
+    """The rows as a plain text table (a ``retrained`` column when batch norm was retrained)."""
+    retrained = any(r.get("accuracy_retrained") is not None for r in rows)
+    head = f"{'bits':>4}  {'accuracy':>9}  {'recalibrated':>12}  "
+    head += f"{'retrained':>10}  " if retrained else ""
+    lines = [head + f"{'compute':>8}  {'energy/inf':>11}"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f} %"
+
     for r in rows:
-        cal = (
-            "-"
-            if r["accuracy_recalibrated"] is None
-            else f"{100 * r['accuracy_recalibrated']:.2f} %"
-        )
-        lines.append(
-            f"{r['bits']:>4}  {100 * r['accuracy']:>7.2f} %  {cal:>12}  "
-            f"{r['relative_compute']:>8.3f}  {r['energy_pj'] / 1e6:>8.3f} uJ"
-        )
+        line = f"{r['bits']:>4}  {100 * r['accuracy']:>7.2f} %  "
+        line += f"{pct(r['accuracy_recalibrated']):>12}  "
+        line += f"{pct(r.get('accuracy_retrained')):>10}  " if retrained else ""
+        lines.append(line + f"{r['relative_compute']:>8.3f}  {r['energy_pj'] / 1e6:>8.3f} uJ")
     return "\n".join(lines)
 
 
@@ -186,6 +240,9 @@ def write_sweep(
     if rows[0]["accuracy_recalibrated"] is not None:
         ys = [100 * r["accuracy_recalibrated"] for r in rows]
         ax.plot(xs, ys, "s-", label="accuracy (recalibrated)")
+    if rows[0].get("accuracy_retrained") is not None:
+        ys = [100 * r["accuracy_retrained"] for r in rows]
+        ax.plot(xs, ys, "^-", label="accuracy (batch norm retrained)")
     ax.set_xlabel("bits (digits accumulated, MSB first)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(xs)

@@ -24,7 +24,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,28 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def training_passes(model: nn.Module) -> Generator[float, None, None]:
+    """The passes of one training step of ``model``, as its methods declare them
+    (:meth:`~hiddenite.methods.Method.training_passes`): yields each pass's loss weight, with
+    the layers in that pass's state; one plain pass (weight 1) when no method declares any."""
+    groups: dict[int, tuple[Any, list[nn.Module]]] = {}
+    for module in model.modules():
+        if isinstance(module, SupermaskLayer):
+            groups.setdefault(id(module.method), (module.method, []))[1].append(module)
+    declared = []
+    for method, layers in groups.values():
+        passes = method.training_passes(layers)
+        if passes is not None:
+            declared.append((method.name, passes))
+    if len(declared) > 1:
+        names = " and ".join(name for name, _ in declared)
+        raise ConfigError(f"methods {names} each declare their own training passes: use one")
+    if not declared:
+        yield 1.0
+        return
+    yield from declared[0][1]  # closing this generator closes the method's
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # the methods' learned state over frozen weights (scores, ...): decayed only on request
     scores = {
@@ -571,21 +593,29 @@ def train(
             if world is not None and batch < world.size:
                 continue  # some rank would get no example
             autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=config.amp == "bf16")
-            with autocast:
-                logits = net(x).float()
-            if world is None:
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                scale = len(y)
-            else:  # DDP averages over ranks: sum / batch x size gives the global mean
-                loss = F.cross_entropy(
-                    logits, y, label_smoothing=config.label_smoothing, reduction="sum"
-                ) * (world.size / batch)
-                scale = batch / world.size
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # one pass, or the passes a method declares (e.g. one per precision): the
+            # weighted losses' gradients add up; the first pass's predictions are counted
+            passes = training_passes(model)
+            try:
+                for k, weight in enumerate(passes):
+                    with autocast:
+                        logits = net(x).float()
+                    if world is None:
+                        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                        scale = len(y)
+                    else:  # DDP averages over ranks: sum / batch x size gives the global mean
+                        loss = F.cross_entropy(
+                            logits, y, label_smoothing=config.label_smoothing, reduction="sum"
+                        ) * (world.size / batch)
+                        scale = batch / world.size
+                    (loss * weight).backward()
+                    loss_sum += float(loss.detach()) * scale * weight
+                    if k == 0:
+                        correct += int((logits.argmax(1) == y).sum())
+            finally:
+                passes.close()
             optimizer.step()
-            loss_sum += float(loss.detach()) * scale
-            correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         if world is None:
             val = evaluate(model, val_set, config.eval_batch_size, device)

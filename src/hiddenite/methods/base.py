@@ -24,6 +24,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -277,6 +278,20 @@ class Method(abc.ABC):
     def bias(self, layer: Any) -> torch.Tensor | None:
         """The effective bias of the forward pass (default: the layer's own, or None)."""
         return layer.bias
+
+    def output(self, layer: Any, y: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its product ``y`` (default: ``y`` unchanged). A method
+        whose training normalises the output with the batch's own statistics (ProgressiveNN's
+        per-precision batch norm) overrides it; in eval mode it must stay foldable into
+        :meth:`weight` and :meth:`bias`, which the file, kernels and hardware model read."""
+        return y
+
+    def training_passes(self, layers: list[Any]) -> Iterator[float] | None:
+        """The passes of one training step over a model holding ``layers`` (this method's):
+        an iterator that puts the layers in each pass's state, yields the weight of that
+        pass's loss (the weights sum to 1), and restores the layers when it ends or is closed.
+        None (the default): one ordinary pass."""
+        return None
 
     def support(self, layer: Any) -> torch.Tensor:
         """Boolean tensor (weight-shaped): positions whose effective weight is used."""

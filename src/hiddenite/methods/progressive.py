@@ -40,6 +40,13 @@ Training from scratch (``trains_weights``): latent float weights, the forward pa
 layer's current precision, gradient straight through the quantizer (quantization-aware
 training at N bits). :func:`to_progressive` converts an already trained network instead.
 
+Any-precision training (``train_bits``, after Yu et al., AAAI 2021): every step runs once per
+listed precision, N first (:meth:`Progressive.training_passes`), and in a pass at n < N the
+layer's output is batch-normalised with the batch's statistics and the n-bit gamma/beta,
+then mapped to the N-bit statistics of the same batch (:meth:`Progressive.output`), the
+formula above with batch for running statistics; the running per-precision statistics
+follow the batches, so one trained model holds a batch norm per precision.
+
 Stored parts (n weights, C output channels): the N digit planes ``digit{N-1}`` (most
 significant) .. ``digit0``, n bits each (1 = +1); ``scales``, C floats (1 for ``"layer"``);
 ``bn_mean`` / ``bn_var``, N x C floats (row n-1: precision n); with ``affine`` also
@@ -88,17 +95,40 @@ SCALES = ("channel", "layer")
 class ProgressiveConfig(MethodConfig):
     """bits: N, the stored digits per weight (1..8). scale: ``"channel"`` (one scale per output
     channel) or ``"layer"``. eps: the batch-norm epsilon of the per-precision statistics.
-    affine: also keep a per-precision gamma and beta (trained by :func:`retrain_bn`)."""
+    affine: also keep a per-precision gamma and beta (learned in training, or by
+    :func:`retrain_bn` alone).
+
+    train_bits: the precisions every training step runs at (any-precision training, Yu et al.,
+    AAAI 2021), e.g. ``(1, 2, 4, 8)``; it must include N. Empty (the default): each step runs
+    once, at the layer's current precision (quantization-aware training at N bits).
+    momentum: how fast the per-precision running statistics follow the batches during
+    any-precision training (as ``nn.BatchNorm2d``'s momentum)."""
 
     method = "progressive"
     bits: int = 8
     scale: str = "channel"
     eps: float = 1e-5
     affine: bool = False
+    train_bits: tuple[int, ...] = ()
+    momentum: float = 0.1
 
     def check(self) -> None:
         if not 1 <= self.bits <= MAX_BITS:
             self.fail("bits", f"must be in 1..{MAX_BITS}, got {self.bits}")
+        if self.train_bits:
+            bad = [b for b in self.train_bits if not 1 <= b <= self.bits]
+            if bad:
+                self.fail("train_bits", f"must lie in 1..{self.bits} (bits), got {bad[0]}")
+            if len(set(self.train_bits)) != len(self.train_bits):
+                self.fail("train_bits", f"lists a precision twice: {list(self.train_bits)}")
+            if self.bits not in self.train_bits:
+                self.fail(
+                    "train_bits",
+                    f"must include bits={self.bits}, the precision every other one is "
+                    f"mapped back to, e.g. train_bits=[1,2,4,{self.bits}]",
+                )
+        if not (0 < self.momentum <= 1):
+            self.fail("momentum", f"must be in (0, 1], got {self.momentum}")
         if self.scale not in SCALES:
             self.fail("scale", f"must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
@@ -154,6 +184,31 @@ def weight_from_digits(planes: torch.Tensor, s: torch.Tensor, n: int, bits: int)
 # ------------------------------------------------------------------ the method
 
 
+def _output_view(t: Any) -> Any:
+    """A per-channel vector (or a number) shaped to broadcast against a 4-D output."""
+    return t.reshape(1, -1, 1, 1) if isinstance(t, torch.Tensor) else t
+
+
+def _passes(layers: list[Any], order: list[int]) -> Iterator[float]:
+    before = [(layer.pnn_bits, layer.pnn_step) for layer in layers]
+    try:
+        for layer in layers:
+            layer.pnn_step = {}  # this step's N-bit batch statistics, per layer
+        for n in order:
+            for layer in layers:
+                layer.pnn_bits = min(n, layer.method_config.bits)
+            yield 1.0 / len(order)
+    finally:
+        with torch.no_grad():  # a precision not trained runs uncorrected (its rows = N's)
+            for layer in layers:
+                top = layer.method_config.bits
+                for n in set(range(1, top)) - set(order):
+                    layer.pnn_mean[n - 1].copy_(layer.pnn_mean[top - 1])
+                    layer.pnn_var[n - 1].copy_(layer.pnn_var[top - 1])
+        for layer, (bits, step) in zip(layers, before, strict=True):
+            layer.pnn_bits, layer.pnn_step = bits, step
+
+
 def _rows(layer: Any) -> tuple[int, int]:
     return layer.method_config.bits, layer.weight.shape[0]
 
@@ -202,9 +257,17 @@ class Progressive(Method):
             layer.pnn_beta = nn.Parameter(torch.zeros(bits, c, device=device))
         layer.pnn_bits = bits  # the precision the forward pass runs at
         layer.pnn_raw = False  # True: no per-precision correction (while recalibrating)
+        layer.pnn_step = None  # a dict during any-precision training steps (training_passes)
 
     def _bits(self, layer: Any) -> int:
         return int(layer.pnn_bits)
+
+    def _fix(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The folded per-precision correction, or None: recalibrating, or in an
+        any-precision training pass (there :meth:`output` normalises with the batch)."""
+        if layer.pnn_raw or (layer.training and layer.pnn_step is not None):
+            return None
+        return _correction(layer, self._bits(layer))
 
     def raw_weight(self, layer: Any) -> torch.Tensor:
         """The weight at the layer's precision, before the per-precision correction, with the
@@ -216,15 +279,67 @@ class Progressive(Method):
 
     def weight(self, layer: Any) -> torch.Tensor:
         w = self.raw_weight(layer)
-        fix = None if layer.pnn_raw else _correction(layer, self._bits(layer))
+        fix = self._fix(layer)
         return w if fix is None else _channel_view(fix[0], w.dim()).to(w) * w
 
     def bias(self, layer: Any) -> torch.Tensor | None:
-        fix = None if layer.pnn_raw else _correction(layer, self._bits(layer))
+        fix = self._fix(layer)
         if fix is None:
             return layer.bias
         gain, shift = fix
         return shift if layer.bias is None else gain * layer.bias + shift
+
+    def output(self, layer: Any, y: torch.Tensor) -> torch.Tensor:
+        """In an any-precision training pass at precision n: a batch norm with the batch's
+        own statistics and the n-bit gamma/beta, mapped back to the N-bit statistics of the
+        same batch (the N-bit pass runs first; the running N-bit statistics stand in when it
+        did not), while the running n-bit statistics follow the batch with ``momentum``.
+        The same formula as the folded eval-mode correction, with batch for running
+        statistics. Elsewhere ``y`` unchanged (eval mode folds the correction into
+        :meth:`weight` and :meth:`bias`)."""
+        step = layer.pnn_step
+        if step is None or not layer.training:
+            return y
+        cfg = layer.method_config
+        n, big = self._bits(layer), cfg.bits
+        flat = _channels(y)
+        mean, var = flat.mean(0), flat.var(0, unbiased=False)
+        count = flat.shape[0]
+        with torch.no_grad():  # running statistics, unbiased variance (as torch's batch norm)
+            unbiased = var.detach().to(layer.pnn_var) * (count / max(count - 1, 1))
+            layer.pnn_mean[n - 1].lerp_(mean.detach().to(layer.pnn_mean), cfg.momentum)
+            layer.pnn_var[n - 1].lerp_(unbiased, cfg.momentum)
+        sd = torch.sqrt(var + cfg.eps)
+        if n == big:
+            step["ref"] = (mean.detach(), sd.detach())
+            if not cfg.affine:
+                return y  # (y - mean) / sd * sd + mean: the N-bit pass is unchanged
+            ref_mean, ref_sd = mean, sd
+        elif "ref" in step:
+            ref_mean, ref_sd = step["ref"]
+        else:
+            ref_mean = layer.pnn_mean[big - 1].detach().clone().to(y)
+            ref_sd = torch.sqrt(layer.pnn_var[big - 1].detach().clone().to(y) + cfg.eps)
+        gamma = layer.pnn_gamma[n - 1] if cfg.affine else 1.0
+        beta = layer.pnn_beta[n - 1] if cfg.affine else 0.0
+        view = _output_view if y.dim() == 4 else (lambda t: t)
+        z = (view(gamma * ref_sd / sd)) * (y - view(mean))
+        return z + view(beta * ref_sd + ref_mean)
+
+    def training_passes(self, layers: list[Any]) -> Iterator[float] | None:
+        """Any-precision training: with ``train_bits``, one pass per precision, highest
+        first (the N-bit pass gives the other passes their reference statistics), each
+        loss weighted 1 / (number of precisions)."""
+        chosen = {layer.method_config.train_bits for layer in layers}
+        if chosen == {()}:
+            return None
+        if len(chosen) > 1:
+            raise ConfigError(
+                "progressive layers trained together must share train_bits, got "
+                + " and ".join(str(list(b)) for b in sorted(chosen))
+            )
+        (train_bits,) = chosen
+        return _passes(layers, sorted(train_bits, reverse=True))
 
     def support(self, layer: Any) -> torch.Tensor:
         return torch.ones_like(layer.weight, dtype=torch.bool)
@@ -513,7 +628,8 @@ def retrain_bn(
     found = _layers_or_fail(model)
     if not all(layer.method_config.affine for _, layer in found):
         raise ConfigError(
-            "retrain_bn needs per-precision gamma/beta: convert with ProgressiveConfig(affine=True)"
+            "retraining batch norm needs per-precision gamma/beta: convert with "
+            "ProgressiveConfig(affine=True), or train with --method-arg affine=true"
         )
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"retrain_bn: epochs must be an integer >= 1, got {epochs!r}")

@@ -8,6 +8,7 @@ name                      what                                         default i
 ========================  ===========================================  ===================
 ``mlp``                   784-300-100-10 fully connected               1 x 28 x 28
 ``conv2/4/6/8``           Frankle/Ramanujan Conv-n, no BN, no bias     1 x 28 x 28
+``conv2/4/6/8-bn``        Conv-n + affine BN after every conv/hidden   1 x 28 x 28
 ``resnet20``              CIFAR-style ResNet-20 (16/32/64)             1 x 28 x 28
 ``resnet14``              CIFAR-style ResNet-14 (16/32/64, 2+2+2)      1 x 28 x 28
 ``se-resnet14``           ResNet-14 + binarized SE in every block      1 x 28 x 28
@@ -115,9 +116,9 @@ def _resnet(block, blocks, planes, imagenet_stem, folded=False):
     return build
 
 
-def _conv(plan):
+def _conv(plan, batch_norm: bool = False):
     def build(in_channels: int, image_size: int, num_classes: int, width: float = 1.0):
-        return ConvNet(plan, in_channels, image_size, num_classes, width)
+        return ConvNet(plan, in_channels, image_size, num_classes, width, batch_norm)
 
     return build
 
@@ -169,6 +170,15 @@ MODELS: dict[str, ModelInfo] = {
     "mlp": ModelInfo("mlp", _mlp, dict(_SMALL), "784-300-100-10 MLP, no biases"),
     **{
         name: ModelInfo(name, _conv(plan), dict(_SMALL), f"{name[4:]}-conv-layer VGG-like net")
+        for name, plan in CONV_PLANS.items()
+    },
+    **{
+        f"{name}-bn": ModelInfo(
+            f"{name}-bn",
+            _conv(plan, batch_norm=True),
+            dict(_SMALL),
+            f"{name[4:]}-conv-layer VGG-like net with batch norm",
+        )
         for name, plan in CONV_PLANS.items()
     },
     "resnet20": ModelInfo(

@@ -3,6 +3,10 @@
 Shapes follow Frankle & Carbin / Ramanujan et al.: 3x3 convolutions with padding 1, ReLU,
 2x2 max-pooling after every pair, then two 256-unit fully connected layers; no batch norm
 and no biases. The first fully connected layer's width adapts to the input size.
+
+``batch_norm=True`` (the zoo's ``conv2-bn`` .. ``conv8-bn``) adds a batch norm after every
+convolution and every hidden fully connected layer, before its ReLU (affine, as in the
+quantized-network papers; the edge-popup Conv-n have none). It is off by default.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class ConvNet(nn.Module):
         image_size: int = 28,
         num_classes: int = 10,
         width: float = 1.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -64,23 +69,23 @@ class ConvNet(nn.Module):
                 size //= 2
             else:
                 out = _scaled(item, width)
-                layers += [
-                    nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                    nn.ReLU(inplace=True),
-                ]
+                layers.append(nn.Conv2d(channels, out, 3, padding=1, bias=False))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out))
+                layers.append(nn.ReLU(inplace=True))
                 channels = out
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for {len(plan)} layers")
         self.features = nn.Sequential(*layers)
         fc = _scaled(256, width)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(channels * size * size, fc, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(fc, fc, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(fc, num_classes, bias=False),
-        )
+        head: list[nn.Module] = [nn.Flatten()]
+        for width_in in (channels * size * size, fc):
+            head.append(nn.Linear(width_in, fc, bias=False))
+            if batch_norm:
+                head.append(nn.BatchNorm1d(fc))
+            head.append(nn.ReLU(inplace=True))
+        head.append(nn.Linear(fc, num_classes, bias=False))
+        self.classifier = nn.Sequential(*head)
 
     def forward(self, x):
         return self.classifier(self.features(x))
