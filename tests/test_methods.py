@@ -33,6 +33,7 @@ METHOD_NAMES = [
     'frozen:inner=trichromatic;locked=0.05;inner_args={"magnitude_coats":[0.12,0.04]}',
     "frozen:inner=signed;locked=0.1",
     "frozen:inner=multicoat;locked=0.05",
+    "progressive:bits=4;train_bits=[1,2,4];affine=true",
 ]
 
 
