@@ -540,6 +540,25 @@ def test_train_takes_the_methods_own_optimizer_unless_one_is_given(tmp_path, mon
     assert (seen[-1].optimizer, seen[-1].lr) == ("sgd", 0.1)  # edge-popup: the CLI's defaults
 
 
+def test_train_takes_the_methods_own_init_unless_one_is_given(tmp_path, monkeypatch):
+    """progressive declares Kaiming-normal latent weights (and Adam at 1e-3): from one
+    magnitude the 1-bit digit cannot tell weights apart; an explicit --init wins."""
+    import hiddenite.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train", lambda config, *a, **k: seen.append(config) or _stop())
+    for method, extra, init in [
+        ("progressive", [], "kaiming-normal"),
+        ("progressive", ["--init", "signed-constant"], "signed-constant"),
+        ("edge-popup", [], "signed-constant"),
+    ]:
+        with pytest.raises(_StopError):
+            cli.main(["train", "--model", "mlp", "--method", method, "--out",
+                      str(tmp_path / f"r{len(seen)}"), *extra])  # fmt: skip
+        assert seen[-1].supermask.init == init
+    assert (seen[0].optimizer, seen[0].lr) == ("adam", 0.001)
+
+
 class _StopError(Exception):
     """Raised by a stand-in for ``train``: the test only needs the config it was given."""
 

@@ -105,9 +105,9 @@ def _add_supermask_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--init",
-        default="signed-constant",
+        default=None,
         choices=INITS,
-        help="frozen-weight distribution (default signed-constant)",
+        help="frozen-weight distribution (default: the method's own, else signed-constant)",
     )
     g.add_argument("--seed", type=int, default=0, help="model seed (default 0)")
     g.add_argument(
@@ -151,13 +151,15 @@ _SUPERMASK_DESTS = (
 
 
 def _supermask_config(args) -> SupermaskConfig:
+    method = method_config(
+        args.method, **_key_values(args.method_arg, "--method-arg", "scope=global")
+    )
+    init = args.init or get_method(method.method).default_init or SupermaskConfig.init
     return SupermaskConfig(
         density=args.density,
-        init=args.init,
+        init=init,
         seed=args.seed,
-        method=method_config(
-            args.method, **_key_values(args.method_arg, "--method-arg", "scope=global")
-        ),
+        method=method,
         scale_by_density=args.scale_by_density,
         keep_first_dense=args.keep_first_dense,
         keep_last_dense=args.keep_last_dense,

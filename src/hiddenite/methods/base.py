@@ -239,6 +239,9 @@ class Method(abc.ABC):
     #: (optimizer, peak learning rate) that train this method when the user names neither;
     #: None: the command line's defaults (SGD at 0.1)
     default_optimizer: ClassVar[tuple[str, float] | None] = None
+    #: frozen-weight distribution (one of :data:`hiddenite.init.INITS`) the command line uses
+    #: for this method when the user gives no ``--init``; None: the package default
+    default_init: ClassVar[str | None] = None
     #: the method learns a binary connectivity (keep / prune) mask by a top-k of a score per
     #: weight, which ``frozen`` may restrict to the positions its seed leaves free: the method
     #: then honours ``layer.freezing`` and implements :meth:`frozen_parts` and

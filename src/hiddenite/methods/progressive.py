@@ -240,6 +240,11 @@ class Progressive(Method):
     name = "progressive"
     config_type = ProgressiveConfig
     trains_weights = True
+    # latent weights that all start at one magnitude (the signed constant) give the 1-bit
+    # digit nothing to tell apart; Adam at 1e-3 trains the digits without the NaNs SGD at
+    # 0.1 reaches (docs/precision.md)
+    default_init = "kaiming-normal"
+    default_optimizer = ("adam", 0.001)
 
     def layer_configs(self, shapes, config, density):
         return [(config, 1.0) for _ in shapes]  # every weight is kept (and stored as digits)
