@@ -411,6 +411,7 @@ def test_read_header_reads_only_the_header(monkeypatch, tmp_path):
 
 GOLDEN = {  # format version 3
     "mlp-entropy": "6390d944b8a017c70285ef690dd9ad0f78e93e9c6ea559d2431e4c367f796b13",
+    "mlp-entropy-grouped": "471af8050b9e320bd502ed8bc709dbba752e19291fb5d0ea796e74db56ba971c",
     "mlp-packed": "b59e09f467b6deb92507d41d4130bb06beafe74ff08594c78a0c497fe97f38a8",
     "mlp-rle": "89d3f3c1390d20ca44856fd0bff1503025330535a657321d9a3f0334fa1742f4",
     "mlp-sparse-auto": "a62646d6ea26225ea7bfb1ab8d43603ce2980eda582010994108f8cd6597723e",
