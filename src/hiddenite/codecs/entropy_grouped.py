@@ -115,6 +115,16 @@ def _digits(groups: np.ndarray, alphabet: int) -> np.ndarray:
     return ((groups[:, None] // powers[None, :]) % alphabet).astype(np.uint8).ravel()
 
 
+def _digit_counts(alphabet: int) -> np.ndarray:
+    """``D[v, s]``: how many of the ``g`` digits of group value ``v`` equal ``s`` (int64)."""
+    g = group_size(alphabet)
+    values = np.arange(alphabet**g)
+    table = np.zeros((values.size, alphabet), dtype=np.int64)
+    for i in range(g):
+        np.add.at(table, (values, (values // alphabet**i) % alphabet), 1)
+    return table
+
+
 def _encode(symbols: np.ndarray, alphabet: int, freq: np.ndarray, header: bytes) -> bytes:
     if int(freq.max()) == _ONE:  # constant input: no payload
         return header
@@ -187,14 +197,17 @@ def _decode(payload: bytes, n: int, alphabet: int, freq: np.ndarray) -> np.ndarr
         raise CodecError(f"{what} payload does not decode: {exc}") from None
     if groups.shape != (count,) or int(groups.min()) < 0 or int(groups.max()) >= model.size:
         raise CodecError(f"{what} payload decodes to invalid group values")
-    if not np.all(model[groups] > 0):
+    # The symbol counts from the histogram of the (g times fewer) group values.
+    histogram = np.bincount(groups, minlength=model.size)
+    if np.any(histogram[model == 0]):
         raise CodecError(f"{what} payload decodes a group that has probability 0")
     digits = _digits(groups, alphabet)
     pad = int(np.flatnonzero(freq)[0])
     if np.any(digits[n:] != pad):
         raise CodecError(f"{what} payload's last group is not padded with symbol {pad} (n={n})")
     symbols = digits[:n]
-    counts = np.bincount(symbols, minlength=alphabet)
+    counts = histogram @ _digit_counts(alphabet)
+    counts[pad] -= digits.size - n
     if alphabet == 2:
         expected = _binary_freq(quantize(int(counts[1]), n))
     else:
