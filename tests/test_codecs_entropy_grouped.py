@@ -226,6 +226,7 @@ def test_rejects_truncated_extended_and_wrong_n():
         (data[:8], 10**7, "too short"),
         (((ONE + 1).to_bytes(4, "little")), 5, "greater than 1"),
         (bytes(4) + bytes(4), 5, "unexpected payload"),
+        (ONE.to_bytes(4, "little"), 0, "must have q = 0"),
     ]:
         with pytest.raises(CodecError, match=message):
             decode(bad, n, G)

@@ -240,6 +240,8 @@ def decode(data: bytes, n: int) -> np.ndarray:
             raise CodecError(
                 f"{NAME} stream for a constant mask has {len(payload)} unexpected payload bytes"
             )
+        if n == 0 and q != 0:
+            raise CodecError(f"{NAME} stream for 0 bits must have q = 0, not {q}")
         return np.full(n, q == _ONE, dtype=np.bool_)
     return _decode(payload, n, 2, _binary_freq(q)).view(np.bool_)
 
