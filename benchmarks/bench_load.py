@@ -1,10 +1,11 @@
 """``hiddenite.load`` of a ResNet-50 against reading its float32 weights, warm and cold.
 
 One run builds a hidden ResNet-50 (edge-popup, k = 0.3, seed 0), saves it as ``.hnn`` with
-the default codec choice (the smallest: the entropy coder) and with the hardware-friendly
-``rle`` and ``packed`` codecs, and saves the same network's float32 weights (``to_dense``)
-with safetensors. It then times, interleaved (each repeat runs every case once, so changes
-in the machine's load hit all alike), the median of ``--repeats``:
+the default codec choice (``auto``: the smallest per part, ``entropy-grouped`` for this
+network), with the one-bit-at-a-time ``entropy`` coder it replaces, and with the
+hardware-friendly ``rle`` and ``packed`` codecs, and saves the same network's float32 weights
+(``to_dense``) with safetensors. It then times, interleaved (each repeat runs every case
+once, so changes in the machine's load hit all alike), the median of ``--repeats``:
 
 - ``hiddenite.load(path)``: regenerate the frozen weights, decode and check every mask, and
   re-check that each restored layer gives back its stored mask (on by default);
@@ -23,7 +24,7 @@ are clean and can be dropped).
 cumulative time of hiddenite's own functions).
 
 Usage: python benchmarks/bench_load.py [--repeats 7] [--model resnet50] [--density 0.3]
-       [--codecs auto rle packed] [--json PATH] [--profile]
+       [--codecs auto entropy rle packed] [--json PATH] [--profile]
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--density", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--codecs", nargs="+", default=["auto", "rle", "packed"])
+    parser.add_argument("--codecs", nargs="+", default=["auto", "entropy", "rle", "packed"])
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
         "--profile", action="store_true", help="instead: where one load's time goes (cProfile)"
@@ -127,7 +128,7 @@ def main() -> None:
         reference = model(x)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        files = {}
+        files, labels = {}, {}
         for codec in args.codecs:
             path = folder / f"{args.model}-{codec}.hnn"
             fileformat.save(
@@ -135,6 +136,8 @@ def main() -> None:
                 codec=None if codec == "auto" else codec,
             )  # fmt: skip
             files[codec] = path
+            used = sorted({e.codec for e in fileformat.read_header(path).entries})
+            labels[codec] = f"{codec} ({', '.join(used)})" if codec == "auto" else codec
             with torch.no_grad():
                 assert torch.equal(hiddenite.load(path)(x), reference), codec
         dense = to_dense(model).state_dict()
@@ -152,7 +155,10 @@ def main() -> None:
             return
         cases: dict[str, tuple[Path | None, Callable[[], object]]] = {}
         for codec, path in files.items():
-            cases[f"hiddenite.load, {codec} codec"] = (path, lambda p=path: hiddenite.load(p))
+            cases[f"hiddenite.load, {labels[codec]} codec"] = (
+                path,
+                lambda p=path: hiddenite.load(p),
+            )
         auto = files[args.codecs[0]]
         cases[f"hiddenite.load(check_masks=False), {args.codecs[0]} codec"] = (
             auto,

@@ -305,8 +305,12 @@ def test_mask_bytes_codecs():
     assert mask_bytes_for("entropy", 8000, 0.3) == math.ceil(entropy_bound_bits(0.3) * 1000)
     assert mask_bytes_for("rle", 8000, 0.1) == mask_bytes_for("entropy", 8000, 0.1)
     assert mask_bytes_for("none", 8000, 0.1) == 0
+    # a codec's size follows its declared size model, not its name
+    assert mask_bytes_for("entropy-grouped", 8000, 0.1) == mask_bytes_for("entropy", 8000, 0.1)
     with pytest.raises(WorkloadError, match="codec"):
         mask_bytes_for("zip", 10, 0.5)
+    with pytest.raises(WorkloadError, match="density"):
+        mask_bytes_for("entropy-grouped", 10, 1.5)
 
 
 class _TinyCNN(nn.Module):

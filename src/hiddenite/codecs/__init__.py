@@ -4,13 +4,14 @@ A binary mask (``alphabet=2``, the default) is a 1-D bool array of ``n`` bits, T
 kept. Larger alphabets code per-weight symbols such as ternary keep/hide/invert signs
 (``a = 3``) or multicoat levels ``0..C`` (``a = C + 1``) as 1-D integer arrays.
 
-Three codecs, chosen per layer: ``packed`` (``ceil(log2 a)`` bits per symbol), ``rle``
-(binary only: fixed-width run lengths of the zeros between kept weights, a small-circuit
-decoder) and ``entropy`` (range coding with a Bernoulli model of the density for binary
-masks, a categorical model of the symbol frequencies otherwise; within 1 % of the entropy
-bound). The exact byte formats are in ``docs/mask-codecs.md``. ``n`` and ``a`` are never
-implied by the data alone: the caller supplies them. Corrupt data raises :class:`CodecError`
-and nothing else.
+Four codecs, chosen per layer: ``packed`` (``ceil(log2 a)`` bits per symbol), ``rle`` (binary
+only: fixed-width run lengths of the zeros between kept weights, a small-circuit decoder),
+``entropy`` (range coding with a Bernoulli model of the density for binary masks, a categorical
+model of the symbol frequencies otherwise; within 1 % of the entropy bound) and
+``entropy-grouped`` (the same model coded ``g`` symbols at a time as one symbol of ``a**g <= 256``
+values: the same size, several times faster to decode). The exact byte formats are in
+``docs/mask-codecs.md``. ``n`` and ``a`` are never implied by the data alone: the caller
+supplies them. Corrupt data raises :class:`CodecError` and nothing else.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import math
 
 import numpy as np
 
-from . import entropy, packed, rle
+from . import entropy, entropy_grouped, packed, rle
 from ._common import as_bits, as_symbols, check_alphabet, check_n, symbol_bits
 from .errors import CodecError
 
 __all__ = [
+    "AUTO_CODECS",
     "CODECS",
     "CodecError",
     "decode",
@@ -32,12 +34,16 @@ __all__ = [
     "encode_best",
     "entropy_bound_bits",
     "max_bytes",
+    "size_model",
     "supports",
     "symbol_bits",
 ]
 
-CODECS: tuple[str, ...] = ("packed", "rle", "entropy")
-_MODULES = {"packed": packed, "rle": rle, "entropy": entropy}
+CODECS: tuple[str, ...] = ("packed", "rle", "entropy", "entropy-grouped")
+_MODULES = {"packed": packed, "rle": rle, "entropy": entropy, "entropy-grouped": entropy_grouped}
+
+#: The codecs ``encode_best`` lets compete (those whose module declares ``AUTO``), in order.
+AUTO_CODECS: tuple[str, ...] = tuple(c for c in CODECS if _MODULES[c].AUTO)
 
 
 def _module(codec: str):
@@ -52,9 +58,9 @@ def _module(codec: str):
 def supports(codec: str, alphabet: int) -> bool:
     """Whether ``codec`` can code an alphabet of ``alphabet`` symbols.
 
-    ``packed`` and ``entropy`` support every alphabet of 2..256 symbols, ``rle`` only 2. An
-    integer alphabet outside 2..256 is supported by no codec (False); an unknown codec name is
-    a ValueError.
+    ``packed``, ``entropy`` and ``entropy-grouped`` support every alphabet of 2..256 symbols,
+    ``rle`` only 2. An integer alphabet outside 2..256 is supported by no codec (False); an
+    unknown codec name is a ValueError.
     """
     _module(codec)
     try:
@@ -104,13 +110,15 @@ def decode(data: bytes, n: int, codec: str, alphabet: int = 2) -> np.ndarray:
 def encode_best(symbols: np.ndarray, alphabet: int = 2) -> tuple[str, bytes]:
     """The smallest encoding as ``(codec_name, bytes)``; ties go to the simpler codec.
 
-    Only codecs that support the alphabet compete; simplicity order is ``CODECS``:
-    packed < rle < entropy.
+    The codecs that compete are those that support the alphabet and declare ``AUTO``
+    (:data:`AUTO_CODECS`: ``entropy`` does not, ``entropy-grouped`` codes the same model as
+    fast-decoding groups); ties go to the earlier in ``CODECS`` (packed < rle <
+    entropy-grouped).
     """
     alphabet = check_alphabet(alphabet)
     symbols = as_bits(symbols) if alphabet == 2 else as_symbols(symbols, alphabet)
     best: tuple[str, bytes] | None = None
-    for name in CODECS:
+    for name in AUTO_CODECS:
         if not supports(name, alphabet):
             continue
         module = _MODULES[name]
@@ -125,15 +133,27 @@ def max_bytes(codec: str, n: int, alphabet: int = 2) -> int:
     """The most bytes a valid ``codec`` stream of ``n`` symbols can take.
 
     A reader can reject anything longer before decoding. Binary masks: ``packed``
-    ``ceil(n / 8)``, ``rle`` ``1 + ceil(32 n / 8)``, ``entropy`` ``4 + floor(24 n / 8) + 64``.
-    ``alphabet = a > 2``: ``packed`` ``ceil(n * symbol_bits(a) / 8)`` (every stream has exactly
-    that size), ``entropy`` ``1 + 4 a + floor(24 n / 8) + 64``.
+    ``ceil(n / 8)``, ``rle`` ``1 + ceil(32 n / 8)``, ``entropy`` ``4 + floor(24 n / 8) + 64``,
+    ``entropy-grouped`` ``4 + floor(24 ceil(n / 8) / 8) + 64``. ``alphabet = a > 2``: ``packed``
+    ``ceil(n * symbol_bits(a) / 8)`` (every stream has exactly that size), ``entropy``
+    ``1 + 4 a + floor(24 n / 8) + 64``, ``entropy-grouped``
+    ``1 + 4 a + floor(24 ceil(n / g) / 8) + 64`` with ``g = group_size(a)``.
     """
     module, alphabet = _checked(codec, alphabet)
     n = check_n(n)
     if codec == "rle":
         return 1 + (n * rle.MAX_WIDTH + 7) // 8
     return module.max_bytes(n, alphabet)
+
+
+def size_model(codec: str) -> str:
+    """How a cost model sizes ``codec``'s streams without coding them, as the codec declares.
+
+    ``"symbol-bits"``: exactly ``ceil(n * symbol_bits(a) / 8)`` bytes (``packed``);
+    ``"entropy-bound"``: about the order-0 entropy bound, ``ceil(H n / 8)`` bytes (``rle``,
+    ``entropy``, ``entropy-grouped``).
+    """
+    return _module(codec).SIZE_MODEL
 
 
 def entropy_bound_bits(k: float) -> float:

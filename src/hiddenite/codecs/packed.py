@@ -18,8 +18,20 @@ import numpy as np
 from ._common import as_bits, as_buffer, as_symbols, check_alphabet, check_n, symbol_bits
 from .errors import CodecError
 
-__all__ = ["decode", "decode_symbols", "encode", "encode_symbols", "max_bytes"]
+__all__ = [
+    "AUTO",
+    "SIZE_MODEL",
+    "decode",
+    "decode_symbols",
+    "encode",
+    "encode_symbols",
+    "max_bytes",
+]
 
+#: How the hardware model sizes this codec's streams: exactly ``ceil(n * symbol_bits(a) / 8)``.
+SIZE_MODEL = "symbol-bits"
+#: ``encode_best`` (the ``auto`` choice) lets this codec compete.
+AUTO = True
 _CHUNK = 1 << 16  # symbols per vectorised step (a multiple of 8: chunks fill whole bytes)
 
 

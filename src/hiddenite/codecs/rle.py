@@ -28,10 +28,14 @@ from ..kernels import mask_cpu
 from ._common import as_bits, as_buffer, check_n
 from .errors import CodecError
 
-__all__ = ["MAX_WIDTH", "MIN_WIDTH", "choose_width", "decode", "encode"]
+__all__ = ["AUTO", "MAX_WIDTH", "MIN_WIDTH", "SIZE_MODEL", "choose_width", "decode", "encode"]
 
 MIN_WIDTH = 1
 MAX_WIDTH = 32
+#: How the hardware model sizes this codec's streams without coding: the entropy bound.
+SIZE_MODEL = "entropy-bound"
+#: ``encode_best`` (the ``auto`` choice) lets this codec compete.
+AUTO = True
 _CHUNK_FIELDS = 1 << 16  # fields per vectorised step: bounds temporaries, stays in cache
 
 

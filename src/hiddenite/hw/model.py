@@ -839,7 +839,11 @@ def load_source(
             wl = zoo_workloads(
                 source, density, codec=codec, input_shape=input_shape, **dict(model_kwargs or {})
             )
-            how = "packed-exact" if codec == "packed" else "entropy-bound"
+            how = (
+                "packed-exact"
+                if codec in codecs.CODECS and codecs.size_model(codec) == "symbol-bits"
+                else "entropy-bound"
+            )
             meta = {
                 "kind": "zoo",
                 "model": source,

@@ -95,7 +95,7 @@ def mask_source_note(meta: Mapping[str, Any]) -> str:
     elif how == "smallest-codec":
         note = (
             "model data: each layer's parts coded with the smallest codec (packed, rle, "
-            "entropy), as a model file stores them"
+            "entropy-grouped), as a model file stores them"
         )
     elif how == "coded":
         note = f"model data: each layer's parts coded with {meta.get('mask_codec')}"

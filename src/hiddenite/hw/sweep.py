@@ -8,8 +8,9 @@ Grid keys (each maps to a list of values; the sweep runs their Cartesian product
 - ``density``: kept fraction of every layer whose weights are regenerated (its mask becomes a
   1-bit edge-popup mask whose bytes are recomputed); a layer with stored weights (kept dense,
   binarized) keeps all of them and is unchanged;
-- ``codec``: ``packed`` (exact ceil(n / 8)), ``rle`` / ``entropy`` (the entropy bound
-  ceil(H(k) n / 8), not a real code: rows say ``mask_bytes_source = entropy-bound``), ``none``;
+- ``codec``: ``packed`` (exact ceil(n / 8)), ``rle`` / ``entropy`` / ``entropy-grouped`` (the
+  entropy bound ceil(H(k) n / 8), as :func:`hiddenite.codecs.size_model` declares; not a
+  real code: rows say ``mask_bytes_source = entropy-bound``), ``none``;
 - ``skip_masked``, ``activations_on_chip``: model options.
 """
 
@@ -22,6 +23,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .. import codecs
 from .model import estimate, resolve_arch
 from .plots import pareto_front, plot_pareto
 from .spec import ArchSpec, SpecError, _atomic_write_text
@@ -83,7 +85,12 @@ def _adjust(
             c = "entropy"  # e.g. "packed+entropy" of a multi-part layer: the bound of one mask
         k = w.density if density is None else float(density)
         out.append(w.with_density(k, c))
-        sources.add("packed-exact" if c == "packed" else "none" if c == "none" else "entropy-bound")
+        if c == "none":
+            sources.add("none")
+        elif codecs.size_model(c) == "symbol-bits":
+            sources.add("packed-exact")
+        else:
+            sources.add("entropy-bound")
     return out, "+".join(sorted(sources))
 
 

@@ -79,18 +79,19 @@ def _conv_out(size: int, pad: int, k: int, stride: int, dilation: int) -> int:
 
 def mask_bytes_for(codec: str, weights: int, density: float) -> int:
     """Size (bytes) of a binary mask of ``weights`` bits at ``density`` when no real mask is at
-    hand: ``packed`` = ceil(n / 8) exactly (:func:`hiddenite.codecs.max_bytes`); ``rle`` and
-    ``entropy`` = the entropy bound ceil(H(k) n / 8) (:func:`hiddenite.codecs.entropy_bound_bits`;
-    a real code is a little larger); ``none`` = 0."""
-    if codec == "packed":
-        return codecs.max_bytes("packed", weights)
-    if codec in ("rle", "entropy"):
-        if not 0.0 <= float(density) <= 1.0:
-            raise WorkloadError(f"density (kept fraction) must be in [0, 1], got {density!r}")
-        return math.ceil(entropy_bound_bits(density) * weights / 8)
+    hand, as the codec declares (:func:`hiddenite.codecs.size_model`): ``symbol-bits``
+    (``packed``) = ceil(n / 8) exactly (:func:`hiddenite.codecs.max_bytes`); ``entropy-bound``
+    (``rle``, ``entropy``, ``entropy-grouped``) = ceil(H(k) n / 8)
+    (:func:`hiddenite.codecs.entropy_bound_bits`; a real code is a little larger); ``none`` = 0."""
     if codec == "none":
         return 0
-    raise WorkloadError(f"codec: unknown mask codec {codec!r}; use {', '.join(MASK_CODECS)}")
+    if codec not in codecs.CODECS:
+        raise WorkloadError(f"codec: unknown mask codec {codec!r}; use {', '.join(MASK_CODECS)}")
+    if codecs.size_model(codec) == "symbol-bits":
+        return codecs.max_bytes(codec, weights)
+    if not 0.0 <= float(density) <= 1.0:
+        raise WorkloadError(f"density (kept fraction) must be in [0, 1], got {density!r}")
+    return math.ceil(entropy_bound_bits(density) * weights / 8)
 
 
 def _part_facts(part: Any) -> tuple[int, int | None, str | None, int]:
