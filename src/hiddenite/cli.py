@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import models
-from .codecs import CODECS
+from .codecs import AUTO_CODECS, CODECS
 from .convert import SupermaskConfig
 from .data import DATASETS, dataset_info, iterate_batches, load_dataset
 from .distributed import environment_world, process_group
@@ -284,7 +284,8 @@ def _parser() -> argparse.ArgumentParser:
         "--codec",
         default="auto",
         choices=["auto", *CODECS],
-        help="mask codec for every layer (default auto: the smallest per layer)",
+        help="mask codec for every layer (default auto: the smallest of "
+        f"{', '.join(AUTO_CODECS)} per layer)",
     )
     p.add_argument(
         "--param-dtype",
