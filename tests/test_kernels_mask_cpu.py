@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import constriction
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from hiddenite.codecs import entropy_grouped as eg
 from hiddenite.kernels.mask_cpu import (
+    RANGE_INVALID,
+    RANGE_OK,
     RLE_OK,
     RLE_OVERSHOOT,
     RLE_TRUNCATED,
     is_zero_one_of,
+    range_decode,
     rle_fields,
 )
 
@@ -86,3 +93,96 @@ def test_rle_fields_agree_with_the_numpy_reference(w):
             assert tuple(got) == want[:3], (w, trial, n)
             if want[3] is not None:
                 np.testing.assert_array_equal(out, want[3])
+
+
+# ----------------------------------------------------------------- range_decode vs constriction
+
+
+def constriction_decode(words: np.ndarray, model: np.ndarray, count: int) -> np.ndarray | None:
+    """constriction's own RangeDecoder and Categorical(perfect=False); None where it reports
+    invalid data."""
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    try:
+        out = decoder.decode(constriction.stream.model.Categorical(model, perfect=False), count)
+    except AssertionError:  # "Tried to decode from compressed data that is invalid ..."
+        return None
+    return np.asarray(out, dtype=np.int32)
+
+
+def compiled_decode(words: np.ndarray, model: np.ndarray, count: int) -> np.ndarray | None:
+    out = np.full(count, -1, dtype=np.int32)
+    outcome = range_decode(words, eg.quantized_cdf(model), 24, out)
+    assert outcome in (RANGE_OK, RANGE_INVALID)
+    return out if outcome == RANGE_OK else None
+
+
+def assert_same(words, model, count):
+    want = constriction_decode(words, model, count)
+    have = compiled_decode(words, model, count)
+    if want is None:
+        assert have is None
+    else:
+        assert have is not None and np.array_equal(have, want)
+
+
+def test_quantized_cdf_by_hand():
+    # two halves: scale = (2**24 - 2) / 1, the second value starts at floor(0.5 scale) + 1
+    assert eg.quantized_cdf(np.array([0.5, 0.5])).tolist() == [0, 2**23, 2**24]
+    # a zero probability still gets one slot; [0.25, 0, 0.75] (sum 1): scale = 2**24 - 3
+    cdf = eg.quantized_cdf(np.array([0.25, 0.0, 0.75]))
+    assert cdf.tolist() == [0, (2**24 - 3) // 4 + 1, (2**24 - 3) // 4 + 2, 2**24]
+
+
+models = st.integers(2, 256).flatmap(
+    lambda size: st.lists(
+        st.one_of(st.just(0.0), st.floats(1e-9, 1.0), st.integers(1, 1000).map(float)),
+        min_size=size,
+        max_size=size,
+    ).filter(lambda p: sum(p) > 0)
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=models, seed=st.integers(0, 2**32 - 1), count=st.integers(1, 600))
+def test_range_decode_is_constrictions_on_encoded_streams(model, seed, count):
+    model = np.array(model)
+    p = model / model.sum()
+    symbols = np.random.default_rng(seed).choice(model.size, count, p=p).astype(np.int32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(symbols, constriction.stream.model.Categorical(model, perfect=False))
+    words = encoder.get_compressed().astype(np.uint32)
+    assert np.array_equal(compiled_decode(words, model, count), symbols)
+    assert_same(words, model, count + 7)  # decoding past the end: zero words follow
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    model=models,
+    words=st.lists(st.integers(0, 2**32 - 1), max_size=40),
+    count=st.integers(1, 400),
+)
+def test_range_decode_is_constrictions_on_arbitrary_words(model, words, count):
+    assert_same(np.array(words, dtype=np.uint32), np.array(model), count)
+
+
+def test_range_decode_invalid_data_like_constriction():
+    # a point just below 2**64 gives quantile 2**24 on the first symbol: invalid for both
+    words = np.array([0xFFFFFFFF, 0xFFFFFFFF], dtype=np.uint32)
+    model = np.array([0.5, 0.5])
+    assert constriction_decode(words, model, 1) is None
+    assert compiled_decode(words, model, 1) is None
+
+
+@pytest.mark.parametrize("q", [1, 2**20, 3 * 2**22, 2**24 - 1])
+def test_range_decode_grouped_masks(q):
+    """The codec's own models (8 mask bits a group), skewed to either end."""
+    model = eg.group_model(np.array([2**24 - q, q]), 2)
+    rng = np.random.default_rng(q)
+    groups = rng.choice(256, 3000, p=model / model.sum()).astype(np.int32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(groups, constriction.stream.model.Categorical(model, perfect=False))
+    words = encoder.get_compressed().astype(np.uint32)
+    assert np.array_equal(compiled_decode(words, model, groups.size), groups)
+    flipped = words.copy()
+    flipped[len(words) // 2] ^= np.uint32(1 << 7)
+    assert_same(flipped, model, groups.size)

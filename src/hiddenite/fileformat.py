@@ -1216,9 +1216,7 @@ def _parse_meta(
         layers = tuple(_check_layer_v1(x, i, param_dtype, config) for i, x in enumerate(raw_layers))
     else:
         configs: dict[str, MethodConfig] = {}  # layers sharing one method config build it once
-        layers = tuple(
-            _check_layer(x, i, param_dtype, configs) for i, x in enumerate(raw_layers)
-        )
+        layers = tuple(_check_layer(x, i, param_dtype, configs) for i, x in enumerate(raw_layers))
     _check_lanes(config, layers)
     names = set()
     for layer in layers:

@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from ..kernels import mask_cpu
 from ._common import as_bits, as_buffer, as_symbols, check_alphabet, check_n
 from .entropy import PROB_BITS, header_bytes, quantize, quantize_frequencies
 from .errors import CodecError
@@ -43,6 +44,7 @@ __all__ = [
     "group_model",
     "group_size",
     "max_bytes",
+    "quantized_cdf",
 ]
 
 NAME = "entropy-grouped"
@@ -78,6 +80,27 @@ def group_model(freq, alphabet: int) -> np.ndarray:
     for _ in range(group_size(alphabet) - 1):
         model = (p[:, None] * model[None, :]).ravel()
     return model
+
+
+def quantized_cdf(model: np.ndarray) -> np.ndarray:
+    """The cumulative distribution (int64, ``model.size + 1`` values from 0 to ``2**24``)
+    that constriction 0.5's ``Categorical(model, perfect=False)`` codes with: each value
+    gets 1 (so none is impossible) plus its share of the remaining ``2**24 - size``,
+    ``cdf[s] = floor(c_s * scale) + s`` with ``c_s`` the float64 running sum of
+    ``model[:s]`` and ``scale = (2**24 - size) / sum(model)``, both sums taken in order
+    (constriction's ``fast_quantized_cdf``)."""
+    values = [float(p) for p in model]
+    normalization = 0.0
+    for p in values:
+        normalization += p
+    scale = float(_ONE - len(values)) / normalization
+    cdf = np.empty(len(values) + 1, dtype=np.int64)
+    cumulative = 0.0
+    for s, p in enumerate(values):
+        cdf[s] = int(cumulative * scale) + s
+        cumulative += p
+    cdf[-1] = _ONE
+    return cdf
 
 
 def _categorical(model: np.ndarray):
@@ -184,17 +207,13 @@ def _decode(payload: bytes, n: int, alphabet: int, freq: np.ndarray) -> np.ndarr
     likeliest = min(float(model.max()) + 2.0**-16, 1.0)
     if len(payload) * 8 + 64 < 0.99 * count * -math.log2(likeliest):
         raise CodecError(f"{what} payload of {len(payload)} bytes is too short for {n} symbols")
-    import constriction
-
+    # constriction's RangeDecoder with the same quantized model, compiled (it gives exactly
+    # constriction's group values: tests/test_codecs_entropy_grouped.py); the re-encode
+    # below, by constriction's encoder, still decides whether the stream is canonical
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    try:
-        decoder = constriction.stream.queue.RangeDecoder(words)
-        groups = np.asarray(decoder.decode(_categorical(model), count))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:
-        # AssertionError for undecodable data, pyo3's PanicException for a Rust panic.
-        raise CodecError(f"{what} payload does not decode: {exc}") from None
+    groups = np.empty(count, dtype=np.int32)
+    if mask_cpu.range_decode(words, quantized_cdf(model), PROB_BITS, groups) != mask_cpu.RANGE_OK:
+        raise CodecError(f"{what} payload does not decode (invalid data for the model)")
     if groups.shape != (count,) or int(groups.min()) < 0 or int(groups.max()) >= model.size:
         raise CodecError(f"{what} payload decodes to invalid group values")
     # The symbol counts from the histogram of the (g times fewer) group values.

@@ -1,12 +1,22 @@
 """Compiled (numba) CPU passes of loading a model file: the check of a restored edge-popup
-layer (one pass, no copy) and the ``rle`` mask decoder's field loop."""
+layer (one pass, no copy), the ``rle`` mask decoder's field loop and the range decoder of the
+``entropy-grouped`` codec (constriction's arithmetic, :func:`range_decode`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-__all__ = ["RLE_OK", "RLE_OVERSHOOT", "RLE_TRUNCATED", "is_zero_one_of", "rle_fields"]
+__all__ = [
+    "RANGE_INVALID",
+    "RANGE_OK",
+    "RLE_OK",
+    "RLE_OVERSHOOT",
+    "RLE_TRUNCATED",
+    "is_zero_one_of",
+    "range_decode",
+    "rle_fields",
+]
 
 
 @njit(nogil=True, cache=True)
@@ -56,3 +66,67 @@ def rle_fields(buf, w, n, available, out):
         if kept:
             out[pos - 1] = True
     return RLE_TRUNCATED, available, pos
+
+
+#: :func:`range_decode` outcomes
+RANGE_OK, RANGE_INVALID = 0, 1
+
+
+@njit(nogil=True, cache=True)
+def range_decode(words, cdf, precision, out):
+    """Decode ``out.size`` i.i.d. symbols from the uint32 ``words`` of a range coder stream,
+    exactly as constriction 0.5's ``stream.queue.RangeDecoder`` (32-bit words, 64-bit state)
+    does with a categorical model whose quantized cumulative distribution is the int64
+    ``cdf`` (``cdf[0] = 0`` < ... < ``cdf[-1] = 2**precision``; symbol ``s`` owns
+    ``[cdf[s], cdf[s + 1])``). Writes int32 symbols into ``out``; returns ``RANGE_OK``, or
+    ``RANGE_INVALID`` where constriction reports invalid data (a quantile past the model).
+
+    The state is ``lower`` and ``range`` (``range`` starts at ``2**64 - 1``), the ``point``
+    the first two words (the first most significant; fewer are shifted up, zeros follow the
+    last word). Per symbol: ``scale = range >> precision``, ``quantile = (point - lower) /
+    scale`` (wrapping subtraction), the symbol whose slot holds the quantile, ``lower +=
+    scale * cdf[s]``, ``range = scale * (cdf[s + 1] - cdf[s])``; when ``range < 2**32`` all
+    three shift left by 32 bits and the next word (or 0) enters ``point``."""
+    n_words = words.size
+    point = np.uint64(0)
+    read = 0
+    while read < n_words and read < 2:
+        point = (point << np.uint64(32)) | np.uint64(words[read])
+        read += 1
+    if read == 1:
+        point = point << np.uint64(32)
+    lower = np.uint64(0)
+    rng = np.uint64(0xFFFFFFFFFFFFFFFF)
+    prec = np.uint64(precision)
+    total = np.uint64(1) << prec
+    small = np.uint64(1) << np.uint64(32)
+    ucdf = cdf.astype(np.uint64)
+    # first[b]: the symbol holding quantile b << shift, the start of a short forward scan
+    bits = min(precision, 16)
+    shift = np.uint64(precision - bits)
+    first = np.empty(1 << bits, dtype=np.int32)
+    s = 0
+    for b in range(1 << bits):
+        while ucdf[s + 1] <= (np.uint64(b) << shift):
+            s += 1
+        first[b] = s
+    for i in range(out.size):
+        scale = rng >> prec
+        quantile = (point - lower) // scale
+        if quantile >= total:
+            return RANGE_INVALID
+        lo = first[quantile >> shift]  # then the last s with ucdf[s] <= quantile
+        while ucdf[lo + 1] <= quantile:
+            lo += 1
+        out[i] = lo
+        left = ucdf[lo]
+        lower = lower + scale * left
+        rng = scale * (ucdf[lo + 1] - left)
+        if rng < small:
+            lower = lower << np.uint64(32)
+            rng = rng << np.uint64(32)
+            point = point << np.uint64(32)
+            if read < n_words:
+                point = point | np.uint64(words[read])
+                read += 1
+    return RANGE_OK
