@@ -17,6 +17,7 @@ from hiddenite.kernels.mask_cpu import (
     RLE_TRUNCATED,
     is_zero_one_of,
     range_decode,
+    range_encodes_to,
     rle_fields,
 )
 
@@ -111,9 +112,13 @@ def constriction_decode(words: np.ndarray, model: np.ndarray, count: int) -> np.
 
 def compiled_decode(words: np.ndarray, model: np.ndarray, count: int) -> np.ndarray | None:
     out = np.full(count, -1, dtype=np.int32)
-    outcome = range_decode(words, eg.quantized_cdf(model), 24, out)
+    histogram = np.zeros(model.size, dtype=np.int64)
+    outcome = range_decode(words, eg.quantized_cdf(model), 24, out, histogram)
     assert outcome in (RANGE_OK, RANGE_INVALID)
-    return out if outcome == RANGE_OK else None
+    if outcome != RANGE_OK:
+        return None
+    assert np.array_equal(histogram, np.bincount(out, minlength=model.size))
+    return out
 
 
 def assert_same(words, model, count):
@@ -186,3 +191,130 @@ def test_range_decode_grouped_masks(q):
     flipped = words.copy()
     flipped[len(words) // 2] ^= np.uint32(1 << 7)
     assert_same(flipped, model, groups.size)
+
+
+# ------------------------------------------------------------- range_encodes_to vs constriction
+
+M64 = (1 << 64) - 1
+
+
+class NaiveRangeEncoder:
+    """constriction's RangeEncoder rules in plain Python integers (a second, independent
+    reading of them); ``steer`` picks symbols that keep a held ("inverted") run going, so
+    that runs of several held words, rare in random data, are exercised too."""
+
+    def __init__(self, cdf):
+        self.cdf = [int(c) for c in cdf]
+        self.lower, self.range, self.held, self.first, self.out = 0, M64, 0, 0, []
+        self.longest = 0
+
+    def _release(self, carry):
+        head = (self.first + 1) & 0xFFFFFFFF if carry else self.first
+        self.out += [head] + [0 if carry else 0xFFFFFFFF] * (self.held - 1)
+
+    def steer(self) -> int | None:
+        """A symbol whose interval still wraps past 2**64 (None when not inverted)."""
+        if not self.held:
+            return None
+        scale = self.range >> 24
+        for s in range(len(self.cdf) - 1):
+            lo = (self.lower + scale * self.cdf[s]) & M64
+            if lo + scale * (self.cdf[s + 1] - self.cdf[s]) > M64:
+                return s
+        return None
+
+    def encode(self, s: int) -> None:
+        left, p = self.cdf[s], self.cdf[s + 1] - self.cdf[s]
+        scale = self.range >> 24
+        self.range = scale * p
+        new = (self.lower + scale * left) & M64
+        if self.held and (new + self.range) & M64 > new:
+            self._release(new < self.lower)
+            self.held = 0
+        self.lower = new
+        if self.range < 1 << 32:
+            self.range <<= 32
+            word = self.lower >> 32
+            self.lower = (self.lower << 32) & M64
+            if self.held:
+                self.held += 1
+                self.longest = max(self.longest, self.held)
+            elif (self.lower + self.range) & M64 > self.lower:
+                self.out.append(word)
+            else:
+                self.held, self.first = 1, word
+
+    def sealed(self) -> list[int]:
+        if self.range == M64:
+            return []
+        out, held = list(self.out), self.held
+        point = (self.lower + 0xFFFFFFFF) & M64
+        if held:
+            carry = point < self.lower
+            head = (self.first + 1) & 0xFFFFFFFF if carry else self.first
+            out += [head] + [0 if carry else 0xFFFFFFFF] * (held - 1)
+        out.append(point >> 32)
+        if ((self.lower + self.range) & M64) >> 32 == point >> 32:
+            out.append(0)
+        return out
+
+
+def constriction_words(symbols, model) -> np.ndarray:
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(
+        np.asarray(symbols, dtype=np.int32),
+        constriction.stream.model.Categorical(model, perfect=False),
+    )
+    return encoder.get_compressed().astype(np.uint32)
+
+
+def assert_encodes_exactly(words, cdf, symbols):
+    """True for constriction's words, False for every word dropped, added or changed."""
+    symbols = np.asarray(symbols, dtype=np.int32)
+    assert range_encodes_to(words, cdf, 24, symbols)
+    assert not range_encodes_to(np.append(words, np.uint32(0)), cdf, 24, symbols)
+    if words.size:
+        assert not range_encodes_to(words[:-1].copy(), cdf, 24, symbols)
+        for at in {0, words.size // 2, words.size - 1}:
+            changed = words.copy()
+            changed[at] ^= np.uint32(1 << (at % 32))
+            assert not range_encodes_to(changed, cdf, 24, symbols)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=models, seed=st.integers(0, 2**32 - 1), count=st.integers(0, 2000))
+def test_range_encodes_to_is_constrictions_encoder(model, seed, count):
+    model = np.array(model)
+    symbols = np.random.default_rng(seed).choice(model.size, count, p=model / model.sum())
+    cdf = eg.quantized_cdf(model)
+    words = constriction_words(symbols, model)
+    naive = NaiveRangeEncoder(cdf)
+    for s in symbols:
+        naive.encode(int(s))
+    assert naive.sealed() == words.tolist()
+    assert_encodes_exactly(words, cdf, symbols)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_range_encodes_to_long_held_runs(seed):
+    """Symbols steered to keep the interval across a word boundary: held runs of several
+    words, each released with or without a carry, or at the seal."""
+    rng = np.random.default_rng(seed)
+    model = eg.group_model(np.array([2**24 - 5_000_000, 5_000_000]), 2) if seed % 2 else None
+    model = rng.random(64) + 0.01 if model is None else model
+    cdf = eg.quantized_cdf(model)
+    naive = NaiveRangeEncoder(cdf)
+    symbols, inside = [], []
+    for i in range(3000):
+        steered = naive.steer() if (i // 500) % 2 else None
+        s = int(rng.choice(model.size, p=model / model.sum())) if steered is None else steered
+        naive.encode(s)
+        symbols.append(s)
+        if naive.held >= 2:
+            inside.append(len(symbols))
+    assert naive.longest >= 3 and inside  # the steering made runs of held words
+    words = constriction_words(symbols, model)
+    assert naive.sealed() == words.tolist()
+    assert_encodes_exactly(words, cdf, symbols)
+    for stop in (1, inside[0], inside[-1], len(symbols) - 1):  # sealed inside a run or not
+        assert_encodes_exactly(constriction_words(symbols[:stop], model), cdf, symbols[:stop])

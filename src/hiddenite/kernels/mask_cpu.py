@@ -15,6 +15,7 @@ __all__ = [
     "RLE_TRUNCATED",
     "is_zero_one_of",
     "range_decode",
+    "range_encodes_to",
     "rle_fields",
 ]
 
@@ -73,12 +74,13 @@ RANGE_OK, RANGE_INVALID = 0, 1
 
 
 @njit(nogil=True, cache=True)
-def range_decode(words, cdf, precision, out):
+def range_decode(words, cdf, precision, out, histogram):
     """Decode ``out.size`` i.i.d. symbols from the uint32 ``words`` of a range coder stream,
     exactly as constriction 0.5's ``stream.queue.RangeDecoder`` (32-bit words, 64-bit state)
     does with a categorical model whose quantized cumulative distribution is the int64
     ``cdf`` (``cdf[0] = 0`` < ... < ``cdf[-1] = 2**precision``; symbol ``s`` owns
-    ``[cdf[s], cdf[s + 1])``). Writes int32 symbols into ``out``; returns ``RANGE_OK``, or
+    ``[cdf[s], cdf[s + 1])``). Writes int32 symbols into ``out`` and adds each symbol's count
+    to the int64 ``histogram`` (``cdf.size - 1`` values); returns ``RANGE_OK``, or
     ``RANGE_INVALID`` where constriction reports invalid data (a quantile past the model).
 
     The state is ``lower`` and ``range`` (``range`` starts at ``2**64 - 1``), the ``point``
@@ -102,7 +104,7 @@ def range_decode(words, cdf, precision, out):
     small = np.uint64(1) << np.uint64(32)
     ucdf = cdf.astype(np.uint64)
     # first[b]: the symbol holding quantile b << shift, the start of a short forward scan
-    bits = min(precision, 16)
+    bits = min(precision, 12)
     shift = np.uint64(precision - bits)
     first = np.empty(1 << bits, dtype=np.int32)
     s = 0
@@ -119,6 +121,7 @@ def range_decode(words, cdf, precision, out):
         while ucdf[lo + 1] <= quantile:
             lo += 1
         out[i] = lo
+        histogram[lo] += 1
         left = ucdf[lo]
         lower = lower + scale * left
         rng = scale * (ucdf[lo + 1] - left)
@@ -130,3 +133,92 @@ def range_decode(words, cdf, precision, out):
                 point = point | np.uint64(words[read])
                 read += 1
     return RANGE_OK
+
+
+@njit(nogil=True, cache=True)
+def _put(words, pos, word):
+    """Whether the encoder's next word, at ``pos``, is ``words[pos]``."""
+    return pos < words.size and np.uint64(words[pos]) == word
+
+
+@njit(nogil=True, cache=True)
+def range_encodes_to(words, cdf, precision, symbols):
+    """Whether constriction 0.5's ``stream.queue.RangeEncoder`` (32-bit words, 64-bit
+    state), encoding the int32 ``symbols`` under the quantized ``cdf`` of
+    :func:`range_decode` and then sealed (``get_compressed``), writes exactly the uint32
+    ``words``: the encoder runs without storing its output, comparing each word it writes
+    and stopping at the first difference.
+
+    constriction's rules: ``scale = range >> precision``, ``range = scale * p(s)``,
+    ``lower += scale * cdf[s]`` (wrapping); when ``range < 2**32`` both shift left by 32 and
+    the top word of ``lower`` is written, or held back while ``lower + range`` wraps (an
+    "inverted" run, released with a carry or without once a later symbol decides); sealing
+    writes the held words, the top word of ``lower + 2**32 - 1``, and a zero word when that
+    equals the top word of ``lower + range``. Nothing is written for no symbols."""
+    word_mask = np.uint64(0xFFFFFFFF)
+    ones = word_mask
+    w32 = np.uint64(32)
+    prec = np.uint64(precision)
+    small = np.uint64(1) << w32
+    lower = np.uint64(0)
+    rng = np.uint64(0xFFFFFFFFFFFFFFFF)
+    inverted = 0  # held-back words (0: the normal situation)
+    first_held = np.uint64(0)
+    pos = 0
+    for i in range(symbols.size):
+        s = symbols[i]
+        left = np.uint64(cdf[s])
+        scale = rng >> prec
+        rng = scale * (np.uint64(cdf[s + 1]) - left)
+        new_lower = lower + scale * left
+        if inverted and new_lower + rng > new_lower:  # the inverted run is decided
+            if new_lower < lower:  # the carry arrived
+                first, rest = (first_held + np.uint64(1)) & word_mask, np.uint64(0)
+            else:
+                first, rest = first_held, ones
+            if not _put(words, pos, first):
+                return False
+            pos += 1
+            for _ in range(1, inverted):
+                if not _put(words, pos, rest):
+                    return False
+                pos += 1
+            inverted = 0
+        lower = new_lower
+        if rng < small:
+            rng = rng << w32
+            lower_word = lower >> w32
+            lower = lower << w32
+            if inverted:
+                inverted += 1
+            elif lower + rng > lower:
+                if not _put(words, pos, lower_word):
+                    return False
+                pos += 1
+            else:
+                inverted = 1
+                first_held = lower_word
+    if symbols.size == 0:
+        return words.size == 0
+    point = lower + ones
+    if inverted:
+        if point < lower:
+            first, rest = (first_held + np.uint64(1)) & word_mask, np.uint64(0)
+        else:
+            first, rest = first_held, ones
+        if not _put(words, pos, first):
+            return False
+        pos += 1
+        for _ in range(1, inverted):
+            if not _put(words, pos, rest):
+                return False
+            pos += 1
+    point_word = point >> w32
+    if not _put(words, pos, point_word):
+        return False
+    pos += 1
+    if (lower + rng) >> w32 == point_word:
+        if not _put(words, pos, np.uint64(0)):
+            return False
+        pos += 1
+    return pos == words.size
