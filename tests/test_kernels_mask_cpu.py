@@ -15,6 +15,7 @@ from hiddenite.kernels.mask_cpu import (
     RLE_OK,
     RLE_OVERSHOOT,
     RLE_TRUNCATED,
+    fill_zero_one,
     is_zero_one_of,
     range_decode,
     range_encodes_to,
@@ -318,3 +319,13 @@ def test_range_encodes_to_long_held_runs(seed):
     assert_encodes_exactly(words, cdf, symbols)
     for stop in (1, inside[0], inside[-1], len(symbols) - 1):  # sealed inside a run or not
         assert_encodes_exactly(constriction_words(symbols[:stop], model), cdf, symbols[:stop])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 1000])
+def test_fill_zero_one_is_the_mask_as_floats(dtype, n):
+    mask = np.random.default_rng(n).random(n) < 0.3
+    values = np.full(n, np.nan, dtype=dtype)  # every value is written
+    fill_zero_one(values, mask)
+    assert np.array_equal(values, mask.astype(dtype))
+    assert is_zero_one_of(values.astype(np.float32), mask)

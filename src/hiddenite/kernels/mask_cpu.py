@@ -13,6 +13,7 @@ __all__ = [
     "RLE_OK",
     "RLE_OVERSHOOT",
     "RLE_TRUNCATED",
+    "fill_zero_one",
     "is_zero_one_of",
     "range_decode",
     "range_encodes_to",
@@ -29,6 +30,14 @@ def is_zero_one_of(values, mask) -> bool:
     for i in range(values.size):
         bad |= values[i] != np.float32(mask[i])
     return not bad
+
+
+@njit(nogil=True, cache=True)
+def fill_zero_one(values, mask) -> None:
+    """``values[i] = 1.0`` where ``mask[i]`` is set, else ``0.0`` (1-D float ``values``, 1-D
+    bool ``mask`` of the same length): a restored edge-popup layer's scores."""
+    for i in range(values.size):
+        values[i] = values.dtype.type(mask[i])
 
 
 #: :func:`rle_fields` outcomes
