@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from hiddenite import SupermaskConfig, supermask_, to_dense
-from hiddenite.convert import CONFIG_VERSION, ConfigError, LayerPlan, plan_layers
+from hiddenite.convert import (
+    CONFIG_VERSION,
+    ConfigError,
+    LayerPlan,
+    can_materialize,
+    materialize_,
+    plan_layers,
+)
 from hiddenite.init import frozen_weights
 from hiddenite.layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear, is_supermask
 from hiddenite.masks import GlobalThreshold, kept_count
@@ -678,3 +685,42 @@ def test_a_boolean_version_is_not_version_1():
         SupermaskConfig.from_dict(data)
     with pytest.raises(ConfigError, match="version True"):
         method_config({"name": "edge-popup", "version": True})
+
+
+@pytest.mark.parametrize("method", ["edge-popup", "signed"])
+def test_materialize_gives_the_state_of_building_on_the_device(method):
+    """A model converted on ``meta`` and given memory equals the same model built and
+    converted on the CPU with ``init_state=False``: weights, learned state (zero), batch
+    norms (reset); nothing left on ``meta``; parameters stay parameters, buffers buffers."""
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 4, 1, bias=False),
+            nn.BatchNorm2d(4, affine=False),
+            nn.Flatten(),
+            nn.Linear(4 * 4 * 4, 5, bias=False),
+        )
+
+    config = SupermaskConfig(density=0.3, seed=3, method=method)
+    with torch.device("meta"):
+        skeleton = supermask_(build(), config, init_state=False)
+    assert can_materialize(skeleton)
+    model = materialize_(skeleton, "cpu")
+    reference = supermask_(build(), config, init_state=False)
+    got, want = model.state_dict(keep_vars=True), reference.state_dict(keep_vars=True)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].device.type == "cpu", key
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+        assert isinstance(got[key], nn.Parameter) == isinstance(want[key], nn.Parameter), key
+        assert got[key].requires_grad == want[key].requires_grad, key
+        assert torch.equal(got[key], want[key]), key
+    assert all(t.device.type == "cpu" for t in model.parameters())
+    assert all(t.device.type == "cpu" for t in model.buffers())
+    x = torch.randn(2, 3, 6, 6)
+    model.eval(), reference.eval()
+    assert torch.equal(model(x), reference(x))

@@ -479,7 +479,19 @@ def _check_part(part: Any, what: str, param_dtype: str) -> PartEntry:
     return PartEntry(name, n, alphabet, codec, tensor, nbytes, counts)
 
 
-def _check_layer(layer: Any, i: int, param_dtype: str) -> LayerEntry:
+def _method_config(spec: dict, configs: dict[str, MethodConfig]) -> MethodConfig:
+    """:func:`method_config` of ``spec``, shared by the specs of one JSON text in ``configs``
+    (a config is frozen; equal texts are equal JSON values, so they build equal configs)."""
+    key = json.dumps(spec, sort_keys=True)
+    config = configs.get(key)
+    if config is None:
+        config = configs[key] = method_config(spec)
+    return config
+
+
+def _check_layer(
+    layer: Any, i: int, param_dtype: str, configs: dict[str, MethodConfig]
+) -> LayerEntry:
     what = f"layers[{i}]"
     _obj(layer, what, _LAYER_FIELDS)
     _int(layer["index"], f"{what} index", 0, 2**32 - 1)
@@ -489,7 +501,7 @@ def _check_layer(layer: Any, i: int, param_dtype: str) -> LayerEntry:
     if not isinstance(layer["method"], dict):
         raise ModelFormatError(f"{what}: method must be a JSON object")
     try:
-        config = method_config(layer["method"])
+        config = _method_config(layer["method"], configs)
     except (ConfigError, TypeError) as exc:
         raise ModelFormatError(f"{what}: method config is invalid ({exc})") from None
     density = _num(layer["density"], f"{what} density")
@@ -1203,7 +1215,8 @@ def _parse_meta(
     if version == 1:
         layers = tuple(_check_layer_v1(x, i, param_dtype, config) for i, x in enumerate(raw_layers))
     else:
-        layers = tuple(_check_layer(x, i, param_dtype) for i, x in enumerate(raw_layers))
+        configs: dict[str, MethodConfig] = {}  # layers sharing one method config build it once
+        layers = tuple(_check_layer(x, i, param_dtype, configs) for i, x in enumerate(raw_layers))
     _check_lanes(config, layers)
     names = set()
     for layer in layers:
@@ -1783,7 +1796,8 @@ def _load(
             raise ModelFormatError(
                 f"architecture {name!r} cannot be built ({_first(exc)})"
             ) from None
-    _fit(_layout(model), info.entries, info.config)
+        if model is not skeleton:  # built again: check it as _target checked the skeleton
+            _fit(_layout(model), info.entries, info.config)
 
     def tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         e = info.tensors[key]

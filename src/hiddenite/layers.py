@@ -88,13 +88,15 @@ class SupermaskLayer(OperatorLayer):
                 else:
                     self.bias.zero_()
 
-    def materialize_(self) -> None:
+    def materialize_(self, device=None) -> None:
         """Fill a layer that ``Module.to_empty`` just gave memory (its tensors hold whatever
-        the allocator left): the weights regenerated from the seed and the method's learned
-        state registered afresh (zero-filled), as building it on that device with
-        ``init_state=False`` leaves it. The bias is left for the caller to load. Links made by
-        :meth:`~hiddenite.methods.Method.link` are the caller's to make again."""
-        weights = self._regenerate(tuple(self.weight.shape), self.weight.device)
+        the allocator left): the weights regenerated from the seed on ``device`` (default: the
+        weight's own, so the weight itself may still be on ``meta`` when ``device`` is given)
+        and the method's learned state registered afresh (zero-filled), as building it on that
+        device with ``init_state=False`` leaves it. The bias is left for the caller to load.
+        Links made by :meth:`~hiddenite.methods.Method.link` are the caller's to make again."""
+        device = self.weight.device if device is None else torch.device(device)
+        weights = self._regenerate(tuple(self.weight.shape), device)
         self.weight = nn.Parameter(weights) if self.trains_weights else weights
         self.method.setup(self)
 

@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from ..kernels import mask_cpu
 from ._common import as_bits, as_buffer, as_symbols, check_alphabet, check_n
 from .entropy import PROB_BITS, header_bytes, quantize, quantize_frequencies
 from .errors import CodecError
@@ -43,6 +44,7 @@ __all__ = [
     "group_model",
     "group_size",
     "max_bytes",
+    "quantized_cdf",
 ]
 
 NAME = "entropy-grouped"
@@ -78,6 +80,22 @@ def group_model(freq, alphabet: int) -> np.ndarray:
     for _ in range(group_size(alphabet) - 1):
         model = (p[:, None] * model[None, :]).ravel()
     return model
+
+
+def quantized_cdf(model: np.ndarray) -> np.ndarray:
+    """The cumulative distribution (int64, ``model.size + 1`` values from 0 to ``2**24``)
+    that constriction 0.5's ``Categorical(model, perfect=False)`` codes with: each value
+    gets 1 (so none is impossible) plus its share of the remaining ``2**24 - size``,
+    ``cdf[s] = floor(c_s * scale) + s`` with ``c_s`` the float64 running sum of
+    ``model[:s]`` and ``scale = (2**24 - size) / sum(model)``, both sums taken in order
+    (constriction's ``fast_quantized_cdf``)."""
+    running = np.cumsum(np.asarray(model, dtype=np.float64))  # sequential, in order
+    scale = float(_ONE - running.size) / float(running[-1])
+    cdf = np.empty(running.size + 1, dtype=np.int64)
+    cdf[0] = 0
+    cdf[1:-1] = (running[:-1] * scale).astype(np.int64) + np.arange(1, running.size)
+    cdf[-1] = _ONE
+    return cdf
 
 
 def _categorical(model: np.ndarray):
@@ -118,11 +136,8 @@ def _digits(groups: np.ndarray, alphabet: int) -> np.ndarray:
 def _digit_counts(alphabet: int) -> np.ndarray:
     """``D[v, s]``: how many of the ``g`` digits of group value ``v`` equal ``s`` (int64)."""
     g = group_size(alphabet)
-    values = np.arange(alphabet**g)
-    table = np.zeros((values.size, alphabet), dtype=np.int64)
-    for i in range(g):
-        np.add.at(table, (values, (values // alphabet**i) % alphabet), 1)
-    return table
+    digits = _digits(np.arange(alphabet**g), alphabet).reshape(-1, g)
+    return np.stack([(digits == s).sum(axis=1) for s in range(alphabet)], axis=1).astype(np.int64)
 
 
 def _encode(symbols: np.ndarray, alphabet: int, freq: np.ndarray, header: bytes) -> bytes:
@@ -184,21 +199,17 @@ def _decode(payload: bytes, n: int, alphabet: int, freq: np.ndarray) -> np.ndarr
     likeliest = min(float(model.max()) + 2.0**-16, 1.0)
     if len(payload) * 8 + 64 < 0.99 * count * -math.log2(likeliest):
         raise CodecError(f"{what} payload of {len(payload)} bytes is too short for {n} symbols")
-    import constriction
-
+    # constriction's RangeDecoder with the same quantized model, compiled (it gives exactly
+    # constriction's group values), and the re-encode below is constriction's RangeEncoder,
+    # compiled, comparing word for word (tests/test_kernels_mask_cpu.py checks both against
+    # constriction itself)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    try:
-        decoder = constriction.stream.queue.RangeDecoder(words)
-        groups = np.asarray(decoder.decode(_categorical(model), count))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:
-        # AssertionError for undecodable data, pyo3's PanicException for a Rust panic.
-        raise CodecError(f"{what} payload does not decode: {exc}") from None
-    if groups.shape != (count,) or int(groups.min()) < 0 or int(groups.max()) >= model.size:
-        raise CodecError(f"{what} payload decodes to invalid group values")
+    groups = np.empty(count, dtype=np.int32)  # each in [0, model.size): the kernel's slots
+    histogram = np.zeros(model.size, dtype=np.int64)  # of the group values, by the kernel
+    cdf = quantized_cdf(model)
+    if mask_cpu.range_decode(words, cdf, PROB_BITS, groups, histogram) != mask_cpu.RANGE_OK:
+        raise CodecError(f"{what} payload does not decode (invalid data for the model)")
     # The symbol counts from the histogram of the (g times fewer) group values.
-    histogram = np.bincount(groups, minlength=model.size)
     if np.any(histogram[model == 0]):
         raise CodecError(f"{what} payload decodes a group that has probability 0")
     digits = _digits(groups, alphabet)
@@ -217,7 +228,7 @@ def _decode(payload: bytes, n: int, alphabet: int, freq: np.ndarray) -> np.ndarr
             f"{what} header is not the quantized frequencies of the decoded symbols "
             f"(corrupt header or wrong n={n})"
         )
-    if _encode_groups(groups, model) != payload:  # the decoder's own group values
+    if not mask_cpu.range_encodes_to(words, cdf, PROB_BITS, groups):  # its own group values
         raise CodecError(f"{what} payload is corrupt, truncated or has trailing data (n={n})")
     return symbols
 

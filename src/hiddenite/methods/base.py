@@ -433,6 +433,9 @@ def zeros_like(tensor: torch.Tensor) -> torch.Tensor:
     huge pages for large arrays), which the first write fills several times faster on Linux
     than torch's own allocation (BENCHMARKS.md, "Loading a ResNet-50, round 2")."""
     kind = _NUMPY_FLOATS.get(tensor.dtype)
+    if tensor.device.type == "meta" and tensor.is_contiguous():  # torch.zeros_like runs
+        # torch's Python reference on meta (and imports sympy the first time): 5x slower
+        return torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
     if tensor.device.type != "cpu" or kind is None or not tensor.is_contiguous():
         return torch.zeros_like(tensor)
     return torch.from_numpy(np.zeros(tuple(tensor.shape), dtype=kind))

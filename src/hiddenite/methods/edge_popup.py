@@ -154,10 +154,16 @@ class EdgePopup(TopKScores):
         return {"mask": self._mask(layer).detach().to("cpu").reshape(-1).numpy()}
 
     def restore(self, layer: Any, arrays: dict[str, np.ndarray]) -> None:
-        bits = torch.from_numpy(np.asarray(arrays["mask"], dtype=np.bool_))
-        bits = bits.reshape(layer.scores.shape)
-        with torch.no_grad():  # the top-k selection re-selects exactly the ones
-            layer.scores.copy_(bits)  # converts in the one pass
+        mask = np.asarray(arrays["mask"], dtype=np.bool_)
+        bits = torch.from_numpy(mask).reshape(layer.scores.shape)
+        held = layer.scores.detach()
+        if held.device.type == "cpu" and held.dtype == torch.float32 and held.is_contiguous():
+            # one compiled pass (about twice torch's bool-to-float copy_); it writes through
+            # numpy, so the in-place version does not move: the key below is taken after it
+            mask_cpu.fill_zero_one(held.reshape(-1).numpy(), mask.reshape(-1))
+        else:
+            with torch.no_grad():  # the top-k selection re-selects exactly the ones
+                layer.scores.copy_(bits)  # converts in the one pass
         if layer.mask_group is not None:
             layer.mask_group.invalidate()
         # the forward pass, the support and the export use the mask itself until the scores
@@ -179,7 +185,8 @@ class EdgePopup(TopKScores):
             return super().restored_matches(layer, arrays)
         want = np.asarray(arrays["mask"], dtype=np.bool_).reshape(-1)
         mask = held.reshape(-1).numpy()
-        return bool(np.array_equal(mask, want)) and mask_cpu.is_zero_one_of(
+        same = mask.shape == want.shape and mask.ctypes.data == want.ctypes.data  # one buffer
+        return (same or bool(np.array_equal(mask, want))) and mask_cpu.is_zero_one_of(
             scores.contiguous().reshape(-1).numpy(), mask
         )
 
