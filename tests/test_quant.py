@@ -20,6 +20,8 @@ from hiddenite.quant import (
     add_act_quantizers_,
     calibrate,
     input_bits,
+    input_quantizers,
+    quantizer_of,
     quantizers,
 )
 
@@ -155,3 +157,15 @@ def test_hw_model_reads_the_activation_width_from_the_model():
         estimate(wl, spec4).rows[1].energy_compute_pj
         < estimate(plain, spec4).rows[1].energy_compute_pj
     )
+
+
+def test_input_quantizers_names_the_layers_and_refuses_a_stray_quantizer():
+    """The file and the accelerator model find quantizers only as a layer's input quantizer."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    add_act_quantizers_(model, ActQuantConfig(bits=4, first_layer=True))
+    assert [name for name, _ in input_quantizers(model)] == ["0", "2"]
+    assert quantizer_of(model[0]) is dict(input_quantizers(model))["0"]
+    assert quantizer_of(model[1]) is None
+    model.stray = ActQuantizer(ActQuantConfig(bits=4))
+    with pytest.raises(ValueError, match="'stray' is not the input quantizer"):
+        input_quantizers(model)

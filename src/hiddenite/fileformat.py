@@ -70,7 +70,13 @@ from .layers import SupermaskLayer
 from .methods import LayerItem, MethodConfig, get_method, method_config
 from .ops import OperatorChoice, accepts_operator, operator_choices, set_operator_choices_
 from .prng import DEFAULT_LANES, PRNG_VERSION
-from .quant import ActQuantConfig, ActQuantizer, attach_quantizer_, quantizers
+from .quant import (
+    ActQuantConfig,
+    ActQuantizer,
+    attach_quantizer_,
+    input_quantizers,
+    quantizer_of,
+)
 from .resources import LOAD_BYTES_PER_WEIGHT, ResourceError, check_available
 from .storage import (
     FLOAT_BYTES,
@@ -701,15 +707,8 @@ def _parse_precision(
 
 def _quantizer_entries(model: nn.Module) -> tuple[QuantizerEntry, ...]:
     """What ``model``'s frozen activation quantizers declare (ValueError if one is not)."""
-    modules = dict(model.named_modules())
     out = []
-    for name, q in quantizers(model):
-        layer, _, attr = name.rpartition(".")
-        if attr != "act_quant" or not isinstance(modules.get(layer), nn.Conv2d | nn.Linear):
-            raise ValueError(
-                f"activation quantizer {name!r} is not the act_quant of a Conv2d / Linear "
-                "layer; attach quantizers with hiddenite.quant.add_act_quantizers_"
-            )
+    for layer, q in input_quantizers(model):
         if not q.frozen:
             raise ValueError(
                 f"activation quantizer of layer {layer!r} is still observing: run "
@@ -764,8 +763,8 @@ def _restore_precision(model: nn.Module, info: ModelFileInfo) -> None:
     modules = dict(model.named_modules())
     for e in info.quantizers:
         module = modules[e.layer]
-        q = module.act_quant if hasattr(module, "act_quant") else None
-        if not isinstance(q, ActQuantizer):
+        q = quantizer_of(module)
+        if q is None:
             q = attach_quantizer_(module, e.config, e.layer)
         q.config = e.config
         q.set_frozen(signed=e.signed, scale=e.scale, lo=e.lo, hi=e.hi)
@@ -822,9 +821,7 @@ def _layout(model: nn.Module, declared: bool = True) -> _Layout:
     params = {k: tuple(v.shape) for k, v in _per_channel(model, declared).items()}
     convs = [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d | nn.Linear)]
     sites = {n: accepts_operator(m) for n, m in convs}
-    quantized = frozenset(
-        n for n, m in convs if isinstance(getattr(m, "act_quant", None), ActQuantizer)
-    )
+    quantized = frozenset(n for n, m in convs if quantizer_of(m) is not None)
     return _Layout(tuple(layers), params, sites, quantized)
 
 

@@ -38,7 +38,12 @@ from torch import nn
 
 from .errors import ConfigError
 
+#: the child module name of a layer's input quantizer (its buffers join the ``state_dict``
+#: under ``<layer>.act_quant.``)
+QUANTIZER_NAME = "act_quant"
+
 __all__ = [
+    "QUANTIZER_NAME",
     "ActQuantConfig",
     "ActQuantizer",
     "add_act_quantizers_",
@@ -46,6 +51,8 @@ __all__ = [
     "calibrate",
     "fake_quantize",
     "input_bits",
+    "input_quantizers",
+    "quantizer_of",
     "quantizers",
 ]
 
@@ -248,7 +255,7 @@ class ActQuantizer(nn.Module):
 
 
 def _quantize_input(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (module.act_quant(inputs[0]), *inputs[1:])
+    return (module._modules[QUANTIZER_NAME](inputs[0]), *inputs[1:])
 
 
 def add_act_quantizers_(
@@ -291,11 +298,12 @@ def attach_quantizer_(module: nn.Module, config: ActQuantConfig, name: str = "")
             f"layer {name!r} is a {type(module).__name__}; activation quantizers sit on the "
             "input of nn.Conv2d / nn.Linear layers"
         )
-    if isinstance(getattr(module, "act_quant", None), ActQuantizer):
+    if quantizer_of(module) is not None:
         raise ValueError(f"layer {name!r} already has an activation quantizer")
-    module.act_quant = ActQuantizer(config)
+    quantizer = ActQuantizer(config)
+    module.add_module(QUANTIZER_NAME, quantizer)
     module.register_forward_pre_hook(_quantize_input)
-    return module.act_quant
+    return quantizer
 
 
 def quantizers(model: nn.Module) -> list[tuple[str, ActQuantizer]]:
@@ -336,7 +344,30 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_batches: int | None 
     return used
 
 
+def quantizer_of(module: nn.Module) -> ActQuantizer | None:
+    """The quantizer on ``module``'s input (attached by :func:`attach_quantizer_`), or None."""
+    q = module._modules.get(QUANTIZER_NAME)
+    return q if isinstance(q, ActQuantizer) else None
+
+
+def input_quantizers(model: nn.Module) -> list[tuple[str, ActQuantizer]]:
+    """``(layer name, quantizer)`` for every ``nn.Conv2d`` / ``nn.Linear`` of ``model`` whose
+    input is quantized; ``ValueError`` for a quantizer placed anywhere else (it would not be
+    where a model file or the accelerator model looks for it)."""
+    modules = dict(model.named_modules())
+    out = []
+    for name, q in quantizers(model):
+        layer, _, attr = name.rpartition(".")
+        if attr != QUANTIZER_NAME or not isinstance(modules.get(layer), nn.Conv2d | nn.Linear):
+            raise ValueError(
+                f"activation quantizer {name!r} is not the input quantizer of a Conv2d / Linear "
+                "layer; attach quantizers with hiddenite.quant.add_act_quantizers_"
+            )
+        out.append((layer, q))
+    return out
+
+
 def input_bits(module: nn.Module) -> int | None:
     """The activation width quantizing ``module``'s input, or None when it has no quantizer."""
-    q = getattr(module, "act_quant", None)
-    return q.config.bits if isinstance(q, ActQuantizer) else None
+    q = quantizer_of(module)
+    return None if q is None else q.config.bits
