@@ -232,6 +232,42 @@ def encode_symbols(symbols: np.ndarray, alphabet: int) -> bytes:
     return header + _encode_symbols_payload(symbols, freq)
 
 
+def read_stream_header(
+    data: bytes, n: int, alphabet: int, name: str
+) -> tuple[np.ndarray, bytes, np.ndarray | None]:
+    """``(frequencies, payload, constant)`` of a ``name`` stream (the header ``entropy`` and
+    ``entropy-grouped`` share: the alphabet byte, then ``alphabet`` little-endian uint32
+    frequencies summing to 2**24). ``constant`` is the ``n`` decoded symbols when a single
+    symbol holds all of 2**24 (no payload may follow), else None. CodecError if corrupt."""
+    data = as_buffer(data)
+    if not data:
+        raise CodecError(f"{name} stream is empty (missing the alphabet byte)")
+    if data[0] + 1 != alphabet:
+        raise CodecError(
+            f"{name} stream is for an alphabet of {data[0] + 1} symbols, expected {alphabet}"
+        )
+    header = header_bytes(alphabet)
+    if len(data) < header:
+        raise CodecError(
+            f"{name} stream of {len(data)} bytes is shorter than its {header}-byte header"
+        )
+    freq = np.frombuffer(data, dtype="<u4", count=alphabet, offset=1).astype(np.int64)
+    total = int(freq.sum())
+    if total != _ONE:
+        raise CodecError(f"{name} header frequencies sum to {total}, not 2**24")
+    payload = data[header:]
+    present = np.flatnonzero(freq)
+    if present.size != 1:
+        return freq, payload, None
+    if payload:
+        raise CodecError(
+            f"{name} stream for a constant input has {len(payload)} unexpected payload bytes"
+        )
+    if n == 0 and present[0] != 0:
+        raise CodecError(f"{name} stream for 0 symbols must give symbol 0 all of 2**24")
+    return freq, payload, np.full(n, present[0], dtype=np.uint8)
+
+
 def decode_symbols(data: bytes, n: int, alphabet: int) -> np.ndarray:
     """Decode a categorical ``entropy`` stream into ``n`` uint8 symbols; CodecError if corrupt.
 
@@ -239,32 +275,10 @@ def decode_symbols(data: bytes, n: int, alphabet: int) -> np.ndarray:
     """
     n = check_n(n)
     alphabet = check_alphabet(alphabet)
-    data = as_buffer(data)
-    if not data:
-        raise CodecError("entropy stream is empty (missing the alphabet byte)")
-    if data[0] + 1 != alphabet:
-        raise CodecError(
-            f"entropy stream is for an alphabet of {data[0] + 1} symbols, expected {alphabet}"
-        )
-    header = header_bytes(alphabet)
-    if len(data) < header:
-        raise CodecError(
-            f"entropy stream of {len(data)} bytes is shorter than its {header}-byte header"
-        )
-    freq = np.frombuffer(data, dtype="<u4", count=alphabet, offset=1).astype(np.int64)
-    total = int(freq.sum())
-    if total != _ONE:
-        raise CodecError(f"entropy header frequencies sum to {total}, not 2**24")
-    payload = data[header:]
+    freq, payload, constant = read_stream_header(data, n, alphabet, "entropy")
+    if constant is not None:
+        return constant
     present = np.flatnonzero(freq)
-    if present.size == 1:
-        if payload:
-            raise CodecError(
-                f"entropy stream for a constant input has {len(payload)} unexpected payload bytes"
-            )
-        if n == 0 and present[0] != 0:
-            raise CodecError("entropy stream for 0 symbols must give symbol 0 all of 2**24")
-        return np.full(n, present[0], dtype=np.uint8)
     if n == 0:
         raise CodecError(f"entropy stream for 0 symbols has {present.size} symbols in its header")
     if not payload:

@@ -30,7 +30,13 @@ import numpy as np
 
 from ..kernels import mask_cpu
 from ._common import as_bits, as_buffer, as_symbols, check_alphabet, check_n
-from .entropy import PROB_BITS, header_bytes, quantize, quantize_frequencies
+from .entropy import (
+    PROB_BITS,
+    header_bytes,
+    quantize,
+    quantize_frequencies,
+    read_stream_header,
+)
 from .errors import CodecError
 
 __all__ = [
@@ -261,30 +267,7 @@ def decode_symbols(data: bytes, n: int, alphabet: int) -> np.ndarray:
     """Decode an ``entropy-grouped`` stream of ``alphabet`` values into ``n`` uint8 symbols."""
     n = check_n(n)
     alphabet = check_alphabet(alphabet)
-    data = as_buffer(data)
-    if not data:
-        raise CodecError(f"{NAME} stream is empty (missing the alphabet byte)")
-    if data[0] + 1 != alphabet:
-        raise CodecError(
-            f"{NAME} stream is for an alphabet of {data[0] + 1} symbols, expected {alphabet}"
-        )
-    header = header_bytes(alphabet)
-    if len(data) < header:
-        raise CodecError(
-            f"{NAME} stream of {len(data)} bytes is shorter than its {header}-byte header"
-        )
-    freq = np.frombuffer(data, dtype="<u4", count=alphabet, offset=1).astype(np.int64)
-    total = int(freq.sum())
-    if total != _ONE:
-        raise CodecError(f"{NAME} header frequencies sum to {total}, not 2**24")
-    payload = data[header:]
-    present = np.flatnonzero(freq)
-    if present.size == 1:
-        if payload:
-            raise CodecError(
-                f"{NAME} stream for a constant input has {len(payload)} unexpected payload bytes"
-            )
-        if n == 0 and present[0] != 0:
-            raise CodecError(f"{NAME} stream for 0 symbols must give symbol 0 all of 2**24")
-        return np.full(n, present[0], dtype=np.uint8)
+    freq, payload, constant = read_stream_header(data, n, alphabet, NAME)
+    if constant is not None:
+        return constant
     return _decode(payload, n, alphabet, freq)
