@@ -151,6 +151,20 @@ def _put(words, pos, word):
 
 
 @njit(nogil=True, cache=True)
+def _put_held(words, pos, first, rest, count):
+    """Whether the ``count`` held words (``first``, then ``rest`` repeated), released at
+    ``pos``, are the next words; returns the position after them, or -1 if not."""
+    if not _put(words, pos, first):
+        return -1
+    pos += 1
+    for _ in range(1, count):
+        if not _put(words, pos, rest):
+            return -1
+        pos += 1
+    return pos
+
+
+@njit(nogil=True, cache=True)
 def range_encodes_to(words, cdf, precision, symbols):
     """Whether constriction 0.5's ``stream.queue.RangeEncoder`` (32-bit words, 64-bit
     state), encoding the int32 ``symbols`` under the quantized ``cdf`` of
@@ -185,13 +199,9 @@ def range_encodes_to(words, cdf, precision, symbols):
                 first, rest = (first_held + np.uint64(1)) & word_mask, np.uint64(0)
             else:
                 first, rest = first_held, ones
-            if not _put(words, pos, first):
+            pos = _put_held(words, pos, first, rest, inverted)
+            if pos < 0:
                 return False
-            pos += 1
-            for _ in range(1, inverted):
-                if not _put(words, pos, rest):
-                    return False
-                pos += 1
             inverted = 0
         lower = new_lower
         if rng < small:
@@ -215,13 +225,9 @@ def range_encodes_to(words, cdf, precision, symbols):
             first, rest = (first_held + np.uint64(1)) & word_mask, np.uint64(0)
         else:
             first, rest = first_held, ones
-        if not _put(words, pos, first):
+        pos = _put_held(words, pos, first, rest, inverted)
+        if pos < 0:
             return False
-        pos += 1
-        for _ in range(1, inverted):
-            if not _put(words, pos, rest):
-                return False
-            pos += 1
     point_word = point >> w32
     if not _put(words, pos, point_word):
         return False
