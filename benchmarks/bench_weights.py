@@ -10,9 +10,9 @@ the machine hits all alike), the median of ``--repeats``:
 - the frozen weights of every init (signed constant, Kaiming uniform, Kaiming normal),
   fused with the generator (numba) and by the reference path (``kernel="numpy"``).
 
-It also measures, each in a fresh process, the first call of the compiled kernels (the
-import of numba included; the import of hiddenite before it is shown apart): with an empty
-numba cache (compilation) and with the cache just written (a load from disk).
+It also measures, each in a fresh process, the first call of the compiled kernels (after
+the import of hiddenite.init, shown apart, which already imports torch and numba): with an
+empty numba cache (compilation) and with the cache just written (a load from disk).
 
 Usage: python benchmarks/bench_weights.py [--n 25500000] [--repeats 7] [--json PATH]
 """
@@ -91,7 +91,7 @@ def first_calls() -> dict[str, float]:
             if result.returncode:
                 raise RuntimeError(result.stderr)
             imported, first = (float(v) for v in result.stdout.split())
-            out["import hiddenite.init (torch, no numba)"] = imported
+            out["import hiddenite.init (torch and numba)"] = imported
             out[f"first kernel calls, {label}"] = first
     return out
 
