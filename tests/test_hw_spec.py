@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from hiddenite.hw import PRESETS, ArchSpec, EnergyTable, SpecError, get_preset
+from hiddenite.hw import PRESETS, ArchSpec, EnergyTable, SpecError, get_preset, simulate
 
 
 def test_presets_share_pe_count_clock_and_memory():
@@ -184,8 +184,9 @@ def test_unknown_fields_are_rejected_with_a_suggestion(tmp_path):
         ("a: &x [1, 2]\nb: *x\n", "aliases"),
         ("# " + "x" * (1 << 20), "larger than 1,048,576 bytes"),
         ("name: \xff", None),
+        ("a: [1,\n", "not valid YAML"),
     ],
-    ids=["deep-flow", "deep-block", "duplicate", "alias", "huge", "latin1"],
+    ids=["deep-flow", "deep-block", "duplicate", "alias", "huge", "latin1", "syntax"],
 )
 def test_hostile_spec_files_are_spec_errors(tmp_path, text, words):
     path = tmp_path / "spec.yaml"
@@ -203,3 +204,11 @@ def test_a_fifo_spec_does_not_block(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(SpecError, match="is a FIFO"):
         ArchSpec.from_yaml(fifo)
+
+
+def test_a_spec_path_given_to_simulate_fails_as_a_spec_error(tmp_path):
+    """The one YAML reader turns a syntax error into a SpecError, wherever a spec is read."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("a: [1,\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        simulate("mlp", arch=str(path), density=0.3)

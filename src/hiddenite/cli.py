@@ -15,8 +15,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import yaml
-
 from . import models
 from .codecs import AUTO_CODECS, CODECS
 from .convert import SupermaskConfig
@@ -628,18 +626,6 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def _load_spec(path: str):
-    try:
-        return ArchSpec.from_yaml(path)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
-        raise UserError(f"--spec {path}: not valid YAML ({first})") from None
-    except FileNotFoundError:
-        raise UserError(f"--spec {path}: no such file") from None
-    except OSError as exc:
-        raise UserError(f"--spec {path}: cannot read it ({exc.strerror or exc})") from None
-
-
 def _hw_workloads(args, density_fallback: float | None = None):
     """Workloads and source description for ``simulate`` / ``sweep``."""
 
@@ -664,7 +650,7 @@ def _hw_workloads(args, density_fallback: float | None = None):
 def _cmd_simulate(args) -> int:
 
     check_output_folder(args.out, "output folder (--out)")
-    spec = _load_spec(args.spec) if args.spec else None
+    spec = ArchSpec.from_yaml(args.spec) if args.spec else None
     operator = _operator_arg(args)
     workloads, meta = _hw_workloads(args)
     if operator is not None:  # the multiplier the operator declares, on every layer
@@ -759,7 +745,7 @@ def _cmd_sweep(args) -> int:
     grid = _parse_grid(args.grid)
     if not grid:
         raise UserError("give at least one --grid KEY=V1,V2,... (e.g. --grid density=0.1,0.3)")
-    base = _load_spec(args.spec) if args.spec else args.arch
+    base = ArchSpec.from_yaml(args.spec) if args.spec else args.arch
     first_density = grid["density"][0] if "density" in grid else None
     if isinstance(first_density, bool) or not isinstance(first_density, int | float | None):
         raise UserError(f"--grid density: expected numbers, got {grid['density']!r}")

@@ -257,11 +257,7 @@ class CimSpec:
         """Load a spec from a YAML file of at most MAX_YAML_BYTES, nested at most
         MAX_YAML_DEPTH deep (read by :func:`hiddenite.hw.spec.read_spec_yaml`)."""
         where = os.fspath(path)
-        try:
-            data = read_spec_yaml(path, max_bytes=MAX_YAML_BYTES, max_depth=MAX_YAML_DEPTH)
-        except yaml.YAMLError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
-            raise SpecError(f"{where}: not valid YAML ({first})") from None
+        data = read_spec_yaml(path, max_bytes=MAX_YAML_BYTES, max_depth=MAX_YAML_DEPTH)
         try:
             return cls.from_dict({} if data is None else data)
         except SpecError as exc:

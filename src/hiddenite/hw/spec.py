@@ -578,10 +578,10 @@ def read_spec_yaml(
     max_depth: int = MAX_SPEC_DEPTH,
 ) -> Any:
     """A spec file's YAML, bounded: a regular file of at most ``max_bytes``, nested at most
-    ``max_depth`` deep, no duplicate keys, no aliases (SpecError otherwise; a syntax error
-    is ``yaml.YAMLError``). Every YAML spec (accelerator, CIM macro) is read here."""
+    ``max_depth`` deep, no duplicate keys, no aliases, valid YAML (SpecError otherwise,
+    naming the file). Every YAML spec (accelerator, CIM macro) is read here."""
     with open_regular(path, "spec file", SpecError) as fh:
-        raw = fh.read(MAX_SPEC_BYTES + 1)
+        raw = fh.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise SpecError(f"{os.fspath(path)}: larger than {max_bytes:,} bytes; not a spec")
     try:
@@ -616,7 +616,11 @@ def read_spec_yaml(
                 keys.add(key)
             return super().construct_mapping(node, deep=deep)
 
-    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
+    try:
+        return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
+        raise SpecError(f"{os.fspath(path)}: not valid YAML ({first})") from None
 
 
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
