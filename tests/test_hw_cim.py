@@ -270,3 +270,16 @@ def test_cli_cim(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unit_rows" in err[0]
     assert main(["cim", str(tmp_path / "missing.hnn")]) == 2
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ([1], "spec: expected a mapping, got list"),
+        ({"nosuch": 1}, "nosuch: unknown field"),
+        ({"energy": {"bad": 1}}, "energy.bad: unknown field"),
+    ],
+)
+def test_spec_fields_are_checked_by_name(data, words):
+    with pytest.raises(SpecError, match=words):
+        CimSpec.from_dict(data)

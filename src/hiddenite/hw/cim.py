@@ -83,6 +83,16 @@ MAX_YAML_BYTES = 64 * 1024
 MAX_YAML_DEPTH = 4
 
 
+def _check_fields(cls: type, data: Any, what: str, prefix: str, fix: str) -> None:
+    """SpecError unless ``data`` is a mapping whose keys are all fields of dataclass ``cls``."""
+    if not isinstance(data, Mapping):
+        raise _fail(what, f"expected a mapping, got {type(data).__name__}", fix)
+    valid = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in valid:
+            raise _unknown_key_error(prefix, str(key), valid)
+
+
 @dataclass(frozen=True)
 class CimEnergy:
     """Energy per event in picojoules (28 nm, 0.9 V defaults; sources in ``docs/cim.md``).
@@ -114,16 +124,7 @@ class CimEnergy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CimEnergy:
-        if not isinstance(data, Mapping):
-            raise _fail(
-                "energy",
-                f"expected a mapping, got {type(data).__name__}",
-                "write energy fields as a mapping",
-            )
-        valid = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in valid:
-                raise _unknown_key_error("energy.", str(key), valid)
+        _check_fields(cls, data, "energy", "energy.", "write energy fields as a mapping")
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, float]:
@@ -230,16 +231,7 @@ class CimSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CimSpec:
-        if not isinstance(data, Mapping):
-            raise _fail(
-                "spec",
-                f"expected a mapping, got {type(data).__name__}",
-                "write the spec as a YAML mapping of fields",
-            )
-        valid = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in valid:
-                raise _unknown_key_error("", str(key), valid)
+        _check_fields(cls, data, "spec", "", "write the spec as a YAML mapping of fields")
         data = dict(data)
         if "energy" in data and data["energy"] is None:
             data["energy"] = {}
