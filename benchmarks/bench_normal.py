@@ -1,6 +1,7 @@
 """Kaiming-normal weights against a constant fill, on one thread and on all, side by side.
 
-Times, interleaved (each repeat runs every case once), the median of ``--repeats``:
+Times, interleaved (each repeat runs every case once), the median (and the minimum) of
+``--repeats`` after ``--warmup`` untimed rounds:
 
 - ``np.full`` of a fresh float32 buffer of ``n`` values (the memory-bound limit; the aim is
   the normal weights within 2x of it);
@@ -13,7 +14,8 @@ Times, interleaved (each repeat runs every case once), the median of ``--repeats
 
 Every kernel's values are checked bit for bit against the first one's before timing.
 
-Usage: python benchmarks/bench_normal.py [--n 25500000] [--repeats 7] [--before ee562af]
+Usage: python benchmarks/bench_normal.py [--n 25500000] [--repeats 7] [--warmup 3]
+       [--before ee562af]
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=25_500_000, help="values (ResNet-50: 25.5 M)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="rounds of every case run first and not timed (fresh 100 MB buffers from the "
+        "operating system settle after a few rounds)",
+    )
     parser.add_argument("--before", default=None, help="also time the kernel at this revision")
     args = parser.parse_args()
     threads = torch.get_num_threads()
@@ -91,7 +100,14 @@ def main() -> None:
         def normal_reused() -> np.ndarray:
             torch.set_num_threads(1)
             xorshift_cpu._run(
-                xorshift_cpu._fill_normal, seeds, args.n, reused, scale, *acklam[:4], tail_words
+                xorshift_cpu._fill_normal,
+                seeds,
+                args.n,
+                reused,
+                xorshift_cpu._TASK_WORDS[xorshift_cpu.NORMAL],
+                scale,
+                *acklam[:4],
+                tail_words,
             )
             return reused
 
@@ -105,23 +121,29 @@ def main() -> None:
                 if not np.array_equal(values.view(np.uint32), first.view(np.uint32)):
                     raise SystemExit(f"{name} differs from the first kernel's values")
         samples: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(args.repeats):
+        for round_ in range(args.warmup + args.repeats):
             for name, fn in cases.items():
                 began = time.perf_counter()
                 fn()
-                samples[name].append(time.perf_counter() - began)
+                if round_ >= args.warmup:
+                    samples[name].append(time.perf_counter() - began)
         torch.set_num_threads(threads)
     times = {name: statistics.median(s) for name, s in samples.items()}
+    best = {name: min(s) for name, s in samples.items()}
     fill = times["np.full float32 (constant fill)"]
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f}; n = {args.n:,}, median of {args.repeats}; "
+        f"{os.getloadavg()[0]:.1f}; n = {args.n:,}, median (and min) of {args.repeats} "
+        f"after {args.warmup} untimed rounds; "
         f"python {sys.version.split()[0]}\n"
     )
-    print("| what | ms | ns/value | / np.full |")
-    print("|---|---|---|---|")
+    print("| what | ms | ns/value | / np.full | min ms |")
+    print("|---|---|---|---|---|")
     for name, t in times.items():
-        print(f"| {name} | {t * 1e3:,.1f} | {t / args.n * 1e9:.2f} | {t / fill:.2f}x |")
+        print(
+            f"| {name} | {t * 1e3:,.1f} | {t / args.n * 1e9:.2f} | {t / fill:.2f}x "
+            f"| {best[name] * 1e3:,.1f} |"
+        )
 
 
 if __name__ == "__main__":

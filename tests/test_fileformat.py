@@ -1259,3 +1259,47 @@ def test_inspect_shows_each_layers_own_kept_fraction_under_global_scope(tmp_path
     table = info.table()
     for u, n in zip(used, sizes, strict=True):
         assert f"{u / n:.4f}" in table
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test (the load decodes layers on that many threads)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_layers_decoded_on_threads_load_the_same_model(tmp_path, threads, count):
+    arch = ("resnet20", {"width": 0.25})
+    model = create(arch, SupermaskConfig(density=0.3, seed=3)).eval()
+    path = tmp_path / "r.hnn"
+    save(model, path, arch=arch)
+    threads(count)
+    assert_same_model(model, load(path), inputs(arch))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_first_bad_layer_in_file_order_is_named_on_any_thread_count(tmp_path, threads, count):
+    arch = ("mlp", {"in_channels": 1, "image_size": 4, "num_classes": 3, "hidden": (8, 8, 8)})
+    good = tmp_path / "good.hnn"
+    save(create(arch, SupermaskConfig(density=0.3, seed=5)), good, arch=arch)
+    blob = good.read_bytes()
+    meta = meta_of(blob)
+    assert len(meta["layers"]) == 4
+    bad = {}
+    for layer in (meta["layers"][1], meta["layers"][-1]):  # two layers whose streams are cut
+        part = layer["parts"][0]
+        bad[part["tensor"]] = codecs.encode(np.ones(part["n"] - 9, dtype=np.bool_), "packed")
+    names = [layer["name"] for layer in meta["layers"]]
+
+    def as_packed(m):
+        for layer in m["layers"]:
+            if layer["parts"][0]["tensor"] in bad:
+                layer["parts"][0]["codec"] = "packed"
+
+    path = tmp_path / "two-bad.hnn"
+    path.write_bytes(rebuild(blob, bad, as_packed))
+    threads(count)
+    message = expect_error(path, "does not decode")
+    assert repr(names[1]) in message and repr(names[-1]) not in message

@@ -315,3 +315,30 @@ def test_fused_normal_equals_the_reference_for_any_arguments(seed, n, n_lanes):
     expected = frozen_weights((n,), kernel="numpy", **kw)
     got = frozen_weights((n,), kernel="numba", **kw)
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+
+@pytest.mark.parametrize("mode", [None, kernels.SIGN, kernels.UNIFORM, kernels.NORMAL])
+def test_chunks_on_two_threads_give_the_one_thread_values(mode):
+    """Just past two chunks of the mode's size, so two threads each fill one (checked through
+    the plan), with a partial last row: the same bits as one thread, and as the reference."""
+    n = 2 * kernels._TASK_WORDS[kernels.SIGN if mode is None else mode] + 4_099
+    seeds = layer_seeds(3, 2, n, 4096, 0)
+
+    def values() -> np.ndarray:
+        if mode is None:
+            return kernels.lane_words(seeds, n)
+        return kernels.lane_values(seeds, n, mode, 0.5, _ACKLAM).view(np.uint32)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        task = kernels._TASK_WORDS[kernels.SIGN if mode is None else mode]
+        assert kernels._plan(seeds, n, task)[0].shape[0] == 2
+        two = values()
+        torch.set_num_threads(1)
+        one = values()
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(two, one)
+    if mode is None:
+        assert np.array_equal(two, lanes_numpy(3, 2, n, 4096, 0))

@@ -46,6 +46,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1683,39 +1684,42 @@ def read_header(path: str | os.PathLike) -> ModelFileInfo:
         return _guard(path, lambda: _parse(*_read_head(fh, str(path)), str(path)))
 
 
-def _decode_parts(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.ndarray]]:
-    """Every layer's parts decoded (symbols checked against the header's counts)."""
+def _decode_entry(
+    info: ModelFileInfo, entry: LayerEntry, data: memoryview
+) -> dict[str, np.ndarray]:
+    """One layer's parts decoded, symbols checked against the header's counts."""
     param_dtype = info.meta["param_dtype"]
-    out = []
-    for entry in info.entries:
-        arrays = {}
-        for part in entry.parts:
-            e = info.tensors[part.tensor]
-            raw = data[e.begin : e.end]
-            what = f"layer {entry.name!r} part {part.name!r}"
-            if part.alphabet is None:
-                arrays[part.name] = decode_float(raw, part.n, param_dtype)
-                continue
-            try:
-                symbols = codecs.decode(raw, part.n, part.codec, alphabet=part.alphabet)
-            except codecs.CodecError as exc:
-                raise ModelFormatError(f"{what} does not decode ({exc})") from None
-            if part.alphabet == 2:  # a bool mask: one count, no int64 copy
-                kept = int(np.count_nonzero(symbols))
-                counts = (symbols.size - kept, kept)
-            else:
-                counts = tuple(
-                    int(c) for c in np.bincount(symbols.astype(np.int64), minlength=part.alphabet)
-                )
-            if counts != part.counts:
-                raise ModelFormatError(
-                    f"{what} holds symbol counts {list(counts)}, the header says "
-                    f"{list(part.counts)}"
-                )
-            arrays[part.name] = symbols
-        out.append(arrays)
+    arrays = {}
+    for part in entry.parts:
+        e = info.tensors[part.tensor]
+        raw = data[e.begin : e.end]
+        what = f"layer {entry.name!r} part {part.name!r}"
+        if part.alphabet is None:
+            arrays[part.name] = decode_float(raw, part.n, param_dtype)
+            continue
+        try:
+            symbols = codecs.decode(raw, part.n, part.codec, alphabet=part.alphabet)
+        except codecs.CodecError as exc:
+            raise ModelFormatError(f"{what} does not decode ({exc})") from None
+        if part.alphabet == 2:  # a bool mask: one count, no int64 copy
+            kept = int(np.count_nonzero(symbols))
+            counts = (symbols.size - kept, kept)
+        else:
+            counts = tuple(
+                int(c) for c in np.bincount(symbols.astype(np.int64), minlength=part.alphabet)
+            )
+        if counts != part.counts:
+            raise ModelFormatError(
+                f"{what} holds symbol counts {list(counts)}, the header says {list(part.counts)}"
+            )
+        arrays[part.name] = symbols
+    return arrays
+
+
+def _check_decoded(info: ModelFileInfo, decoded: list[dict[str, np.ndarray]]) -> None:
+    """Each method's own check of its layers' decoded parts."""
     groups: dict[str, list[LayerItem]] = {}
-    for entry, arrays in zip(info.entries, out, strict=True):
+    for entry, arrays in zip(info.entries, decoded, strict=True):
         item = LayerItem(entry.name, entry.shape, entry.config, entry.density, arrays)
         groups.setdefault(entry.method, []).append(item)
     for name, items in groups.items():
@@ -1723,7 +1727,6 @@ def _decode_parts(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.nd
             get_method(name).check(items)
         except ValueError as exc:
             raise ModelFormatError(f"method {name!r}: {exc}") from None
-    return out
 
 
 def _target(
@@ -1767,6 +1770,33 @@ def _target(
     return model, layout, skeleton
 
 
+def _check_payload(info: ModelFileInfo, data: memoryview) -> None:
+    if _sha256(data) != info.meta["payload_sha256"]:
+        raise ModelFormatError(
+            "payload checksum mismatch (payload_sha256): the tensor data is corrupted"
+        )
+
+
+def _decode_all(info: ModelFileInfo, data: memoryview) -> list[dict[str, np.ndarray]]:
+    """Every layer's decoded parts, in order, the layers spread over ``torch.get_num_threads()``
+    threads (the codecs' compiled kernels release the GIL; this thread only waits, as Python
+    work beside them would hold the GIL they need between kernels). The first bad layer in
+    file order raises, as decoding them one by one would."""
+    threads = min(torch.get_num_threads(), len(info.entries))
+    if threads <= 1:
+        decoded = [_decode_entry(info, entry, data) for entry in info.entries]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            pending = [pool.submit(_decode_entry, info, entry, data) for entry in info.entries]
+            try:
+                decoded = [future.result() for future in pending]
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    _check_decoded(info, decoded)
+    return decoded
+
+
 def _load(
     fh, path: str, max_weights: int, check_parts: bool, model: nn.Module | None
 ) -> tuple[nn.Module, ModelFileInfo]:
@@ -1777,11 +1807,8 @@ def _load(
     if len(blob) != file_bytes:
         raise ModelFormatError("file is truncated (shrank while being read)")
     data = memoryview(blob)[len(head) :]
-    if _sha256(data) != info.meta["payload_sha256"]:
-        raise ModelFormatError(
-            "payload checksum mismatch (payload_sha256): the tensor data is corrupted"
-        )
-    decoded = _decode_parts(info, data)
+    _check_payload(info, data)
+    decoded = _decode_all(info, data)
     if model is None:
         name, kwargs = info.arch
         try:  # the checked skeleton given memory, else built again (as create would)

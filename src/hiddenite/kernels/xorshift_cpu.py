@@ -6,14 +6,16 @@ tenths of a second); each kernel is compiled on its first call (and cached on di
 where the package folder is writable), never at import.
 
 Work split (independent of the lane count): the ``S`` steps of the ``L`` lanes are cut into
-chunks of ``R`` consecutive steps, two per thread, each filling a contiguous run of
+chunks of ``R`` consecutive steps, one per thread, each filling a contiguous run of
 ``R * L`` words. A chunk's start states come from *jumping ahead*: xorshift32 is linear over
 GF(2), so ``R`` steps are one 32 x 32 bit matrix ``T**R`` (kept as its 32 columns, each a
 32-bit word, and applied as four 256-entry byte tables). So one lane (a plain xorshift32
 stream) uses every thread as well as 4,096 lanes do.
 
-The chunks run on ``torch.get_num_threads()`` Python threads, each calling a compiled
-kernel that releases the GIL (``nogil``). Not numba's ``parallel=True``: its OpenMP workers
+The chunks run on ``torch.get_num_threads()`` threads (the calling one and one started per
+other chunk; a chunk holds at least ``_TASK_WORDS`` words of its mode, so small layers stay on
+the calling thread), each calling a compiled kernel that releases the GIL (``nogil``). Not
+numba's ``parallel=True``: its OpenMP workers
 spin while they wait, and next to torch's own OpenMP pool on a busy 2-core machine that made
 ``hiddenite.load`` of a ResNet-50 several times slower than one thread (``BENCHMARKS.md``);
 idle Python threads sleep.
@@ -32,7 +34,7 @@ fused with the generator, so no full-size word buffer exists:
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import numpy as np
 import torch
@@ -44,8 +46,9 @@ __all__ = ["NORMAL", "SIGN", "UNIFORM", "lane_values", "lane_words"]
 SIGN = 1
 UNIFORM = 2
 NORMAL = 3
-_TASK_WORDS = 1 << 17  # at least this many words per chunk (a thread start costs ~0.1 ms)
-_CHUNKS_PER_THREAD = 2
+# At least this many words per chunk (a thread start costs about 0.08 ms here): the raw
+# words and the signed constant cost ~0.2 ns a word, the uniform ~0.3, the normal ~0.85.
+_TASK_WORDS = {SIGN: 1 << 20, UNIFORM: 1 << 19, NORMAL: 1 << 17}
 _FEW_LANES = 16  # below this, each lane runs on its own (the lanes loop cannot vectorise)
 _BLOCK = 4096  # values per pass of the normal kernel (its buffers stay in the L1 cache)
 _PACK_BYTES = np.uint64(0x0102040810204080)  # times 8 bytes of 0/1, >> 56: their 8 bits
@@ -350,41 +353,48 @@ def _tail_words(p_low: float) -> int:
     return count
 
 
-def _plan(seeds: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
-    """Start states (chunks x lanes, uint32), steps per chunk and threads for ``n`` words."""
+def _plan(seeds: np.ndarray, n: int, task_words: int) -> tuple[np.ndarray, int]:
+    """Start states (chunks x lanes, uint32) and steps per chunk for ``n`` words: one chunk
+    per thread, each of at least ``task_words`` words."""
     lanes = seeds.size
     steps = -(-n // lanes)
     threads = max(1, torch.get_num_threads())
-    chunks = max(1, min(steps, _CHUNKS_PER_THREAD * threads, n // _TASK_WORDS))
+    chunks = max(1, min(steps, threads, n // task_words))
     rows = -(-steps // chunks)
     chunks = -(-steps // rows)
     if chunks == 1:
-        return seeds.astype(np.uint32).reshape(1, lanes), rows, 1
-    return _chunk_starts(seeds, chunks, rows), rows, min(threads, chunks)
+        return seeds.astype(np.uint32).reshape(1, lanes), rows
+    return _chunk_starts(seeds, chunks, rows), rows
 
 
-def _run(fill, seeds: np.ndarray, n: int, out: np.ndarray, *args) -> None:
-    """Fill ``out`` with ``fill`` chunk by chunk, the chunks spread over the threads."""
-    starts, rows, threads = _plan(seeds, n)
+def _run(fill, seeds: np.ndarray, n: int, out: np.ndarray, task_words: int, *args) -> None:
+    """Fill ``out`` with ``fill``, one chunk per thread: the calling thread runs the first,
+    a started thread each other one (cheaper than a pool for one call)."""
+    starts, rows = _plan(seeds, n, task_words)
     steps = -(-n // seeds.size)
+    failed: list[BaseException] = []
 
     def chunk(c: int) -> None:
-        fill(starts[c].copy(), c * rows, min(steps, (c + 1) * rows), n, out, *args)
+        try:
+            fill(starts[c].copy(), c * rows, min(steps, (c + 1) * rows), n, out, *args)
+        except BaseException as exc:  # re-raised by the calling thread
+            failed.append(exc)
 
-    if threads == 1:
-        for c in range(starts.shape[0]):
-            chunk(c)
-        return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(chunk, range(starts.shape[0])):
-            pass  # re-raises a worker's exception here
+    workers = [threading.Thread(target=chunk, args=(c,)) for c in range(1, starts.shape[0])]
+    for worker in workers:
+        worker.start()
+    chunk(0)
+    for worker in workers:
+        worker.join()
+    if failed:
+        raise failed[0]
 
 
 def lane_words(seeds: np.ndarray, n: int) -> np.ndarray:
     """``n`` uint32 words from lanes started at ``seeds`` (word i: lane i % L, step i // L)."""
     out = np.empty(n, dtype=np.uint32)
     if n:
-        _run(_fill_words, seeds, n, out)
+        _run(_fill_words, seeds, n, out, _TASK_WORDS[SIGN])
     return out
 
 
@@ -405,9 +415,9 @@ def lane_values(
     if n and mode == NORMAL:
         a, b, c, d, p_low = normal
         tail_words = _tail_words(float(p_low))
-        _run(_fill_normal, seeds, n, out, float(scale), a, b, c, d, tail_words)
+        _run(_fill_normal, seeds, n, out, _TASK_WORDS[NORMAL], float(scale), a, b, c, d, tail_words)
     elif n:
-        _run(_fill_values, seeds, n, out, mode, float(scale))
+        _run(_fill_values, seeds, n, out, _TASK_WORDS[mode], mode, float(scale))
     return out
 
 
