@@ -20,11 +20,17 @@ Warm: the files are in the page cache. Cold: before each timed run the file is d
 the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (after an ``fsync``, so its pages
 are clean and can be dropped).
 
+Fresh processes (``--fresh N``, default 5; 0 skips): what a command-line user waits for. Each
+of ``N`` new Python processes per case (interleaved, warm page cache) imports its library and
+loads once, timing the import and the first load apart: ``hiddenite.load`` of the default
+file (its compiled kernels come from numba's on-disk cache, or are compiled if there is none)
+against ``import torch, safetensors.torch`` and ``load_file`` (every page touched).
+
 ``--profile`` instead prints where one warm load's time goes (cProfile: own time, then the
 cumulative time of hiddenite's own functions).
 
 Usage: python benchmarks/bench_load.py [--repeats 7] [--model resnet50] [--density 0.3]
-       [--codecs auto entropy rle packed] [--json PATH] [--profile]
+       [--codecs auto entropy rle packed] [--fresh 5] [--json PATH] [--profile]
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -79,6 +87,41 @@ def interleaved(
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
+_FRESH = {
+    "hiddenite.load": (
+        "import time; began = time.perf_counter(); import hiddenite; "
+        "imported = time.perf_counter(); hiddenite.load({path!r}); "
+        "print(imported - began, time.perf_counter() - imported)"
+    ),
+    "safetensors.torch.load_file (float32), every page": (
+        "import time; began = time.perf_counter(); import torch; "
+        "from safetensors.torch import load_file; imported = time.perf_counter(); "
+        "tensors = load_file({path!r}); "
+        "[float(t.reshape(-1)[::1024].sum()) for t in tensors.values()]; "
+        "print(imported - began, time.perf_counter() - imported)"
+    ),
+}
+
+
+def fresh_processes(paths: dict[str, Path], repeats: int) -> dict[str, tuple[float, float]]:
+    """Median (import, first load) seconds over ``repeats`` new processes per case."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in _FRESH}
+    for _ in range(repeats):
+        for name, code in _FRESH.items():
+            done = subprocess.run(
+                [sys.executable, "-c", code.format(path=str(paths[name]))],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            imported, loaded = (float(v) for v in done.stdout.split())
+            samples[name].append((imported, loaded))
+    return {
+        name: (statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs))
+        for name, runs in samples.items()
+    }
+
+
 def profile(path: Path, top: int = 16) -> None:
     """Print the functions that take the most time (own time) in one warm load."""
     import cProfile
@@ -113,6 +156,9 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--codecs", nargs="+", default=["auto", "entropy", "rle", "packed"])
+    parser.add_argument(
+        "--fresh", type=int, default=5, help="new processes per case for the first-load table"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
         "--profile", action="store_true", help="instead: where one load's time goes (cProfile)"
@@ -180,6 +226,13 @@ def main() -> None:
             fn()
         warm = interleaved(cases, args.repeats, cold=False)
         cold = interleaved(cases, args.repeats, cold=True)
+        fresh = {}
+        if args.fresh > 0:
+            fresh_paths = {
+                "hiddenite.load": files[args.codecs[0]],
+                "safetensors.torch.load_file (float32), every page": st_path,
+            }
+            fresh = fresh_processes(fresh_paths, args.fresh)
         sizes = {
             name: f"{path.stat().st_size:,}" if path else "-" for name, (path, _) in cases.items()
         }
@@ -201,9 +254,21 @@ def main() -> None:
             f"{warm[name] / warm[base]:.1f}x | {cold[name] * 1e3:,.1f} | "
             f"{cold[name] / cold[base]:.1f}x |"
         )
+    if fresh:
+        print(
+            f"\nIn a fresh process ({args.codecs[0]} codec; median of {args.fresh} processes "
+            "per case, warm page cache):\n"
+        )
+        print("| what | import ms | first load ms | import + load ms |")
+        print("|---|---|---|---|")
+        for name, (imported, loaded) in fresh.items():
+            print(
+                f"| {name} | {imported * 1e3:,.0f} | {loaded * 1e3:,.0f} | "
+                f"{(imported + loaded) * 1e3:,.0f} |"
+            )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"warm": warm, "cold": cold, "bytes": sizes}, fh, indent=2)
+            json.dump({"warm": warm, "cold": cold, "bytes": sizes, "fresh": fresh}, fh, indent=2)
 
 
 if __name__ == "__main__":
