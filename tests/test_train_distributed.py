@@ -37,13 +37,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hiddenite import distributed, load
+from hiddenite import cli, distributed, load
 from hiddenite.convert import SupermaskConfig
 from hiddenite.data import iterate_batches, piece_bounds
-from hiddenite.errors import UserError
+from hiddenite.errors import ConfigError, UserError
 from hiddenite.layers import SupermaskLayer
 from hiddenite.methods import method_config
-from hiddenite.train import TrainConfig, build_model, load_trained, train
+from hiddenite.train import TrainConfig, TrainResult, build_model, load_trained, train
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -342,3 +342,31 @@ def test_process_group_rejects_unusable_devices():
             distributed.process_group(world, "cuda"),
         ):
             pass
+
+
+def test_sync_batch_norm_option(monkeypatch, tmp_path):
+    assert TrainConfig().sync_batch_norm is True
+    old = BN_CONFIG.to_dict()
+    del old["sync_batch_norm"]  # a config written before the field existed
+    assert TrainConfig.from_dict(old).sync_batch_norm is True
+    off = dataclasses.replace(BN_CONFIG, sync_batch_norm=False)
+    assert TrainConfig.from_dict(json.loads(off.to_json())) == off
+    with pytest.raises(ConfigError, match=r"TrainConfig\.sync_batch_norm: must be true or false"):
+        dataclasses.replace(BN_CONFIG, sync_batch_norm="yes")
+    # one process: the option changes nothing, bit for bit
+    bn = {"model": BN_CONFIG.model, "model_kwargs": BN_CONFIG.model_kwargs, "epochs": 1}
+    a, b = (single(tmp_path / f"{s}", sync_batch_norm=s, **bn) for s in (True, False))
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    # the CLI flag
+    seen = []
+
+    def fake_train(config, out, **kwargs):
+        seen.append(config.sync_batch_norm)
+        return TrainResult(model=None, config=config, history=[], out_dir=out)
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    for flag, expected in (([], True), (["--local-batch-norm"], False)):
+        args = ["train", "--out", str(tmp_path / f"cli{expected}"), "--model", "conv2-bn"]
+        assert cli.main(args + flag) == 0
+    assert seen == [True, False]

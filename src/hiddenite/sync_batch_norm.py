@@ -9,9 +9,8 @@ process (not ``E[x^2] - E[x]^2``, which cancels catastrophically when ``|mean| >
 2. all-reduce the per-channel sums of squared deviations from it -> the biased variance.
 
 The all-reduces are differentiable (:class:`_AllReduceSum`: the backward all-reduces the
-gradients of the sums; what ``torch.distributed.nn.functional.all_reduce`` does, which torch
-2.13 deprecates with a warning on every call and whose suggested replacement in
-``_functional_collectives`` has no autograd formula for it), so the gradient of every rank's input flows
+gradients of the sums, as ``torch.distributed.nn.functional.all_reduce`` does, which torch
+2.13 deprecates with a warning on every call), so the gradient of every rank's input flows
 through the global statistics exactly as in one process over the whole batch; with the
 loss scaling of :func:`hiddenite.train.train` (DDP averages the ranks' gradients) the
 all-reduced parameter gradients are the one-process ones. Running statistics follow
