@@ -6,7 +6,8 @@ copy: they are non-persistent buffers (the layer contract of :mod:`hiddenite.lay
 when the wrapper is built nor on each forward. :func:`check_frozen_identical` all-gathers a
 digest of them and fails loudly if a rank differs. Only tensors that require a gradient
 (scores, biases, affine batch-norm parameters, or the weights of a method that trains them)
-are all-reduced; persistent buffers (batch-norm running statistics) follow rank 0.
+are all-reduced; persistent buffers (batch-norm running statistics) follow rank 0 (with
+synchronised batch norm every rank computes the same ones anyway).
 
 Batch norm (see :func:`sync_batch_norms`): by default (``TrainConfig.sync_batch_norm``) the
 model's batch norms are swapped for :class:`~hiddenite.sync_batch_norm.SyncBatchNorm` for the

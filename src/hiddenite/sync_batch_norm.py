@@ -167,9 +167,12 @@ class SyncBatchNorm(_BatchNorm):
                 f"{count} over all ranks (input size on this rank {list(input.shape)})"
             )
         shape = _broadcast_shape(input, dims)
-        y = dev * torch.rsqrt(squares / count + self.eps).reshape(shape)
-        if self.weight is not None:
-            y = y * self.weight.reshape(shape).to(y) + self.bias.reshape(shape).to(y)
+        scale = torch.rsqrt(squares / count + self.eps)  # per channel: one pass over dev
+        if self.weight is None:
+            y = dev * scale.reshape(shape)
+        else:
+            scale = scale * self.weight.to(scale)
+            y = torch.addcmul(self.bias.to(scale).reshape(shape), dev, scale.reshape(shape))
         if track:
             with torch.no_grad():  # as torch's kernel: f * batch + (1 - f) * running
                 unbiased = squares.detach() / (count - 1)
