@@ -14,10 +14,11 @@ DIR``: DIR holds ``config.json`` (a TrainConfig); each rank trains the same tiny
   no-broadcast probe (frozen weights perturbed on rank 1 stay perturbed under DDP);
 - for each ``<name>.json`` of :data:`EXTRA` present in DIR (a TrainConfig: a batch-norm
   network, a ProgressiveNN any-precision run), ``<name>-sync<rank>/`` (run folder, rank 0
-  only), ``<name>-<rank>.safetensors`` / ``.json`` (final state and history) of the run with
-  synchronised batch statistics, and the same with ``-local`` for ``sync_batch_norm=False``;
-  rank 0 also saves the synced model as ``<name>.hnn`` and its eval-mode logits on the
-  validation data as ``<name>-logits.safetensors``.
+  only), ``<name>-<rank>.safetensors`` (final state) and ``<name>-<rank>.json`` (history,
+  module types of the returned model) of the run with synchronised batch statistics, and
+  the same with ``-local`` for ``sync_batch_norm=False``; rank 0 also saves the synced
+  model as ``<name>.hnn`` and its eval-mode logits on the validation data as
+  ``<name>-logits.safetensors``.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def extra_runs(folder: Path, name: str, rank: int, quiet: dict) -> None:
             {k: v.contiguous() for k, v in result.model.state_dict().items()},
             folder / f"{name}{tag}-{rank}.safetensors",
         )
-        (folder / f"{name}{tag}-{rank}.json").write_text(json.dumps(result.history))
+        types = sorted({type(m).__name__ for m in result.model.modules()})
+        report = {"history": result.history, "module_types": types}
+        (folder / f"{name}{tag}-{rank}.json").write_text(json.dumps(report))
         if sync and rank == 0:
             save(result.model, folder / f"{name}.hnn", arch=arch_of(cfg), config=cfg.supermask)
             with torch.no_grad():

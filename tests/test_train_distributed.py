@@ -230,7 +230,11 @@ def max_state_difference(state: dict, expected: dict) -> float:
 def test_synced_statistics_two_processes_match_one_process(launch, tmp_path, name):
     config = EXTRA_CONFIGS[name]
     ref = train(config, None, datasets=data(), log=None, progress=False)
-    assert_close_history(json.loads((launch / f"{name}-0.json").read_text()), ref.history)
+    report = json.loads((launch / f"{name}-0.json").read_text())
+    assert_close_history(report["history"], ref.history)
+    # the model train returned holds the plain modules again
+    assert report["module_types"] == sorted({type(m).__name__ for m in ref.model.modules()})
+    assert "SyncBatchNorm" not in report["module_types"]
     state, expected = load_file(launch / f"{name}-0.safetensors"), ref.model.state_dict()
     if name == "bn":  # 2 BatchNorm2d + 2 BatchNorm1d
         assert sum(k.endswith("running_var") for k in expected) == 4
