@@ -11,7 +11,14 @@ DIR``: DIR holds ``config.json`` (a TrainConfig); each rank trains the same tiny
 - ``cli<rank>.txt``: exit code and stdout of ``hiddenite train`` run with the arguments of
   ``cli_args.json`` (if present) under this same launch;
 - ``rank<rank>.json``: the all-gathered frozen-weight digests, histories and the
-  no-broadcast probe (frozen weights perturbed on rank 1 stay perturbed under DDP).
+  no-broadcast probe (frozen weights perturbed on rank 1 stay perturbed under DDP);
+- for each ``<name>.json`` of :data:`EXTRA` present in DIR (a TrainConfig: a batch-norm
+  network, a ProgressiveNN any-precision run), ``<name>-sync<rank>/`` (run folder, rank 0
+  only), ``<name>-<rank>.safetensors`` (final state) and ``<name>-<rank>.json`` (history,
+  module types of the returned model) of the run with synchronised batch statistics, and
+  the same with ``-local`` for ``sync_batch_norm=False``; rank 0 also saves the synced
+  model as ``<name>.hnn`` and its eval-mode logits on the validation data as
+  ``<name>-logits.safetensors``.
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from hiddenite import cli, distributed
-from hiddenite.data import Dataset
+from hiddenite import cli, distributed, save
+from hiddenite.data import Dataset, iterate_batches
+from hiddenite.export import arch_of
 from hiddenite.train import TrainConfig, build_model, train
+
+EXTRA = ("bn", "pnn")
 
 
 def quadrant_data(n: int, seed: int, split: str = "train") -> Dataset:
@@ -95,8 +105,39 @@ def main(folder: Path) -> None:
             "frozen_names": distributed.frozen_buffer_names(probe),
         }
         (folder / f"rank{world.rank}.json").write_text(json.dumps(report))
+        for name in EXTRA:
+            if (folder / f"{name}.json").is_file():
+                extra_runs(folder, name, world.rank, quiet)
     finally:
         dist.destroy_process_group()
+
+
+def val_images() -> torch.Tensor:
+    """The validation images of :func:`data` as one normalised float batch."""
+    val = data()[1]
+    batches = iterate_batches(val, len(val), shuffle=False, generator=None, augment=False)
+    return next(iter(batches))[0]
+
+
+def extra_runs(folder: Path, name: str, rank: int, quiet: dict) -> None:
+    """The synced and the local-batch-norm run of ``<name>.json`` (see the docstring)."""
+    config = TrainConfig.from_dict(json.loads((folder / f"{name}.json").read_text()))
+    for tag, sync in (("", True), ("-local", False)):
+        cfg = dataclasses.replace(config, sync_batch_norm=sync)
+        out = folder / f"{name}-sync{rank}" if sync else None
+        result = train(cfg, out, **quiet)
+        save_file(
+            {k: v.contiguous() for k, v in result.model.state_dict().items()},
+            folder / f"{name}{tag}-{rank}.safetensors",
+        )
+        types = sorted({type(m).__name__ for m in result.model.modules()})
+        report = {"history": result.history, "module_types": types}
+        (folder / f"{name}{tag}-{rank}.json").write_text(json.dumps(report))
+        if sync and rank == 0:
+            save(result.model, folder / f"{name}.hnn", arch=arch_of(cfg), config=cfg.supermask)
+            with torch.no_grad():
+                logits = result.model(val_images())
+            save_file({"logits": logits}, folder / f"{name}-logits.safetensors")
 
 
 if __name__ == "__main__":

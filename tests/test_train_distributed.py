@@ -13,6 +13,12 @@ momentum; we allow 1e-5 relative + 1e-6 absolute on the learned scores and 1e-5 
 losses (measured 2026-12-03: at most 2.2e-8 on scores of magnitude up to 0.28, one or two
 float32 ulps, and 5e-8 on the losses). The masks (top-k of the scores) must be identical, and
 the accuracies (integer counts) exact.
+
+Batch norm (``BN_CONFIG``, a tiny ``conv2-bn``; ``PNN_CONFIG``, ProgressiveNN any-precision
+passes, which normalise per precision): the two processes take the global batch's statistics
+(:mod:`hiddenite.sync_batch_norm`), so the same tolerance holds; with ``sync_batch_norm``
+off each rank normalises its own half and the result differs measurably (the test that shows
+the comparison can fail).
 """
 
 from __future__ import annotations
@@ -31,16 +37,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hiddenite import distributed
+from hiddenite import cli, distributed, load
 from hiddenite.convert import SupermaskConfig
 from hiddenite.data import iterate_batches, piece_bounds
-from hiddenite.errors import UserError
+from hiddenite.errors import ConfigError, UserError
 from hiddenite.layers import SupermaskLayer
-from hiddenite.train import TrainConfig, build_model, train
+from hiddenite.methods import method_config
+from hiddenite.train import TrainConfig, TrainResult, build_model, load_trained, train
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from ddp_worker import data  # noqa: E402
+from ddp_worker import data, val_images  # noqa: E402
 
 CONFIG = TrainConfig(
     model="mlp",
@@ -53,6 +60,18 @@ CONFIG = TrainConfig(
     augment=True,
 )
 RTOL, ATOL = 1e-5, 1e-6
+BN_CONFIG = dataclasses.replace(
+    CONFIG,
+    model="conv2-bn",
+    model_kwargs={"image_size": 8, "num_classes": 4, "width": 0.125},
+)  # 8 channels, BatchNorm2d after both convolutions, BatchNorm1d(32) x 2 in the head
+PNN_CONFIG = dataclasses.replace(
+    CONFIG,
+    supermask=SupermaskConfig(method=method_config("progressive", bits=4, train_bits=[2, 4])),
+    optimizer="adam",
+    lr=0.01,
+)
+EXTRA_CONFIGS = {"bn": BN_CONFIG, "pnn": PNN_CONFIG}
 CLI_ARGS = [
     "train", "--dataset", "imagefolder", "--data-option", "size=8", "--data-option", "workers=1",
     "--augment", "--model", "resnet20", "--model-arg", "width=0.25", "--epochs", "2",
@@ -76,6 +95,8 @@ def launch(tmp_path_factory) -> Path:
     """Run the 2-process worker once; return its folder."""
     folder = tmp_path_factory.mktemp("ddp")
     (folder / "config.json").write_text(CONFIG.to_json())
+    for name, config in EXTRA_CONFIGS.items():
+        (folder / f"{name}.json").write_text(config.to_json())
     write_image_folder(folder / "images")
     args = [*CLI_ARGS, "--data-dir", str(folder / "images"), "--out", str(folder / "cli")]
     (folder / "cli_args.json").write_text(json.dumps(args))
@@ -192,6 +213,69 @@ def test_cli_under_torchrun(launch):
     assert stored["batch_size"] == 8 and stored["data_options"]["classes"] == ["ant", "bee", "cat"]
 
 
+# --------------------------------------------------------------------------- batch norm
+
+
+def max_state_difference(state: dict, expected: dict) -> float:
+    """The largest absolute difference over every float tensor of two state dicts."""
+    assert state.keys() == expected.keys()
+    return max(
+        float((state[k].double() - v.double()).abs().max())
+        for k, v in expected.items()
+        if v.is_floating_point() and v.numel()
+    )
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_CONFIGS))
+def test_synced_statistics_two_processes_match_one_process(launch, tmp_path, name):
+    config = EXTRA_CONFIGS[name]
+    ref = train(config, None, datasets=data(), log=None, progress=False)
+    report = json.loads((launch / f"{name}-0.json").read_text())
+    assert_close_history(report["history"], ref.history)
+    # the model train returned holds the plain modules again
+    assert report["module_types"] == sorted({type(m).__name__ for m in ref.model.modules()})
+    assert "SyncBatchNorm" not in report["module_types"]
+    state, expected = load_file(launch / f"{name}-0.safetensors"), ref.model.state_dict()
+    if name == "bn":  # 2 BatchNorm2d + 2 BatchNorm1d
+        assert sum(k.endswith("running_var") for k in expected) == 4
+        assert expected["features.1.num_batches_tracked"].item() == 14  # 7 batches x 2
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value, rtol=RTOL, atol=ATOL, msg=key)
+    assert torch.equal(state[key], load_file(launch / f"{name}-1.safetensors")[key])
+    model = build_model(config)
+    model.load_state_dict(state)
+    for (layer, a), (_, b) in zip(model.named_modules(), ref.model.named_modules(), strict=True):
+        if isinstance(a, SupermaskLayer):
+            assert torch.equal(a.effective_weight() != 0, b.effective_weight() != 0), layer
+    # each rank normalising its own half is a different optimisation, measurably
+    local = load_file(launch / f"{name}-local-0.safetensors")
+    assert max_state_difference(local, expected) > 1000 * max_state_difference(state, expected)
+    assert max_state_difference(local, expected) > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_CONFIGS))
+def test_synced_run_writes_the_usual_files_and_model(launch, name):
+    assert sorted(p.name for p in (launch / f"{name}-sync0").iterdir()) == [
+        "checkpoint.safetensors", "config.json", "metrics.csv", "metrics.json",
+    ]  # fmt: skip
+    assert not (launch / f"{name}-sync1").exists()  # rank 1 writes nothing
+    stored = json.loads((launch / f"{name}-sync0" / "config.json").read_text())
+    assert stored["sync_batch_norm"] is True
+    state = load_file(launch / f"{name}-0.safetensors")
+    # the checkpoint (written while the batch norms were swapped) has the plain keys
+    model, _ = load_trained(launch / f"{name}-sync0" / "checkpoint.safetensors")
+    assert model.state_dict().keys() == state.keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    # the .hnn file rank 0 saved after the run loads and predicts bit for bit
+    loaded = load(launch / f"{name}.hnn")
+    assert {type(m) for m in loaded.modules()} == {type(m) for m in model.modules()}
+    logits = load_file(launch / f"{name}-logits.safetensors")["logits"]
+    with torch.no_grad():
+        assert torch.equal(loaded(val_images()), logits)
+        assert torch.equal(model(val_images()), logits)
+
+
 # --------------------------------------------------------------------------- one process
 
 
@@ -262,3 +346,31 @@ def test_process_group_rejects_unusable_devices():
             distributed.process_group(world, "cuda"),
         ):
             pass
+
+
+def test_sync_batch_norm_option(monkeypatch, tmp_path):
+    assert TrainConfig().sync_batch_norm is True
+    old = BN_CONFIG.to_dict()
+    del old["sync_batch_norm"]  # a config written before the field existed
+    assert TrainConfig.from_dict(old).sync_batch_norm is True
+    off = dataclasses.replace(BN_CONFIG, sync_batch_norm=False)
+    assert TrainConfig.from_dict(json.loads(off.to_json())) == off
+    with pytest.raises(ConfigError, match=r"TrainConfig\.sync_batch_norm: must be true or false"):
+        dataclasses.replace(BN_CONFIG, sync_batch_norm="yes")
+    # one process: the option changes nothing, bit for bit
+    bn = {"model": BN_CONFIG.model, "model_kwargs": BN_CONFIG.model_kwargs, "epochs": 1}
+    a, b = (single(tmp_path / f"{s}", sync_batch_norm=s, **bn) for s in (True, False))
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    # the CLI flag
+    seen = []
+
+    def fake_train(config, out, **kwargs):
+        seen.append(config.sync_batch_norm)
+        return TrainResult(model=None, config=config, history=[], out_dir=out)
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    for flag, expected in (([], True), (["--local-batch-norm"], False)):
+        args = ["train", "--out", str(tmp_path / f"cli{expected}"), "--model", "conv2-bn"]
+        assert cli.main(args + flag) == 0
+    assert seen == [True, False]

@@ -239,6 +239,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--local-batch-norm",
+        action="store_true",
+        help="under torchrun, normalise with each process's own piece of the batch (faster; "
+        "default: the global batch's statistics, as one process)",
+    )
     g = p.add_argument_group("precision (docs/precision.md)")
     g.add_argument(
         "--act-bits",
@@ -495,6 +501,7 @@ def _cmd_train(args) -> int:
         train_subset=args.train_subset,
         data_options=_key_values(args.data_option, "--data-option", "size=64"),
         amp=args.amp,
+        sync_batch_norm=not args.local_batch_norm,
         **_precision_args(args),
     )
     out = check_output_folder(args.out, "run folder (--out)")

@@ -6,7 +6,17 @@ copy: they are non-persistent buffers (the layer contract of :mod:`hiddenite.lay
 when the wrapper is built nor on each forward. :func:`check_frozen_identical` all-gathers a
 digest of them and fails loudly if a rank differs. Only tensors that require a gradient
 (scores, biases, affine batch-norm parameters, or the weights of a method that trains them)
-are all-reduced; persistent buffers (batch-norm running statistics) follow rank 0.
+are all-reduced; persistent buffers (batch-norm running statistics) follow rank 0 (with
+synchronised batch norm every rank computes the same ones anyway).
+
+Batch norm (see :func:`sync_batch_norms`): by default (``TrainConfig.sync_batch_norm``) the
+model's batch norms are swapped for :class:`~hiddenite.sync_batch_norm.SyncBatchNorm` for the
+training loop, so a training batch is normalised with the GLOBAL batch's statistics and N
+processes train as one (also on gloo/CPU, where ``torch.nn.SyncBatchNorm`` refuses to run);
+methods that take batch statistics themselves (ProgressiveNN's any-precision passes) take
+them over all ranks too. With it off (``--local-batch-norm``), each rank normalises with
+its own piece's statistics: faster, but not the one-process optimisation. The CUDA/NCCL path
+runs the same collectives but is untested (no GPU here).
 
 Sharding (see :func:`shard_bounds`): every rank draws the same epoch permutation from the data
 seed; the global batch ``i`` of that order is cut into ``world.size`` contiguous pieces and
@@ -29,8 +39,11 @@ from torch import nn
 
 from .data import piece_bounds
 from .errors import UserError
+from .layers import SupermaskLayer
+from .sync_batch_norm import SyncBatchNorm
 
 __all__ = [
+    "SyncedBatchNorms",
     "World",
     "all_gather_ints",
     "all_sum",
@@ -41,6 +54,7 @@ __all__ = [
     "frozen_digest",
     "process_group",
     "shard_bounds",
+    "sync_batch_norms",
     "wrap",
 ]
 
@@ -192,3 +206,52 @@ def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+@dataclass
+class SyncedBatchNorms:
+    """What :func:`sync_batch_norms` changed; :meth:`restore` puts the model back."""
+
+    model: nn.Module
+    swapped: list[tuple[nn.Module, str, nn.Module]]  # (parent, child name, original)
+    method_layers: list[SupermaskLayer]
+
+    @property
+    def count(self) -> int:
+        """Batch norms swapped plus method layers whose batch statistics were synchronised."""
+        return len(self.swapped) + len(self.method_layers)
+
+    def restore(self) -> None:
+        """The original modules back in place (holding the trained tensors, which they
+        shared), in the mode the model is in; method layers back to local statistics."""
+        for parent, name, original in self.swapped:
+            original.train(parent._modules[name].training)
+            parent._modules[name] = original
+        for layer in self.method_layers:
+            layer.method.sync_batch_statistics(layer, False)
+        self.swapped, self.method_layers = [], []
+
+
+def sync_batch_norms(model: nn.Module) -> SyncedBatchNorms:
+    """Swap every batch norm of ``model`` (``nn.BatchNorm1d/2d/3d``, affine or not) for a
+    :class:`~hiddenite.sync_batch_norm.SyncBatchNorm` over the default process group that
+    holds the SAME parameter and buffer tensors (so the state dict, the optimizer's
+    parameters and checkpoints are unchanged), and make the methods that take batch
+    statistics in training take them over all ranks
+    (:meth:`~hiddenite.methods.Method.sync_batch_statistics`). Undo with ``restore()`` on the
+    result, before anything inspects module types (file, summary, hardware model)."""
+    if isinstance(model, nn.modules.batchnorm._BatchNorm):
+        raise ValueError("sync_batch_norms: the model is itself a batch norm; wrap it")
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                child, SyncBatchNorm | nn.SyncBatchNorm
+            ):
+                parent._modules[name] = SyncBatchNorm.sharing(child)
+                swapped.append((parent, name, child))
+    layers = []
+    for module in model.modules():
+        if isinstance(module, SupermaskLayer) and module.method.sync_batch_statistics(module, True):
+            layers.append(module)
+    return SyncedBatchNorms(model, swapped, layers)

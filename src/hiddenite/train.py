@@ -14,6 +14,9 @@ of several ranks is initialised (``torchrun ... -m hiddenite train``), ``batch_s
 global batch, each rank trains on its piece of every batch (the loss is scaled so that the
 all-reduced gradient is the global batch's mean), validation is sharded and all-reduced, and
 only rank 0 writes files or logs. A last batch smaller than the number of ranks is skipped.
+Batch norms take the global batch's statistics over all ranks (``sync_batch_norm``, the
+default; :func:`hiddenite.distributed.sync_batch_norms`), so N processes train as one; the
+swap is undone before ``train`` returns, and checkpoints hold the same keys either way.
 """
 
 from __future__ import annotations
@@ -102,6 +105,12 @@ class TrainConfig:
     every ``Linear`` / ``Conv2d`` multiplies with in training and in inference (validation,
     ``eval``, the saved model), names registered in :mod:`hiddenite.ops` (``mitchell``: the
     logarithmic multiplier); default exact in both.
+
+    ``sync_batch_norm`` (data-parallel runs only): True (default) normalises every training
+    batch with the GLOBAL batch's statistics, all-reduced over the ranks, so N processes
+    give one process's result; False (``--local-batch-norm``) lets each rank use its own
+    piece's statistics (fewer collectives, a different optimisation). No effect in one
+    process. Configs written before the field existed read as True.
     """
 
     model: str = "conv4"
@@ -127,6 +136,7 @@ class TrainConfig:
     act_quant: ActQuantConfig | None = None
     calibration_batches: int = 8
     operator: OperatorChoice = field(default_factory=OperatorChoice)
+    sync_batch_norm: bool = True
     version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -139,7 +149,7 @@ class TrainConfig:
             fail(
                 "model_kwargs", f"must be an object of keyword arguments, got {self.model_kwargs!r}"
             )
-        for name in ("score_decay", "augment"):
+        for name in ("score_decay", "augment", "sync_batch_norm"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"must be true or false, got {getattr(self, name)!r}")
         try:
@@ -561,8 +571,11 @@ def train(
         atomic_write_text(out / "config.json", text)
     steps = num_batches(train_set, config.batch_size)
     net: nn.Module = model
+    synced = None
     if world is not None:
         distributed.check_frozen_identical(model, torch.device(device))
+        if config.sync_batch_norm:  # after calibration, which every rank runs whole
+            synced = distributed.sync_batch_norms(model)
         net = distributed.wrap(model, torch.device(device))
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
@@ -653,6 +666,8 @@ def train(
             _write_metrics(out, history)
     if world is not None:  # when train returns on any rank, rank 0's files are complete
         distributed.all_sum([0.0], torch.device(device))
+    if synced is not None:  # the plain batch norms back (same tensors): nothing downstream sees
+        synced.restore()
     model.eval()
     return TrainResult(model=model, config=config, history=history, out_dir=out)
 

@@ -289,6 +289,15 @@ class Method(abc.ABC):
         :meth:`weight` and :meth:`bias`, which the file, kernels and hardware model read."""
         return y
 
+    def sync_batch_statistics(self, layer: Any, on: bool) -> bool:
+        """Data-parallel training (:func:`hiddenite.distributed.sync_batch_norms`): from now
+        on take the batch statistics :meth:`output` computes in training over every rank of
+        the default process group (``on``, e.g. with
+        :func:`hiddenite.sync_batch_norm.global_moments`) or over this process's batch
+        (off, the default). Returns whether this layer takes batch statistics at all
+        (default: no statistics, False)."""
+        return False
+
     def training_passes(self, layers: list[Any]) -> Iterator[float] | None:
         """The passes of one training step over a model holding ``layers`` (this method's):
         an iterator that puts the layers in each pass's state, yields the weight of that

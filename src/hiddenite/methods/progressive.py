@@ -45,7 +45,9 @@ listed precision, N first (:meth:`Progressive.training_passes`), and in a pass a
 layer's output is batch-normalised with the batch's statistics and the n-bit gamma/beta,
 then mapped to the N-bit statistics of the same batch (:meth:`Progressive.output`), the
 formula above with batch for running statistics; the running per-precision statistics
-follow the batches, so one trained model holds a batch norm per precision.
+follow the batches, so one trained model holds a batch norm per precision. In data-parallel
+training these batch statistics are the global batch's over all ranks, like the model's
+batch norms (:meth:`Progressive.sync_batch_statistics`), unless ``--local-batch-norm``.
 
 Stored parts (n weights, C output channels): the N digit planes ``digit{N-1}`` (most
 significant) .. ``digit0``, n bits each (1 = +1); ``scales``, C floats (1 for ``"layer"``);
@@ -71,6 +73,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..sync_batch_norm import global_moments, spans_ranks
 from .base import LayerCost, LayerItem, Method, MethodConfig, Part, register_method
 
 __all__ = [
@@ -263,6 +266,7 @@ class Progressive(Method):
         layer.pnn_bits = bits  # the precision the forward pass runs at
         layer.pnn_raw = False  # True: no per-precision correction (while recalibrating)
         layer.pnn_step = None  # a dict during any-precision training steps (training_passes)
+        layer.pnn_sync = False  # True: batch statistics over all ranks (sync_batch_statistics)
 
     def _bits(self, layer: Any) -> int:
         return int(layer.pnn_bits)
@@ -308,8 +312,12 @@ class Progressive(Method):
         cfg = layer.method_config
         n, big = self._bits(layer), cfg.bits
         flat = _channels(y)
-        mean, var = flat.mean(0), flat.var(0, unbiased=False)
-        count = flat.shape[0]
+        if layer.pnn_sync and spans_ranks():  # the global batch's, over all ranks
+            mean, var, count = global_moments(flat, [0])
+            mean, var = mean.to(y), var.to(y)
+        else:
+            mean, var = flat.mean(0), flat.var(0, unbiased=False)
+            count = flat.shape[0]
         with torch.no_grad():  # running statistics, unbiased variance (as torch's batch norm)
             unbiased = var.detach().to(layer.pnn_var) * (count / max(count - 1, 1))
             layer.pnn_mean[n - 1].lerp_(mean.detach().to(layer.pnn_mean), cfg.momentum)
@@ -330,6 +338,13 @@ class Progressive(Method):
         view = _output_view if y.dim() == 4 else (lambda t: t)
         z = (view(gamma * ref_sd / sd)) * (y - view(mean))
         return z + view(beta * ref_sd + ref_mean)
+
+    def sync_batch_statistics(self, layer: Any, on: bool) -> bool:
+        """The any-precision passes' batch statistics (:meth:`output`) over all ranks (on)
+        or this process's batch; True when the layer trains with ``train_bits`` (else it
+        takes no batch statistics)."""
+        layer.pnn_sync = on
+        return bool(layer.method_config.train_bits)
 
     def training_passes(self, layers: list[Any]) -> Iterator[float] | None:
         """Any-precision training: with ``train_bits``, one pass per precision, highest
