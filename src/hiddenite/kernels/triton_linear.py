@@ -419,6 +419,7 @@ def hidden_linear(
     with torch.no_grad():
         if backend == "reference":
             weights = reference_weights(packed, x.device).to(x.dtype)
+            weights = weights.reshape(packed.out_features, packed.in_features)  # a conv's GEMM
             bias = None if packed.bias is None else packed.bias.to(x.dtype)
             return F.linear(x, weights, bias)
         _check_kernel(packed, x)
