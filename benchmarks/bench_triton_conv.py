@@ -21,6 +21,10 @@ Usage: python benchmarks/bench_triton_conv.py [--convs 64x256x1@56,512x512x3@7,5
        [--batches 1,16] [--repeats 50] [--block-steps 64] [--lanes 4096] [--json PATH]
 A conv is ``OUTxINxK@HW`` (square kernel K, input HW x HW, padding K // 2), optionally
 ``/S`` for stride S (e.g. ``128x128x3@56/2``).
+
+``--memory MODEL`` (no GPU needed) instead counts, for a zoo model converted at
+``--density``, the bytes of the model's tensors before and after
+:func:`hiddenite.kernels.triton_model.weight_free_`: what a device holds for the model.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from bench_triton_linear import cuda_median_us, markdown  # the script's folder is on sys.path
+from hiddenite import SupermaskConfig, models
 from hiddenite.kernels.triton_conv import gemm_rows, hidden_conv2d, pack_conv2d
 from hiddenite.kernels.triton_linear import kernel_weights, triton_available
-from hiddenite.layers import SupermaskConv2d
+from hiddenite.kernels.triton_model import weight_free_
+from hiddenite.layers import SupermaskConv2d, is_supermask
 
 DEFAULT_CONVS = "64x256x1@56,512x512x3@7,512x2048x1@7,64x64x3@56,128x128x3@56/2"
 
@@ -120,6 +126,27 @@ def bench_conv(out, fan_in, kernel, size, stride, batches, args) -> list[dict]:
     return rows
 
 
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def memory(name: str, density: float) -> None:
+    """The bytes a device holds for zoo model ``name`` before and after the swap."""
+    model = models.create(name, SupermaskConfig(density=density, seed=1)).eval()
+    hidden = {n: m for n, m in model.named_modules() if is_supermask(m)}
+    before = tensor_bytes([*model.parameters(), *model.buffers()])
+    swapped = weight_free_(model)
+    after = tensor_bytes([*model.parameters(), *model.buffers()])
+    weights = tensor_bytes(hidden[n].weight for n in swapped)
+    packed = tensor_bytes(t for n in swapped for t in model.get_submodule(n).buffers())
+    print(
+        f"{name} at density {density}: {len(swapped)} of {len(hidden)} hidden layers swapped; "
+        f"their float32 weights {weights / 1e6:.2f} MB -> seeds, bits and bias "
+        f"{packed / 1e6:.2f} MB ({weights / packed:.1f}x less); all the model's tensors "
+        f"{before / 1e6:.2f} MB -> {after / 1e6:.2f} MB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--convs", default=DEFAULT_CONVS, help="OUTxINxK@HW[/S],...")
@@ -130,7 +157,11 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.3)
     parser.add_argument("--init", default="signed-constant")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--memory", default=None, help="count a zoo model's bytes (CPU)")
     args = parser.parse_args()
+    if args.memory:
+        memory(args.memory, args.density)
+        return
     convs = parse_convs(args.convs)
     batches = [int(b) for b in args.batches.split(",")]
     if not torch.cuda.is_available():
