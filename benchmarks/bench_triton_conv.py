@@ -3,9 +3,11 @@
 For each convolution (default: ResNet-50-like shapes) and batch (default 1 and 16), with fp16
 inputs, the median of ``--repeats`` CUDA-event timings of:
 
-- ``kernel``: :func:`hiddenite.kernels.triton_conv.hidden_conv2d` on the packed layer (im2col
-  with ``F.unfold``, or the channels-last view for a 1x1, then the Triton kernel that
-  regenerates the weights from the lane seeds and reads one mask bit per weight);
+- ``kernel``: :func:`hiddenite.kernels.triton_conv.hidden_conv2d` on the packed layer: the
+  implicit-GEMM Triton kernel that regenerates the weights from the lane seeds, reads one
+  mask bit per weight and gathers the input patches itself;
+- ``kernel_im2col``: the same with ``im2col=True`` (``F.unfold``, or the channels-last view
+  for a 1x1, then the Linear kernel);
 - ``cudnn_fp16``: ``F.conv2d`` on the masked weights materialized once in fp16, the
   dense-memory baseline;
 - ``materialize_conv``: the Triton generator writes the masked weights (fp32), then
@@ -13,7 +15,7 @@ inputs, the median of ``--repeats`` CUDA-event timings of:
 
 Each row gives microseconds, the ratio ``cudnn_fp16 / kernel`` (above 1: the kernel is
 faster), the megabytes of weights (or seeds and bits) each path reads and the im2col buffer
-the kernel path writes. Before timing, the kernel's output on a float32 input is checked
+``kernel_im2col`` writes. Before timing, the kernel's output on a float32 input is checked
 against ``F.conv2d`` on the float32 weights (TF32 off). Triton's interpreter cannot measure
 speed: this script needs a CUDA device and exits with a one-line message without one.
 
@@ -82,17 +84,29 @@ def bench_conv(out, fan_in, kernel, size, stride, batches, args) -> list[dict]:
     for batch in batches:
         gen = torch.Generator("cuda").manual_seed(batch)
         x16 = torch.randn(batch, fan_in, size, size, device="cuda", generator=gen).half()
-        got = hidden_conv2d(
-            packed, x16.float(), stride, padding, backend="triton", block_steps=steps
-        )
         tf32 = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = False
         want = F.conv2d(x16.float(), weight32, None, stride, padding)
         torch.backends.cudnn.allow_tf32 = tf32
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+        for im2col in (False, True):
+            got = hidden_conv2d(
+                packed,
+                x16.float(),
+                stride,
+                padding,
+                backend="triton",
+                block_steps=steps,
+                im2col=im2col,
+            )
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
         def kernel_path(x16=x16):
             return hidden_conv2d(packed, x16, stride, padding, backend="triton", block_steps=steps)
+
+        def im2col_path(x16=x16):
+            return hidden_conv2d(
+                packed, x16, stride, padding, backend="triton", block_steps=steps, im2col=True
+            )
 
         def cudnn(x16=x16):
             return F.conv2d(x16, weight16, None, stride, padding)
@@ -105,6 +119,7 @@ def bench_conv(out, fan_in, kernel, size, stride, batches, args) -> list[dict]:
             name: cuda_median_us(fn, args.repeats)
             for name, fn in (
                 ("kernel", kernel_path),
+                ("kernel_im2col", im2col_path),
                 ("cudnn_fp16", cudnn),
                 ("materialize", materialize),
             )
@@ -115,6 +130,7 @@ def bench_conv(out, fan_in, kernel, size, stride, batches, args) -> list[dict]:
                 "conv": f"{out}x{fan_in}x{kernel}@{size}/{stride}",
                 "batch": batch,
                 "kernel_us": times["kernel"],
+                "kernel_im2col_us": times["kernel_im2col"],
                 "cudnn_fp16_us": times["cudnn_fp16"],
                 "materialize_conv_us": times["materialize"],
                 "cudnn_over_kernel": times["cudnn_fp16"] / times["kernel"],

@@ -177,12 +177,18 @@ for k, case in enumerate(CASES):
     steps = case[-1]
     results[f"weights{{k}}"] = kernel_weights(packed, block_steps=steps).numpy()
     x, stride, padding, dilation = geometry(layer, make_conv_input(case))
-    out = hidden_conv2d(packed, x, stride, padding, dilation, backend="triton", block_steps=steps)
-    results[f"out{{k}}"] = out.numpy()
-# the first case again, its 36 rows split over three launches of at most 2 x 8 rows
-triton_linear._MAX_BATCH_PROGRAMS = 2
-x = make_conv_input(CASES[0])[:, :, :3, :]
-results["split"] = hidden_conv2d(pack_conv2d(make_conv(CASES[0])), x, backend="triton").numpy()
+    for im2col in (False, True):
+        out = hidden_conv2d(
+            packed, x, stride, padding, dilation, backend="triton", block_steps=steps,
+            im2col=im2col,
+        )
+        results[f"{{'im2col' if im2col else 'implicit'}}{{k}}"] = out.numpy()
+# the first case again, its 36 rows split over three launches of one program of 16 rows
+triton_linear._MAX_BATCH_PROGRAMS = 1
+x = make_conv_input(CASES[0])
+packed = pack_conv2d(make_conv(CASES[0]))
+results["split"] = hidden_conv2d(packed, x, backend="triton").numpy()
+results["split_im2col"] = hidden_conv2d(packed, x, backend="triton", im2col=True).numpy()
 triton_linear._MAX_BATCH_PROGRAMS = 65535
 model = make_model()
 swapped = weight_free_(model, backend="triton")
@@ -206,7 +212,7 @@ def interpreted(tmp_path_factory) -> dict:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(report["keys"]) == 2 * len(CASES) + 2
+    assert len(report["keys"]) == 3 * len(CASES) + 3
     with np.load(out) as data:
         results = {key: data[key] for key in data.files}
     results["swapped"] = report["swapped"]
@@ -225,19 +231,22 @@ def test_kernel_weights_bit_identical_to_frozen_weights(interpreted, k):
         np.testing.assert_array_equal(got.view(np.int32), frozen.numpy().view(np.int32))
 
 
+@pytest.mark.parametrize("path", ["implicit", "im2col"])
 @pytest.mark.parametrize("k", range(len(CASES)))
-def test_kernel_conv_matches_f_conv2d(interpreted, k):
+def test_kernel_conv_matches_f_conv2d(interpreted, k, path):
     want = reference_conv(CASES[k])
-    got = torch.from_numpy(interpreted[f"out{k}"])
+    got = torch.from_numpy(interpreted[f"{path}{k}"])
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_rows_split_over_launches_give_the_same_conv(interpreted):
+@pytest.mark.parametrize("key", ["split", "split_im2col"])
+def test_rows_split_over_launches_give_the_same_conv(interpreted, key):
     layer = make_conv(CASES[0])
-    x = make_conv_input(CASES[0])[:, :, :3, :]
+    x = make_conv_input(CASES[0])
+    assert x.shape[0] * x.shape[2] * x.shape[3] == 36
     want = F.conv2d(x, layer.effective_weight().detach(), layer.bias.detach())
-    torch.testing.assert_close(torch.from_numpy(interpreted["split"]), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(interpreted[key]), want, rtol=1e-5, atol=1e-6)
 
 
 def test_weight_free_model_matches_the_model(interpreted):

@@ -1,21 +1,25 @@
-"""The hidden ``Conv2d`` forward without its weights in memory (Triton, through im2col).
+"""The hidden ``Conv2d`` forward without its weights in memory (Triton, implicit GEMM).
 
 A convolution is a matrix product: the weight ``(out, in, kh, kw)`` flattened row-major is the
 ``out x (in * kh * kw)`` matrix whose flat index is exactly the index the multi-lane Xorshift
 of :mod:`hiddenite.prng` numbers the weights by, so the hidden-``Linear`` kernel of
 :mod:`hiddenite.kernels.triton_linear` regenerates it unchanged. :func:`pack_conv2d` packs
 the layer (lane seeds, mask and sign bits, bias; no weight) with
-:func:`~hiddenite.kernels.triton_linear.pack_linear`, and :func:`hidden_conv2d` computes:
+:func:`~hiddenite.kernels.triton_linear.pack_linear`, and :func:`hidden_conv2d` computes the
+product of that matrix with the input's patches, one GEMM row per output pixel:
 
-- a 1x1 convolution without padding: the kernel on the channels-last view of the (strided)
-  input, one row per output pixel;
-- any other ``kh x kw``: ``F.unfold`` (im2col, columns in channel-major, then kernel-row,
-  then kernel-column order: the weight's own flat order), the kernel on its rows, then the
-  rows folded back to ``(N, out, H_out, W_out)``.
+- by default with an *implicit-GEMM* kernel (``hidden_conv2d_kernel`` of
+  :mod:`hiddenite.kernels._triton_impl`): the Linear kernel's weight generation, with each
+  column ``c`` of a row decoded to (channel, kernel row, kernel column) and the input value
+  gathered from the NCHW input (zero outside it, which is the padding), the partial sums
+  added straight into the NCHW output; no patch buffer exists;
+- with ``im2col=True``, through a patch buffer and the Linear kernel itself: a 1x1
+  convolution without padding reads the channels-last view of the (strided) input, any other
+  ``kh x kw`` ``F.unfold``'s columns (channel-major, then kernel row, then kernel column:
+  the weight's own flat order), and the rows are folded back to ``(N, out, H_out, W_out)``.
+  The buffer holds ``kh * kw`` copies of the input; the path is kept to compare against.
 
-The im2col buffer holds ``kh * kw`` copies of the input (the weights still never exist);
-an implicit-GEMM kernel that gathers the patches inside the kernel would avoid it and is not
-written. Grouped convolutions (``groups > 1``) are refused with a ``UserError``.
+Grouped convolutions (``groups > 1``) are refused with a ``UserError``.
 
 Backends as :func:`~hiddenite.kernels.triton_linear.hidden_linear`: ``"triton"`` (CUDA input,
 or any input with ``TRITON_INTERPRET=1``), ``"reference"`` (regenerate the weights with
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..layers import SupermaskConv2d
+from . import triton_linear
 from .triton_linear import (
     PackedLinear,
     check_backend,
@@ -125,6 +130,72 @@ def gemm_rows(x: torch.Tensor, kernel, stride, padding, dilation) -> torch.Tenso
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+def _kernel_conv2d(
+    x: torch.Tensor,
+    packed: PackedLinear,
+    stride: tuple[int, int],
+    top_left: tuple[int, int],
+    dilation: tuple[int, int],
+    out_size: tuple[int, int],
+    block_steps: int | None,
+) -> torch.Tensor:
+    """The implicit-GEMM kernel's float32 ``(N, out, H_out, W_out)`` (no bias): the patches
+    gathered inside the kernel, zero outside the input (``top_left``: the top and left
+    padding; the bottom and right follow from ``out_size``)."""
+    lin = triton_linear  # the launch geometry and arguments are the Linear kernel's
+    device = x.device
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = packed.spec["shape"]
+    rows = batch * out_size[0] * out_size[1]
+    out = torch.zeros((batch, out_channels, *out_size), dtype=torch.float32, device=device)
+    if rows == 0:
+        return out
+    lane_block, per_program, programs, nbits = lin._launch_shape(packed, block_steps)
+    batch_block = 1 << (min(rows, lin._MAX_BATCH_BLOCK) - 1).bit_length()
+    scale, mask, invert, flags = lin._kernel_args(packed, device, False)
+    jumps = lin._jump_tensor(nbits, device)
+    chunk = lin._MAX_BATCH_PROGRAMS * batch_block
+    x = x.contiguous()
+    for first in range(0, rows, chunk):
+        count = min(chunk, rows - first)
+        grid = (-(-packed.lanes // lane_block), programs, -(-count // batch_block))
+        lin._impl().hidden_conv2d_kernel[grid](
+            x,
+            out,
+            packed.seeds,
+            jumps,
+            scale,
+            mask,
+            invert,
+            packed.n,
+            packed.lanes,
+            packed.in_features,
+            out_channels,
+            first,
+            first + count,
+            packed.steps,
+            channels,
+            height,
+            width,
+            out_size[0],
+            out_size[1],
+            stride[0],
+            stride[1],
+            top_left[0],
+            top_left[1],
+            dilation[0],
+            dilation[1],
+            KH=kh,
+            KW=kw,
+            NBITS=nbits,
+            R=per_program,
+            BL=lane_block,
+            BB=batch_block,
+            **flags,
+        )
+    return out
+
+
 def hidden_conv2d(
     packed: PackedLinear,
     x: torch.Tensor,
@@ -134,13 +205,17 @@ def hidden_conv2d(
     *,
     backend: str = "auto",
     block_steps: int | None = None,
+    im2col: bool = False,
 ) -> torch.Tensor:
     """``F.conv2d(x, W * f, bias, stride, padding, dilation)`` without the weights in memory.
 
     ``packed`` comes from :func:`pack_conv2d`; ``x`` is ``(N, in, H, W)`` or unbatched
     ``(in, H, W)``; ``padding`` is ints or ``"same"`` / ``"valid"`` (zeros; a layer's other
     padding modes pad the input first). ``backend`` and ``block_steps`` as
-    :func:`~hiddenite.kernels.triton_linear.hidden_linear`. No gradient flows."""
+    :func:`~hiddenite.kernels.triton_linear.hidden_linear`. The kernel gathers the input
+    patches itself (implicit GEMM); ``im2col=True`` builds them with ``F.unfold`` (or takes a
+    1x1's channels-last view) and runs the Linear kernel on them instead. No gradient
+    flows."""
     check_backend(backend)
     if not isinstance(packed, PackedLinear) or len(packed.spec["shape"]) != 4:
         raise UserError(
@@ -163,19 +238,33 @@ def hidden_conv2d(
             dilation,
             backend=backend,
             block_steps=block_steps,
+            im2col=im2col,
         ).squeeze(0)
-    if padding == "same":
-        x, padding = _pad_same(x, (kh, kw), dilation), (0, 0)
-    elif padding == "valid":
-        padding = (0, 0)
-    h_out, w_out = _output_size(x, (kh, kw), stride, padding, dilation)
     backend = resolve_backend(backend, packed, x)
+    top_left = padding
+    if padding == "same":  # F.conv2d's split: the odd pixel on the bottom / right
+        top_left = tuple(d * (k - 1) // 2 for k, d in zip((kh, kw), dilation, strict=True))
+        if backend == "reference" or im2col:
+            x, padding = _pad_same(x, (kh, kw), dilation), (0, 0)
+    elif padding == "valid":
+        padding = top_left = (0, 0)
+    if padding == "same":
+        out_size = (x.shape[2], x.shape[3])  # stride 1: the input's size
+    else:
+        out_size = _output_size(x, (kh, kw), stride, padding, dilation)
     with torch.no_grad():
         if backend == "reference":
             weights = reference_weights(packed, x.device).to(x.dtype)
             bias = None if packed.bias is None else packed.bias.to(x.dtype)
             return F.conv2d(x, weights, bias, stride, padding, dilation)
-        rows = gemm_rows(x, (kh, kw), stride, padding, dilation)
-        y = hidden_linear(rows, packed, backend="triton", block_steps=block_steps)
-        y = y.reshape(x.shape[0], h_out, w_out, out_channels)
-        return y.permute(0, 3, 1, 2).contiguous()
+        if im2col:
+            rows = gemm_rows(x, (kh, kw), stride, padding, dilation)
+            y = hidden_linear(rows, packed, backend="triton", block_steps=block_steps)
+            y = y.reshape(x.shape[0], *out_size, out_channels)
+            return y.permute(0, 3, 1, 2).contiguous()
+        triton_linear._check_kernel(packed, x)
+        y = _kernel_conv2d(x, packed, stride, top_left, dilation, out_size, block_steps)
+        y = y.to(x.dtype)
+        if packed.bias is not None:
+            y += packed.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        return y
