@@ -412,7 +412,8 @@ needs_gpu = pytest.mark.skipif(
     [(64, 33, 1, 1, 0, 14), (31, 64, 3, 2, 1, 15), (32, 48, 3, 1, 1, 7)],
 )
 @pytest.mark.parametrize("method", ["edge-popup", "signed"])
-def test_gpu_conv_matches_f_conv2d(cin, cout, kernel, stride, padding, hw, method):
+@pytest.mark.parametrize("im2col", [False, True])
+def test_gpu_conv_matches_f_conv2d(cin, cout, kernel, stride, padding, hw, method, im2col):
     layer = SupermaskConv2d(
         cin, cout, kernel, stride, padding, bias=True, density=0.3, seed=9, method=method
     ).cuda()
@@ -421,9 +422,13 @@ def test_gpu_conv_matches_f_conv2d(cin, cout, kernel, stride, padding, hw, metho
     for batch in (1, 3):
         gen = torch.Generator("cuda").manual_seed(batch)
         x = torch.randn(batch, cin, hw, hw, device="cuda", generator=gen)
-        want = F.conv2d(x, weight, layer.bias, stride, padding)
-        got = hidden_conv2d(packed, x, stride, padding, backend="triton")
+        with torch.backends.cudnn.flags(allow_tf32=False):
+            want = F.conv2d(x, weight, layer.bias, stride, padding)
+        got = hidden_conv2d(packed, x, stride, padding, backend="triton", im2col=im2col)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        half = hidden_conv2d(packed, x.half(), stride, padding, backend="triton", im2col=im2col)
+        assert half.dtype == torch.float16
+        torch.testing.assert_close(half.float(), want, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu
