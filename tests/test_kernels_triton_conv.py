@@ -398,6 +398,17 @@ def test_model_swap_user_errors():
     assert weight_free_(on_meta) == []
 
 
+@pytest.mark.skipif(
+    not HAS_TRITON or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+    reason="needs triton, without the interpreter",
+)
+@pytest.mark.parametrize("im2col", [False, True])
+def test_kernel_on_a_cpu_tensor_without_the_interpreter_is_a_user_error(im2col):
+    packed = pack_conv2d(SupermaskConv2d(3, 2, 3))
+    with pytest.raises(UserError, match="CUDA"):
+        hidden_conv2d(packed, torch.ones(1, 3, 4, 4), backend="triton", im2col=im2col)
+
+
 # -- the compiled kernels on a GPU ------------------------------------------------------------
 
 needs_gpu = pytest.mark.skipif(

@@ -179,12 +179,12 @@ class PackedLinear:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def pack_linear(layer: SupermaskLinear, device: torch.device | str | None = None) -> PackedLinear:
+def pack_linear(layer: SupermaskLayer, device: torch.device | str | None = None) -> PackedLinear:
     """Pack a hidden ``Linear`` once: its lane seeds and its factor as bits (no weights).
 
     Any supermask layer whose weight flattens row-major to ``out x fan_in`` packs the same
-    way (a convolution's weight is its GEMM matrix: :func:`~hiddenite.kernels.triton_conv.
-    pack_conv2d` packs it)."""
+    way: a convolution's weight is its GEMM matrix
+    (:func:`hiddenite.kernels.triton_conv.pack_conv2d` packs it, checking its groups)."""
     if not isinstance(layer, SupermaskLayer):
         raise UserError(
             f"pack_linear takes a SupermaskLinear (or another supermask layer), got "
