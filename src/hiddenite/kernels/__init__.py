@@ -6,6 +6,11 @@
   imports and runs without it (:func:`~hiddenite.kernels.triton_linear.hidden_linear` then
   takes the reference path); the kernel also runs on the CPU under Triton's interpreter
   (``TRITON_INTERPRET=1``), which is how the tests check it without a GPU.
+- :mod:`hiddenite.kernels.triton_conv`: the hidden ``Conv2d`` (groups 1) on the same kernel:
+  its weight is the ``out x (in * kh * kw)`` matrix the kernel regenerates, fed with the
+  input's im2col rows (a 1x1's channels-last view).
+- :mod:`hiddenite.kernels.triton_model`: :func:`~hiddenite.kernels.triton_model.weight_free_`
+  swaps a model's eligible hidden layers for twins that hold seeds and mask bits only.
 - :mod:`hiddenite.kernels.topk_cpu`: compiled (numba) CPU passes of the edge-popup training
   step (bracketed selection, masked product, score gradient), driven by
   :class:`hiddenite.masks.TopKSelector`.

@@ -1,6 +1,7 @@
-"""The Triton kernels of :mod:`hiddenite.kernels.triton_linear` (imports triton).
+"""The Triton kernels of :mod:`hiddenite.kernels.triton_linear` and
+:mod:`~hiddenite.kernels.triton_conv` (imports triton).
 
-Imported only by :mod:`hiddenite.kernels.triton_linear` when a kernel is launched, so that the
+Imported only through ``triton_linear._impl()`` when a kernel is launched, so that the
 package works without triton. Whether a kernel is compiled for the GPU or run by Triton's
 interpreter is decided by ``TRITON_INTERPRET`` when this module is first imported.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["hidden_linear_kernel", "hidden_weights_kernel"]
+__all__ = ["hidden_conv2d_kernel", "hidden_linear_kernel", "hidden_weights_kernel"]
 
 
 @triton.jit
@@ -174,3 +175,102 @@ def hidden_weights_kernel(
             _value(state, scale, INIT), i, valid, mask_ptr, invert_ptr, HAS_MASK, HAS_INVERT
         )
         tl.store(out_ptr + i, w, mask=valid)
+
+
+@triton.jit
+def hidden_conv2d_kernel(
+    x_ptr,
+    out_ptr,
+    seeds_ptr,
+    jump_ptr,
+    scale_ptr,
+    mask_ptr,
+    invert_ptr,
+    n,
+    n_lanes,
+    in_features,
+    out_features,
+    row0,
+    rows_end,
+    steps,
+    channels,
+    height,
+    width,
+    out_height,
+    out_width,
+    stride_h,
+    stride_w,
+    pad_top,
+    pad_left,
+    dilation_h,
+    dilation_w,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    INIT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_INVERT: tl.constexpr,
+    NBITS: tl.constexpr,
+    R: tl.constexpr,
+    BL: tl.constexpr,
+    BB: tl.constexpr,
+):
+    """Implicit GEMM: ``out[b, o, y, x] += sum_c W[o, c] * patch(b, y, x)[c]`` over this
+    program's lanes and steps, the patch values gathered from the NCHW input (zero outside
+    it) instead of read from an im2col buffer. Row ``r`` of the GEMM is output pixel ``r``
+    (batch-major, then output rows, then columns); column ``c`` is (channel, kernel row,
+    kernel column), the weight's flat order. Rows ``row0 <= r < rows_end``."""
+    pid_l = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    lane = pid_l * BL + tl.arange(0, BL)
+    lane_ok = lane < n_lanes
+    state = tl.load(seeds_ptr + lane, mask=lane_ok, other=1).to(tl.uint32, bitcast=True)
+    s0 = pid_s * R
+    state = _jump(state, jump_ptr, s0, NBITS)
+    scale = tl.load(scale_ptr)
+    rows = row0 + pid_b * BB + tl.arange(0, BB)
+    row_ok = rows < rows_end
+    pixels = out_height * out_width
+    image = rows // pixels
+    pix = rows - image * pixels
+    oy = pix // out_width
+    ox = pix - oy * out_width
+    top = oy * stride_h - pad_top
+    left = ox * stride_w - pad_left
+    x_image = x_ptr + image.to(tl.int64) * (channels * height * width)
+    out_pix = out_ptr + image.to(tl.int64) * (out_features * pixels) + pix
+    for t in range(R):
+        state = _step(state)
+        step = (s0 + t).to(tl.int64)
+        first = step * n_lanes + pid_l * BL  # flat index of the block's first weight
+        i = first + lane - pid_l * BL
+        valid = lane_ok & (i < n)
+        o = i // in_features
+        c = i - o * in_features
+        ci = c // (KH * KW)
+        kk = c - ci * (KH * KW)
+        ky = kk // KW
+        kx = kk - ky * KW
+        w = _factor(
+            _value(state, scale, INIT), i, valid, mask_ptr, invert_ptr, HAS_MASK, HAS_INVERT
+        )
+        w = tl.where(valid, w, 0.0)
+        iy = top[:, None] + (ky * dilation_h)[None, :]
+        ix = left[:, None] + (kx * dilation_w)[None, :]
+        inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+        take = row_ok[:, None] & valid[None, :] & inside
+        offset = (ci * height)[None, :].to(tl.int64) * width + iy * width + ix
+        xv = tl.load(x_image[:, None] + offset, mask=take, other=0.0)
+        prod = xv.to(tl.float32) * w[None, :]
+        o_first = first // in_features
+        near = (o == o_first)[None, :]
+        p0 = tl.sum(tl.where(near, prod, 0.0), axis=1)
+        p1 = tl.sum(tl.where(near, 0.0, prod), axis=1)
+        zero = rows * 0  # vector-shaped comparisons, as in hidden_linear_kernel
+        live = row_ok & ((first + zero) < n)
+        tl.atomic_add(out_pix + o_first * pixels, p0, mask=live)
+        tl.atomic_add(
+            out_pix + (o_first + 1) * pixels,
+            p1,
+            mask=live & ((o_first + 1 + zero) < out_features),
+        )

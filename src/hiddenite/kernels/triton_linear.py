@@ -41,19 +41,22 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..init import frozen_weights, init_scale
-from ..layers import SupermaskLinear
+from ..layers import SupermaskLayer, SupermaskLinear
 from ..prng import STREAM_WEIGHTS, lane_seeds
 
 __all__ = [
     "BACKENDS",
     "KERNEL_INITS",
     "PackedLinear",
+    "check_backend",
     "hidden_linear",
     "jump_tables",
     "kernel_weights",
     "pack_bits",
     "pack_linear",
+    "packed_from_factor",
     "reference_weights",
+    "resolve_backend",
     "triton_available",
     "unpack_bits",
 ]
@@ -65,6 +68,7 @@ _RAW_WORDS = 2  # the kernel's INIT code that writes the words themselves
 _MAX_LANE_BLOCK = 128
 _STEPS_PER_PROGRAM = 64
 _MAX_BATCH_BLOCK = 16
+_MAX_BATCH_PROGRAMS = 65535  # CUDA's limit on the grid's third dimension
 
 
 def triton_available() -> bool:
@@ -145,7 +149,8 @@ class PackedLinear:
 
     @property
     def in_features(self) -> int:
-        return self.spec["shape"][1]
+        """Columns of the flattened weight (a convolution's ``in x kh x kw``)."""
+        return math.prod(self.spec["shape"][1:])
 
     @property
     def n(self) -> int:
@@ -174,12 +179,16 @@ class PackedLinear:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def pack_linear(layer: SupermaskLinear, device: torch.device | str | None = None) -> PackedLinear:
-    """Pack a hidden ``Linear`` once: its lane seeds and its factor as bits (no weights)."""
-    if not isinstance(layer, SupermaskLinear):
+def pack_linear(layer: SupermaskLayer, device: torch.device | str | None = None) -> PackedLinear:
+    """Pack a hidden ``Linear`` once: its lane seeds and its factor as bits (no weights).
+
+    Any supermask layer whose weight flattens row-major to ``out x fan_in`` packs the same
+    way: a convolution's weight is its GEMM matrix
+    (:func:`hiddenite.kernels.triton_conv.pack_conv2d` packs it, checking its groups)."""
+    if not isinstance(layer, SupermaskLayer):
         raise UserError(
-            f"pack_linear takes a SupermaskLinear, got {type(layer).__name__}; convert the "
-            "model with hiddenite.supermask_ first"
+            f"pack_linear takes a SupermaskLinear (or another supermask layer), got "
+            f"{type(layer).__name__}; convert the model with hiddenite.supermask_ first"
         )
     if layer.trains_weights:
         raise UserError(
@@ -192,6 +201,15 @@ def pack_linear(layer: SupermaskLinear, device: torch.device | str | None = None
             f"the {layer.method.name} method's effective weight is not the frozen weight times "
             "a 0/1 mask and a sign, so it has no weight-free kernel; use backend='reference'"
         )
+    return packed_from_factor(layer, factor, device)
+
+
+def packed_from_factor(
+    layer: SupermaskLayer, factor: torch.Tensor, device: torch.device | str | None = None
+) -> PackedLinear:
+    """The :class:`PackedLinear` of a frozen-weight ``layer`` whose method gave ``factor``
+    (:meth:`~hiddenite.methods.Method.weight_factor`, not None), for a caller that already
+    asked the method (:func:`pack_linear` checks the layer first)."""
     spec = layer.frozen_spec()
     device = layer.weight.device if device is None else torch.device(device)
     n = math.prod(spec["shape"])
@@ -200,6 +218,7 @@ def pack_linear(layer: SupermaskLinear, device: torch.device | str | None = None
     factor = factor.detach().reshape(-1)
     kept = factor != 0
     negative = factor < 0
+    bias = layer.effective_bias()
     return PackedLinear(
         spec=spec,
         lanes=lanes,
@@ -210,7 +229,7 @@ def pack_linear(layer: SupermaskLinear, device: torch.device | str | None = None
         seeds=torch.from_numpy(seeds.view(np.int32).copy()).to(device),
         mask=None if bool(kept.all()) else pack_bits(kept).to(device),
         invert=pack_bits(negative).to(device) if bool(negative.any()) else None,
-        bias=None if layer.bias is None else layer.bias.detach().to(device),
+        bias=None if bias is None else bias.detach().to(device),
     )
 
 
@@ -328,28 +347,49 @@ def _kernel_linear(
     lane_block, per_program, programs, nbits = _launch_shape(packed, block_steps)
     batch_block = 1 << (min(batch, _MAX_BATCH_BLOCK) - 1).bit_length()
     scale, mask, invert, flags = _kernel_args(packed, device, False)
-    grid = (-(-packed.lanes // lane_block), programs, -(-batch // batch_block))
-    _impl().hidden_linear_kernel[grid](
-        x2d,
-        out,
-        packed.seeds,
-        _jump_tensor(nbits, device),
-        scale,
-        mask,
-        invert,
-        packed.n,
-        packed.lanes,
-        packed.in_features,
-        packed.out_features,
-        batch,
-        packed.steps,
-        NBITS=nbits,
-        R=per_program,
-        BL=lane_block,
-        BB=batch_block,
-        **flags,
-    )
+    jumps = _jump_tensor(nbits, device)
+    chunk = _MAX_BATCH_PROGRAMS * batch_block  # rows per launch (a conv's im2col has many)
+    for first in range(0, batch, chunk):
+        rows = min(chunk, batch - first)
+        grid = (-(-packed.lanes // lane_block), programs, -(-rows // batch_block))
+        _impl().hidden_linear_kernel[grid](
+            x2d[first : first + rows],
+            out[first : first + rows],
+            packed.seeds,
+            jumps,
+            scale,
+            mask,
+            invert,
+            packed.n,
+            packed.lanes,
+            packed.in_features,
+            packed.out_features,
+            rows,
+            packed.steps,
+            NBITS=nbits,
+            R=per_program,
+            BL=lane_block,
+            BB=batch_block,
+            **flags,
+        )
     return out
+
+
+def check_backend(backend: str) -> None:
+    """``UserError`` unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def resolve_backend(backend: str, packed: PackedLinear, x: torch.Tensor) -> str:
+    """``"triton"`` or ``"reference"``: ``"auto"`` takes the kernel for a CUDA input when
+    triton is installed and the kernel regenerates the layer's init."""
+    if backend != "auto":
+        return backend
+    use_kernel = (
+        triton_available() and x.device.type == "cuda" and packed.spec["init"] in KERNEL_INITS
+    )
+    return "triton" if use_kernel else "reference"
 
 
 def hidden_linear(
@@ -369,21 +409,17 @@ def hidden_linear(
     kernel program (default 64; fewer give more programs). No gradient flows: this is the
     inference path.
     """
-    if backend not in BACKENDS:
-        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     packed = layer if isinstance(layer, PackedLinear) else pack_linear(layer, x.device)
     if x.shape[-1] != packed.in_features:
         raise UserError(
             f"the input has {x.shape[-1]} features, the layer takes {packed.in_features}"
         )
-    if backend == "auto":
-        use_kernel = (
-            triton_available() and x.device.type == "cuda" and packed.spec["init"] in KERNEL_INITS
-        )
-        backend = "triton" if use_kernel else "reference"
+    backend = resolve_backend(backend, packed, x)
     with torch.no_grad():
         if backend == "reference":
             weights = reference_weights(packed, x.device).to(x.dtype)
+            weights = weights.reshape(packed.out_features, packed.in_features)  # a conv's GEMM
             bias = None if packed.bias is None else packed.bias.to(x.dtype)
             return F.linear(x, weights, bias)
         _check_kernel(packed, x)
