@@ -10,6 +10,8 @@ once, so changes in the machine's load hit all alike), the median of ``--repeats
 - ``hiddenite.load(path)``: regenerate the frozen weights, decode and check every mask, and
   re-check that each restored layer gives back its stored mask (on by default);
 - ``hiddenite.load(path, check_masks=False)`` for comparison;
+- with more than one torch thread (``OMP_NUM_THREADS``), the default file loaded on one
+  thread (the layers' masks decode on torch's threads);
 - ``safetensors.torch.load_file`` of the float32 weights, touching every 4 KiB page (the file
   is mapped lazily; without the touch nothing would be read);
 - two floors of materialising the weights at all: ``np.full`` of a float32 buffer the size of
@@ -24,7 +26,10 @@ Fresh processes (``--fresh N``, default 5; 0 skips): what a command-line user wa
 of ``N`` new Python processes per case (interleaved, warm page cache) imports its library and
 loads once, timing the import and the first load apart: ``hiddenite.load`` of the default
 file (its compiled kernels come from numba's on-disk cache, or are compiled if there is none)
-against ``import torch, safetensors.torch`` and ``load_file`` (every page touched).
+against ``import torch, safetensors.torch`` and ``load_file`` (every page touched), and
+``np.full`` of a float32 buffer the size of the weights after ``import torch``: the cost of
+a process's first fresh memory (on a virtual machine whose host takes back freed guest pages
+it is far above a warm process's; the file pages safetensors maps are already resident).
 
 ``--profile`` instead prints where one warm load's time goes (cProfile: own time, then the
 cumulative time of hiddenite's own functions).
@@ -100,16 +105,23 @@ _FRESH = {
         "[float(t.reshape(-1)[::1024].sum()) for t in tensors.values()]; "
         "print(imported - began, time.perf_counter() - imported)"
     ),
+    "floor: np.full float32 of the weights' size (constant fill)": (
+        "import time; began = time.perf_counter(); import torch; import numpy as np; "
+        "imported = time.perf_counter(); np.full({weights}, 1.0, dtype=np.float32); "
+        "print(imported - began, time.perf_counter() - imported)"
+    ),
 }
 
 
-def fresh_processes(paths: dict[str, Path], repeats: int) -> dict[str, tuple[float, float]]:
+def fresh_processes(
+    paths: dict[str, Path], weights: int, repeats: int
+) -> dict[str, tuple[float, float]]:
     """Median (import, first load) seconds over ``repeats`` new processes per case."""
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in _FRESH}
     for _ in range(repeats):
         for name, code in _FRESH.items():
             done = subprocess.run(
-                [sys.executable, "-c", code.format(path=str(paths[name]))],
+                [sys.executable, "-c", code.format(path=str(paths.get(name)), weights=weights)],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -210,6 +222,17 @@ def main() -> None:
             auto,
             lambda: hiddenite.load(auto, check_masks=False),
         )
+        threads = torch.get_num_threads()
+        if threads > 1:  # the layers decode on torch's threads: the same load on one
+
+            def one_thread() -> object:
+                torch.set_num_threads(1)
+                try:
+                    return hiddenite.load(auto)
+                finally:
+                    torch.set_num_threads(threads)
+
+            cases[f"hiddenite.load on 1 thread, {args.codecs[0]} codec"] = (auto, one_thread)
         cases["safetensors.torch.load_file (float32), every page"] = (
             st_path,
             lambda: read_float32(st_path),
@@ -232,7 +255,7 @@ def main() -> None:
                 "hiddenite.load": files[args.codecs[0]],
                 "safetensors.torch.load_file (float32), every page": st_path,
             }
-            fresh = fresh_processes(fresh_paths, args.fresh)
+            fresh = fresh_processes(fresh_paths, weights, args.fresh)
         sizes = {
             name: f"{path.stat().st_size:,}" if path else "-" for name, (path, _) in cases.items()
         }
