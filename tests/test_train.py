@@ -719,3 +719,43 @@ def test_resume_and_load_share_one_validation(tmp_path, data, edit, words):
 def test_a_boolean_version_is_refused():
     with pytest.raises(ConfigError, match="version: True"):
         TrainConfig(version=True)
+
+
+def test_a_last_batch_of_one_is_skipped_only_for_batch_norm_models(monkeypatch):
+    """33 examples in batches of 32: the last batch holds one example, which training-mode
+    batch norm cannot normalise (torch raises); a model with batch norms skips it, an MLP
+    trains on it."""
+    datasets = (quadrant_data(33, seed=4), quadrant_data(16, seed=5, split="val"))
+    steps = []
+    real_step = torch.optim.SGD.step
+
+    def counting_step(self, *args, **kwargs):
+        steps.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counting_step)
+    kwargs = {"image_size": 8, "num_classes": 4, "width": 0.125}
+    bn = config(model="conv2-bn", model_kwargs=kwargs, epochs=1)
+    result = train(bn, datasets=datasets, progress=False, log=None)
+    assert math.isfinite(result.history[-1]["train_loss"])
+    with_bn = len(steps)
+    steps.clear()
+    train(config(epochs=1), datasets=datasets, progress=False, log=None)
+    assert (with_bn, len(steps)) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("batch", "size", "synced", "smallest"),
+    [
+        (5, None, False, 5),
+        (1, None, True, 1),
+        (5, 2, False, 2),  # pieces 3 and 2
+        (3, 2, False, 1),  # pieces 2 and 1: a local batch norm would see one example
+        (3, 2, True, 3),  # synced: the whole batch
+        (1, 2, True, 0),  # a rank gets nothing
+        (2, 4, False, 0),
+    ],
+)
+def test_smallest_group_a_batch_norm_normalises(batch, size, synced, smallest):
+    world = None if size is None else train_mod.distributed.World(rank=0, size=size)
+    assert train_mod._smallest_group(batch, world, synced) == smallest

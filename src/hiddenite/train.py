@@ -14,6 +14,8 @@ of several ranks is initialised (``torchrun ... -m hiddenite train``), ``batch_s
 global batch, each rank trains on its piece of every batch (the loss is scaled so that the
 all-reduced gradient is the global batch's mean), validation is sharded and all-reduced, and
 only rank 0 writes files or logs. A last batch smaller than the number of ranks is skipped.
+In one process or many, so is a training batch that would leave a batch norm a single
+example to normalise (training-mode batch norm cannot).
 Batch norms take the global batch's statistics over all ranks (``sync_batch_norm``, the
 default; :func:`hiddenite.distributed.sync_batch_norms`), so N processes train as one; the
 swap is undone before ``train`` returns, and checkpoints hold the same keys either way.
@@ -423,6 +425,21 @@ def _splits(config: TrainConfig, data_dir: str | Path | None) -> tuple[Dataset, 
     return train_set, val_set
 
 
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _smallest_group(batch: int, world: distributed.World | None, synced: bool) -> int:
+    """Examples in the smallest set a batch norm normalises together in this training batch:
+    the whole batch in one process or with synced batch norms (0 if a rank gets none), else
+    the smallest rank's piece."""
+    if world is None:
+        return batch
+    if batch < world.size:
+        return 0
+    return batch if synced else batch // world.size
+
+
 def _gather_epoch(model, val_set, config, world, device, sums):
     """Sharded validation plus the epoch's training sums, all-reduced over the ranks."""
     lo, hi = distributed.shard_bounds(len(val_set), world)
@@ -577,6 +594,7 @@ def train(
         if config.sync_batch_norm:  # after calibration, which every rank runs whole
             synced = distributed.sync_batch_norms(model)
         net = distributed.wrap(model, torch.device(device))
+    least = 2 if _has_batch_norm(model) else 1  # examples a training batch needs
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed_for_data * 1_000_003 + epoch)
@@ -603,8 +621,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = min(config.batch_size, len(train_set) - i * config.batch_size)
-            if world is not None and batch < world.size:
-                continue  # some rank would get no example
+            if _smallest_group(batch, world, synced is not None) < least:
+                continue  # a rank would get no example, or a batch norm a single one
             autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=config.amp == "bf16")
             optimizer.zero_grad(set_to_none=True)
             # one pass, or the passes a method declares (e.g. one per precision): the
