@@ -191,15 +191,16 @@ def naive_matmul(a: torch.Tensor, w: torch.Tensor, bias=None) -> np.ndarray:
     ab, wb = bits_of(a), bits_of(w)
     m_rows, k_len = a.shape
     out = np.zeros((m_rows, w.shape[0]), np.float32)
-    for m in range(m_rows):
-        for n in range(w.shape[0]):
-            acc = np.float32(0.0)
-            for k in range(k_len):
-                p = from_bits(mitchell_scalar_bits(ab[m * k_len + k], wb[n * k_len + k]))
-                acc = np.float32(acc + np.float32(p))
-            if bias is not None:
-                acc = np.float32(acc + np.float32(bias[n].item()))
-            out[m, n] = acc
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, as IEEE says
+        for m in range(m_rows):
+            for n in range(w.shape[0]):
+                acc = np.float32(0.0)
+                for k in range(k_len):
+                    p = from_bits(mitchell_scalar_bits(ab[m * k_len + k], wb[n * k_len + k]))
+                    acc = np.float32(acc + np.float32(p))
+                if bias is not None:
+                    acc = np.float32(acc + np.float32(bias[n].item()))
+                out[m, n] = acc
     return out
 
 
