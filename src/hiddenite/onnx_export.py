@@ -14,6 +14,8 @@ bit for bit as torch does on the same input. The matrix products are not bit for
 summation order differs, about 1 ulp), so the outputs of a model agree to float32 rounding,
 except where a value lies within that rounding of a quantizer's decision boundary.
 A quantizer that is still observing (not calibrated) is refused with a ``UserError``.
+(``QuantizeLinear`` / ``DequantizeLinear`` would not do: at opset 17 they know 8-bit codes only,
+and int8 clips to -128..127 where a signed quantizer's codes are symmetric, -127..127.)
 
 Operators (:mod:`hiddenite.ops`): ONNX has exact float products only. A model one of whose
 layers computes, in inference, with an operator whose declared datapath is not exact (e.g.
