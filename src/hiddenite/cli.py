@@ -298,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
         help="per-channel parameters (float16: smaller, outputs no longer bit-identical)",
     )
     p.add_argument("--onnx", default=None, metavar="PATH", help="also write the dense ONNX model")
+    p.add_argument(
+        "--exact-operators",
+        action="store_true",
+        help="with --onnx: export layers that multiply with an approximate operator (e.g. "
+        "mitchell, which ONNX cannot express) with exact products instead of refusing",
+    )
 
     p = sub.add_parser(
         "progressive",
@@ -585,6 +591,8 @@ def _cmd_summary(args) -> int:
 def _cmd_export(args) -> int:
     codec = None if args.codec == "auto" else args.codec
     check_output_file(args.output, "model file (-o)")
+    if args.exact_operators and not args.onnx:
+        raise UserError("--exact-operators applies to the ONNX file: add --onnx PATH")
     if args.onnx:
         check_output_file(args.onnx, "ONNX file (--onnx)")
         if os.path.abspath(args.onnx) == os.path.abspath(args.output):
@@ -607,9 +615,13 @@ def _cmd_export(args) -> int:
         model = load(args.output)
         name, kwargs = info.arch
         shape = models.default_input_shape(name, **kwargs)
-        size = export_onnx(model, args.onnx, shape)
+        onnx = export_onnx(model, args.onnx, shape, exact_operators=args.exact_operators)
         dims = "x".join(map(str, shape))
-        print(f"wrote {args.onnx}: {size:,} bytes (dense ONNX model, input batch x {dims})")
+        extra = f"; {onnx.describe()}" if onnx.describe() else ""
+        print(
+            f"wrote {args.onnx}: {onnx.size:,} bytes (dense ONNX model, input batch x {dims}"
+            f"{extra})"
+        )
     return 0
 
 
