@@ -344,9 +344,8 @@ def test_cli_refuses_mitchell_in_one_line_then_exports_exact_on_request(
     code, _, err = _cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("hiddenite: error: layer 'net.1'") and "--exact-operators" in err
-    assert not path.exists()
+    assert not path.exists() and not hnn.exists()  # refused before anything is written
 
-    hnn.unlink()
     code, text, err = _cli(capsys, *argv, "--exact-operators")
     assert code == 0, err
     assert text.splitlines()[-1].endswith(

@@ -39,7 +39,7 @@ from .hw.sweep import write_rows_csv
 from .init import INITS
 from .main_job import run_main_job
 from .methods import METHODS, get_method, method_config
-from .onnx_export import export_onnx
+from .onnx_export import check_exportable, export_onnx
 from .ops import OPERATORS, PHASES, OperatorChoice, get_operator, operator_choices, use_operator
 from .progressive import ProgressiveConfig, as_progressive, sweep_table, write_sweep
 from .progressive import sweep as progressive_sweep
@@ -599,7 +599,12 @@ def _cmd_export(args) -> int:
             raise UserError("--onnx and -o name the same file; give two paths")
     try:
         info = export_checkpoint(
-            args.checkpoint, args.output, codec=codec, param_dtype=args.param_dtype
+            args.checkpoint,
+            args.output,
+            codec=codec,
+            param_dtype=args.param_dtype,
+            # refused before the model file is written: nothing is left half done
+            check=(lambda m: check_exportable(m, args.exact_operators)) if args.onnx else None,
         )
     except OSError as exc:
         raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None

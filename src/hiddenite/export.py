@@ -7,7 +7,10 @@ imports the other.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
+
+from torch import nn
 
 from .data import dataset_info
 from .fileformat import ModelFileInfo, _full_kwargs, save
@@ -38,12 +41,17 @@ def export_checkpoint(
     *,
     codec: str | None = None,
     param_dtype: str = "float32",
+    check: Callable[[nn.Module], None] | None = None,
 ) -> ModelFileInfo:
     """Export a training checkpoint (file or run folder) to a model file; return its header.
 
-    The architecture and SupermaskConfig come from the checkpoint's TrainConfig.
+    The architecture and SupermaskConfig come from the checkpoint's TrainConfig. ``check`` is
+    called with the trained model before anything is written (it raises to stop the export,
+    e.g. when a second output could not be made from it).
     """
     model, config = load_trained(checkpoint)
+    if check is not None:
+        check(model)
     return save(
         model,
         path,

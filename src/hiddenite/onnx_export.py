@@ -48,7 +48,7 @@ from .quant import attach_quantizer_, input_quantizers, quantizer_of
 
 DEFAULT_OPSET = 17
 
-__all__ = ["DEFAULT_OPSET", "OnnxExport", "export_onnx", "onnx_bytes"]
+__all__ = ["DEFAULT_OPSET", "OnnxExport", "check_exportable", "export_onnx", "onnx_bytes"]
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,14 @@ def _approximate_layers(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def _dense_for_onnx(model: nn.Module, exact_operators: bool) -> tuple[nn.Module, OnnxExport]:
-    """``to_dense(model)`` in eval mode on the CPU, its input quantizers in place and every
-    operator exact; and what it holds (``size`` 0)."""
+def check_exportable(model: nn.Module, exact_operators: bool = False) -> None:
+    """``UserError`` unless :func:`onnx_bytes` can export ``model``: every inference operator
+    exact (or ``exact_operators``) and every activation quantizer calibrated."""
+    _checked(model, exact_operators)
+
+
+def _checked(model: nn.Module, exact_operators: bool) -> list[tuple[str, str]]:
+    """The checks of :func:`check_exportable`; returns the approximate layers."""
     approximate = _approximate_layers(model)
     if approximate and not exact_operators:
         layer, op = approximate[0]
@@ -111,6 +116,14 @@ def _dense_for_onnx(model: nn.Module, exact_operators: bool) -> tuple[nn.Module,
                 f"the activation quantizer of layer {layer!r} is still observing (not "
                 "calibrated); run hiddenite.quant.calibrate(model, batches) before exporting"
             )
+    return approximate
+
+
+def _dense_for_onnx(model: nn.Module, exact_operators: bool) -> tuple[nn.Module, OnnxExport]:
+    """``to_dense(model)`` in eval mode on the CPU, its input quantizers in place and every
+    operator exact; and what it holds (``size`` 0)."""
+    approximate = _checked(model, exact_operators)
+    quantized = input_quantizers(model)
     dense = to_dense(model).to("cpu").eval()
     # to_dense replaces a supermask layer by a new plain one: give it the quantizer back
     for layer, q in quantized:
