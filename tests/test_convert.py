@@ -29,6 +29,8 @@ from hiddenite.layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear, i
 from hiddenite.masks import GlobalThreshold, kept_count
 from hiddenite.methods import DenseConfig, EdgePopupConfig, method_config
 from hiddenite.methods.edge_popup import SCOPES
+from hiddenite.ops import OperatorChoice, operator_choices, set_operator_choices_
+from hiddenite.quant import ActQuantConfig, add_act_quantizers_, calibrate, input_quantizers
 
 # named_modules() order of the five candidate layers of TinyNet
 ORDER = ["stem.0", "blocks.0", "blocks.1", "head.proj", "fc"]
@@ -724,3 +726,20 @@ def test_materialize_gives_the_state_of_building_on_the_device(method):
     x = torch.randn(2, 3, 6, 6)
     model.eval(), reference.eval()
     assert torch.equal(model(x), reference(x))
+
+
+def test_to_dense_keeps_input_quantizers_and_operators():
+    """A quantized model multiplying with Mitchell's operator: the dense copy holds the same
+    quantizers (frozen at the same scales) and operators, and computes the same outputs."""
+    model = trained(supermask_(TinyNet(), SupermaskConfig(density=0.3, seed=5))).eval()
+    add_act_quantizers_(model, ActQuantConfig(bits=4))
+    calibrate(model, [inputs(1), inputs(2)])
+    set_operator_choices_(model, {"blocks.0": OperatorChoice("exact", "mitchell")})
+    x = inputs(7)
+    before = model(x)
+    dense = to_dense(model)
+    assert [n for n, _ in input_quantizers(dense)] == [n for n, _ in input_quantizers(model)]
+    for (_, a), (_, b) in zip(input_quantizers(dense), input_quantizers(model), strict=True):
+        assert a is not b and a.frozen and torch.equal(a.scale, b.scale)
+    assert operator_choices(dense) == operator_choices(model) != {}
+    assert torch.equal(dense(x), before)

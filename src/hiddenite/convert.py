@@ -28,7 +28,9 @@ from .errors import ConfigError
 from .init import INITS, RELU_GAIN
 from .layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear
 from .methods import DenseConfig, EdgePopupConfig, MethodConfig, get_method, method_config
+from .ops import operator_choices, set_operator_choices_
 from .prng import DEFAULT_LANES, PRNG_VERSION
+from .quant import attach_quantizer_, quantizer_of
 
 CONFIG_VERSION = 2
 # Largest initialisation gain: relative to the variance-keeping ReLU gain sqrt(2), each layer
@@ -430,15 +432,21 @@ def materialize_(model: nn.Module, device: str | torch.device) -> nn.Module:
 
 
 def to_dense(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """A model whose supermask layers are plain layers holding ``weight * mask``."""
+    """A model whose supermask layers are plain layers holding ``weight * mask``; each keeps
+    the layer's input quantizer (:mod:`hiddenite.quant`) and multiply operator
+    (:mod:`hiddenite.ops`), so the copy computes what the model computes."""
     out = model if inplace else copy.deepcopy(model)
+    choices = operator_choices(out)
     plain_of: dict[int, nn.Module] = {}
+    replaced = []
     for name, module in list(out.named_modules(remove_duplicate=False)):
         if not isinstance(module, SupermaskLayer):
             continue
         if id(module) not in plain_of:
             plain_of[id(module)] = _plain(module)
         _replace(out, name, plain_of[id(module)])
+        replaced.append(name)
+    set_operator_choices_(out, {name: choices[name] for name in replaced if name in choices})
     return out
 
 
@@ -450,5 +458,8 @@ def _plain(module: SupermaskLayer) -> nn.Module:
     plain.weight = nn.Parameter(weight)
     if bias is not None:
         plain.bias = nn.Parameter(bias.detach().clone())
+    quantizer = quantizer_of(module)
+    if quantizer is not None:
+        attach_quantizer_(plain, quantizer.config).load_state_dict(quantizer.state_dict())
     plain.train(module.training)
     return plain

@@ -44,7 +44,7 @@ from .atomic import atomic_write_bytes
 from .convert import to_dense
 from .errors import UserError
 from .ops import OperatorChoice, operator_choices, set_operator_choices_
-from .quant import attach_quantizer_, input_quantizers, quantizer_of
+from .quant import input_quantizers
 
 DEFAULT_OPSET = 17
 
@@ -124,12 +124,7 @@ def _dense_for_onnx(model: nn.Module, exact_operators: bool) -> tuple[nn.Module,
     operator exact; and what it holds (``size`` 0)."""
     approximate = _checked(model, exact_operators)
     quantized = input_quantizers(model)
-    dense = to_dense(model).to("cpu").eval()
-    # to_dense replaces a supermask layer by a new plain one: give it the quantizer back
-    for layer, q in quantized:
-        plain = dense.get_submodule(layer)
-        if quantizer_of(plain) is None:
-            attach_quantizer_(plain, q.config, layer).load_state_dict(q.state_dict())
+    dense = to_dense(model).to("cpu").eval()  # keeps each layer's quantizer and operator
     exported = [(layer, q.bits, q.bounds[0] < 0) for layer, q in input_quantizers(dense)]
     if [e[0] for e in exported] != [layer for layer, _ in quantized]:
         raise RuntimeError(
