@@ -11,11 +11,14 @@ normalises with the global batch's statistics through one autograd function
   with Chan et al.'s parallel formula, ``M2 = sum_r (M2_r + n_r (mean_r - mean)^2)``. float64
   because the combination is O(ranks x channels) numbers (free next to the pass over the
   data) and then adds no rounding of its own to float32 statistics, whatever their
-  conditioning, nor to float64 ones. The input is centred on its LOCAL mean and shifted by the
-  small float64-exact difference to the global one, so the deviations keep more digits than
+  conditioning, nor to float64 ones; each rank's mean is corrected for the rounding of its
+  float32 centre (the corrected two-pass algorithm), since the merge weighs the differences
+  between the ranks' means. The input is centred on its LOCAL mean and shifted by the small
+  float64-exact difference to the global one, so the deviations keep more digits than
   ``x - mean`` with a float32 mean (values near 1000 with a spread of 3 lose 6e-5 there);
-  the output is the per-channel affine map of the deviations (torch's fused elementwise
-  batch-norm kernel, with unit statistics).
+  the output is the per-channel affine map of the deviations, computed in place in the one
+  tensor the forward allocates (on the CPU a fresh large tensor costs page faults that
+  outweigh an elementwise pass).
 - backward: the standard batch-norm input gradient needs the GLOBAL per-channel sums of
   ``dy`` and ``dy * (x - mean)``: one all-reduce of both packed in one buffer, then the
   closed form ``dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * invstd * weight`` locally.
@@ -35,8 +38,8 @@ refused like the plain batch norm refuses it (ValueError), on every rank alike.
 
 Unlike ``torch.nn.SyncBatchNorm`` (CUDA only: "expected input tensor to be on GPU"; torch's
 ``batch_norm_stats``/``batch_norm_elemt``/``batch_norm_backward_elemt`` have no CPU kernel in
-torch 2.13), this is plain tensor arithmetic, torch's eval-mode batch-norm kernel and two
-collectives, so it runs on any device a process group serves. Only the CPU/gloo path is
+torch 2.13), this is plain tensor arithmetic and two collectives, so it runs on any device a
+process group serves. Only the CPU/gloo path is
 tested here; the CUDA/NCCL path uses the same code and collectives but has not been run (no
 GPU was available when it was written).
 
@@ -121,20 +124,22 @@ def _broadcast_shape(x: torch.Tensor, dims: list[int]) -> list[int]:
 def _local_moments(
     x: torch.Tensor, dims: list[int]
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(count, mean, M2, centre, x - centre)`` per channel of this rank's piece: ``centre``
+    """``(count, mean, M2, centre, scratch)`` per channel of this rank's piece: ``centre``
     is its mean in ``x``'s dtype, and ``mean`` and ``M2`` (the sum of squared deviations from
     the mean) are float64, corrected for ``centre``'s rounding (the corrected two-pass
     algorithm: ``mean = centre + S1 / n``, ``M2 = S2 - S1^2 / n`` with ``S1``, ``S2`` the sums of
     the deviations from ``centre`` and of their squares), so that the means of different
     ranks differ by what their data do and not by float32 rounding of values far from zero.
-    An empty piece gives count 0, mean 0 and M2 0."""
+    ``scratch`` is a new tensor shaped like ``x`` (it holds the squared deviations) for the
+    caller to reuse: one allocation in all. An empty piece gives count 0, mean 0 and M2 0."""
     count = x.numel() // max(1, _channels(x, dims))
     centre = x.sum(dims) / max(count, 1)
-    dev = x - centre.reshape(_broadcast_shape(x, dims))
+    scratch = x - centre.reshape(_broadcast_shape(x, dims))
     wide = torch.promote_types(x.dtype, torch.float64)
-    s1, s2 = dev.sum(dims).to(wide), dev.square().sum(dims).to(wide)
+    s1 = scratch.sum(dims).to(wide)
+    s2 = scratch.square_().sum(dims).to(wide)
     shift = s1 / max(count, 1)
-    return count, centre.to(wide) + shift, s2 - s1 * shift, centre, dev
+    return count, centre.to(wide) + shift, s2 - s1 * shift, centre, scratch
 
 
 def _combine(
@@ -159,25 +164,24 @@ def _merge(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return total, mean, (m2s + counts * (means - mean).square()).sum(0)
 
 
-def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """``t * scale + shift`` per channel (dim 1) in one fused pass: torch's eval-mode batch
-    norm with zero mean, unit variance and eps 0 is ``t * weight + bias`` (its CPU kernel
-    computes ``invstd = 1 / sqrt(1 + 0) = 1``, ``alpha = weight``, ``beta = bias - 0``)."""
-    zero = torch.zeros_like(scale)
-    return torch.batch_norm(t, scale, shift, zero, torch.ones_like(scale), False, 0.0, 0.0, False)
-
-
 class _SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm over the ranks of ``group``: one all-gather forward, one
     all-reduce backward (see the module docstring). Returns ``(y, mean, M2, count)``: the
     global batch's float64 per-channel mean and sum of squared deviations (not
-    differentiable) and its number of values per channel (an int)."""
+    differentiable) and its number of values per channel (an int).
+
+    The global mean is held as the rank's float32 ``centre`` plus a small ``shift``, so the
+    deviations ``(x - centre) - shift`` keep the digits ``x - mean`` would lose to the
+    rounding of a float32 mean far from zero. Each pass allocates one tensor shaped like
+    ``x`` (the output, used as scratch first), as torch's own batch norm does: on the CPU a
+    fresh large tensor costs page faults that outweigh an elementwise pass. The input itself
+    is saved for the backward, which recomputes ``x - centre``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float, group: dist.ProcessGroup | None):
         dims = [0, *range(2, x.dim())]
         shape = _broadcast_shape(x, dims)
-        count, local_mean, local_m2, centre, dev = _local_moments(x, dims)
+        count, local_mean, local_m2, centre, y = _local_moments(x, dims)
         total, mean, m2 = _combine(count, local_mean, local_m2, group)
         total = int(total.item())
         if total <= 1:
@@ -185,12 +189,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                 "Expected more than 1 value per channel when training, got "
                 f"{total} over all ranks (input size on this rank {list(x.shape)})"
             )
-        # x - mean, with the mean held as the local centre + a float64-exact small shift
-        dev.sub_((mean - centre.to(mean)).to(x.dtype).reshape(shape))
+        shift = (mean - centre.to(mean)).to(x.dtype)  # global mean - centre, small
         invstd = torch.rsqrt(m2 / total + eps).to(x.dtype)
         scale = invstd if weight is None else invstd * weight.to(x.dtype)
-        y = _affine(dev, scale, None if bias is None else bias.to(x.dtype))
-        ctx.save_for_backward(dev, invstd, weight)
+        offset = -shift * scale if bias is None else bias.to(x.dtype) - shift * scale
+        # y = ((x - centre) - shift) * scale + bias, in the scratch tensor
+        torch.sub(x, centre.reshape(shape), out=y).mul_(scale.reshape(shape))
+        y.add_(offset.reshape(shape))
+        ctx.save_for_backward(x, centre, shift, invstd, weight)
         ctx.group, ctx.count, ctx.dims = group, total, dims
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, m2)
@@ -199,20 +205,24 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, *_):
-        dev, invstd, weight = ctx.saved_tensors
+        x, centre, shift, invstd, weight = ctx.saved_tensors
         dims, count = ctx.dims, ctx.count
+        shape = _broadcast_shape(x, dims)
         sum_dy = dy.sum(dims)
-        sum_dy_dev = (dy * dev).sum(dims)
+        work = x - centre.reshape(shape)  # x - centre; becomes the input gradient
+        # sum of dy * xhat / invstd = sum of dy * ((x - centre) - shift)
+        sum_dy_dev = work.mul_(dy).sum(dims) - shift * sum_dy
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:  # same on every rank: the collective stays matched
             packed = torch.cat([sum_dy, sum_dy_dev])
             dist.all_reduce(packed, group=ctx.group)
             every_dy, every_dy_dev = packed.chunk(2)
-            shape = _broadcast_shape(dev, dims)
             gain = invstd if weight is None else invstd * weight.to(invstd)
             k = every_dy_dev * invstd.square() / count  # mean(dy * xhat) * invstd
-            t = torch.addcmul(dy, dev, -k.reshape(shape))  # dy - xhat * mean(dy * xhat)
-            dx = _affine(t, gain, -(every_dy / count) * gain)  # (t - mean(dy)) * gain
+            # dx = (dy - mean(dy) - ((x - centre) - shift) * k) * gain
+            torch.sub(x, centre.reshape(shape), out=work).mul_((-k * gain).reshape(shape))
+            work.addcmul_(dy, gain.reshape(shape))
+            dx = work.add_(((shift * k - every_dy / count) * gain).reshape(shape))
         if ctx.needs_input_grad[1]:
             dweight = (sum_dy_dev * invstd).to(weight.dtype)
         if ctx.needs_input_grad[2]:
