@@ -7,8 +7,9 @@ Conv-4 with batch norm (by default: 64 and 128 channels at 28x28 and 14x14, two 
 training forward and backward through every batch norm (upstream gradient fixed). The two
 variants alternate ``--rounds`` times, ``--steps`` timed steps each after 2 warm-up steps;
 the figures are the medians over the rounds of: wall milliseconds per step (rank 0), CPU
-milliseconds per step summed over the ranks, and the number of ``torch.distributed``
-collectives one rank calls per step (every collective function wrapped while it runs).
+milliseconds per step summed over the ranks, the part of it spent inside collectives, and
+the number of ``torch.distributed`` collectives one rank calls per step (every collective
+function wrapped while the timed steps run).
 Without the convolutions around them, this shows what the synchronisation itself costs.
 
 Usage: python benchmarks/bench_sync_bn.py [--procs P] [--batch B] [--steps S] [--rounds R]
@@ -46,15 +47,19 @@ def shapes(width: float) -> list[tuple[int, ...]]:
     return [(a, 28, 28), (a, 28, 28), (b, 14, 14), (b, 14, 14), (f,), (f,)]
 
 
-def count_collectives(calls: list[str]) -> dict:
-    """Wrap every collective of ``torch.distributed`` to append its name to ``calls``;
-    returns the originals, for :func:`restore`."""
+def count_collectives(calls: list[str], cpu: list[float]) -> dict:
+    """Wrap every collective of ``torch.distributed`` to append its name to ``calls`` and
+    the CPU seconds spent inside it to ``cpu``; returns the originals, for :func:`restore`."""
     originals = {n: getattr(dist, n) for n in COLLECTIVES if hasattr(dist, n)}
 
     def wrap(name, fn):
         def counted(*args, **kwargs):
             calls.append(name)
-            return fn(*args, **kwargs)
+            began = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cpu.append(time.process_time() - began)
 
         return counted
 
@@ -88,28 +93,29 @@ def worker(args) -> None:
             bn(x).backward(dy)
 
     results: dict[str, dict[str, list[float]]] = {
-        m: {"wall_ms": [], "cpu_ms": [], "collectives": []} for m in layers
+        m: {"wall_ms": [], "cpu_ms": [], "collective_cpu_ms": [], "collectives": []} for m in layers
     }
     for _ in range(args.rounds):
         for mode in layers:
             for _ in range(2):
                 step(mode)
             calls: list[str] = []
-            originals = count_collectives(calls)
+            inside: list[float] = []
+            dist.barrier()
+            originals = count_collectives(calls, inside)
             try:
-                step(mode)
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(args.steps):
+                    step(mode)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             finally:
                 restore(originals)
-            dist.barrier()
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                step(mode)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            total = torch.tensor([cpu], dtype=torch.float64)
+            total = torch.tensor([cpu, sum(inside)], dtype=torch.float64)
             dist.all_reduce(total)
             results[mode]["wall_ms"].append(1000 * wall / args.steps)
-            results[mode]["cpu_ms"].append(1000 * float(total) / args.steps)
-            results[mode]["collectives"].append(len(calls))
+            results[mode]["cpu_ms"].append(1000 * float(total[0]) / args.steps)
+            results[mode]["collective_cpu_ms"].append(1000 * float(total[1]) / args.steps)
+            results[mode]["collectives"].append(len(calls) / args.steps)
     if rank == 0:
         Path(args.out).write_text(json.dumps(results))
     dist.destroy_process_group()
@@ -148,10 +154,16 @@ def main() -> None:
         f"{args.width}; {args.rounds} rounds x {args.steps} steps; load average {load:.1f} "
         f"at start, {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}"
     )
-    print(f"{'batch norms':12} {'wall ms/step':>13} {'CPU ms/step':>12} {'collectives/step':>17}")
+    print(
+        f"{'batch norms':12} {'wall ms/step':>13} {'CPU ms/step':>12} "
+        f"{'in collectives':>15} {'collectives/step':>17}"
+    )
     median = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results.items()}
     for mode, row in median.items():
-        print(f"{mode:12} {row['wall_ms']:13.2f} {row['cpu_ms']:12.2f} {row['collectives']:17.0f}")
+        print(
+            f"{mode:12} {row['wall_ms']:13.2f} {row['cpu_ms']:12.2f} "
+            f"{row['collective_cpu_ms']:15.2f} {row['collectives']:17.0f}"
+        )
     s, loc = median["synced"], median["local"]
     print(
         f"synced / local: {s['wall_ms'] / loc['wall_ms']:.2f}x wall, "
