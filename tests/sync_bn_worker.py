@@ -8,12 +8,18 @@ training forward/backward passes through a :class:`hiddenite.sync_batch_norm.Syn
 sharing the plain batch norm's tensors, all-reduces (sums) the parameter gradients, and saves
 to ``DIR/<case>-rank<r>.safetensors`` its output pieces, input-gradient pieces, the summed
 parameter gradients and the final running statistics, plus an eval-mode output; the test
-compares them with one process running the plain batch norm on the whole batch.
+compares them with one process running the plain batch norm on the whole batch. It also
+counts the collectives (every ``torch.distributed`` collective function, wrapped while the
+batch norm runs) of each training forward, backward and of the eval forward, in
+``DIR/<case>-rank<r>.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,6 +55,35 @@ def case_tensors(name: str):
     return xs, grads, bn
 
 
+COLLECTIVES = (
+    "all_reduce", "all_gather", "all_gather_single", "all_gather_into_tensor",
+    "all_gather_object", "all_to_all", "all_to_all_single", "broadcast", "reduce",
+    "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "barrier", "send", "recv",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[list[str]]:
+    """The names of the ``torch.distributed`` collectives called inside the block, in order."""
+    calls: list[str] = []
+    originals = {n: getattr(dist, n) for n in COLLECTIVES if hasattr(dist, n)}
+
+    def wrap(name, fn):
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return counted
+
+    for name, fn in originals.items():
+        setattr(dist, name, wrap(name, fn))
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+
+
 def nn_type(kind: str):
     return {"1d": torch.nn.BatchNorm1d, "2d": torch.nn.BatchNorm2d}[kind]
 
@@ -61,11 +96,16 @@ def main(folder: Path) -> None:
             xs, grads, bn = case_tensors(name)
             sync = SyncBatchNorm.sharing(bn)
             out: dict[str, torch.Tensor] = {}
+            calls: dict[str, list[list[str]]] = {"forward": [], "backward": [], "eval": []}
             for step, (x, grad) in enumerate(zip(xs, grads, strict=True)):
                 lo, hi = piece_bounds(len(x), rank, size)
                 piece = x[lo:hi].clone().requires_grad_(True)
-                y = sync(piece)
-                (y * grad[lo:hi]).sum().backward()
+                with counting() as forward:
+                    y = sync(piece)
+                with counting() as backward:
+                    (y * grad[lo:hi]).sum().backward()
+                calls["forward"].append(forward)
+                calls["backward"].append(backward)
                 out[f"y{step}"] = y.detach()
                 out[f"dx{step}"] = piece.grad
                 for pname, p in sync.named_parameters():
@@ -76,8 +116,11 @@ def main(folder: Path) -> None:
             for bname, b in bn.named_buffers():
                 out[bname] = b.clone()
             sync.eval()
-            out["eval"] = sync(xs[0][lo:hi]).detach()
+            with counting() as evaluation:
+                out["eval"] = sync(xs[0][lo:hi]).detach()
+            calls["eval"].append(evaluation)
             save_file({k: v.contiguous() for k, v in out.items()}, folder / f"{name}-rank{rank}")
+            (folder / f"{name}-rank{rank}.json").write_text(json.dumps(calls))
     finally:
         dist.destroy_process_group()
 
