@@ -109,7 +109,7 @@ class TrainConfig:
     logarithmic multiplier); default exact in both.
 
     ``sync_batch_norm`` (data-parallel runs only): True (default) normalises every training
-    batch with the GLOBAL batch's statistics, all-reduced over the ranks, so N processes
+    batch with the GLOBAL batch's statistics, gathered over the ranks, so N processes
     give one process's result; False (``--local-batch-norm``) lets each rank use its own
     piece's statistics (fewer collectives, a different optimisation). No effect in one
     process. Configs written before the field existed read as True.
