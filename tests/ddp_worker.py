@@ -89,6 +89,9 @@ def main(folder: Path) -> None:
         ddp(torch.zeros(2, 1, 8, 8))
         kept = distributed.frozen_digest(probe) == mine
         ignored = sorted(ddp.parameters_to_ignore)
+        # released before the group is destroyed: a DDP wrapper freed after it (when main
+        # returns) could leave this rank hanging in its destructor at exit
+        del ddp
 
         state = dict(full.model.state_dict())
         state.update({f"frozen.{k}": v for k, v in full.model.named_buffers()})
