@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the package in one prepared run, for a CUDA machine (its steps are capped at
-# 300 + 150 + 150 s, so it fits a 15-minute device lease; never yet run on a GPU): the CUDA tests (tests/test_cuda.py: load, save, every method, training, summary,
+# 300 + 150 + 150 s, so it fits a 15-minute device lease; never yet run on a GPU): the CUDA
+# tests (tests/test_cuda.py: load, save, every method, training, summary,
 # the hardware model and the command line on the GPU against the CPU; the CUDA tests of the
 # PRNG, init, layers and the Triton kernels), then the Triton kernels' benchmarks against
 # cuBLAS / cuDNN fp16. Logs and JSON land in $OUT (default: gpu-results/).
