@@ -22,11 +22,11 @@ import torch
 
 from hiddenite import SupermaskConfig, load, models, save, summary, to_dense
 from hiddenite.cli import main as cli_main
-from hiddenite.data import Dataset
 from hiddenite.hw import simulate
 from hiddenite.train import TrainConfig, evaluate, train
 from test_cli import write_fashion_mnist
 from test_methods import ARCHS, METHOD_NAMES, build, inputs, layers
+from test_train import quadrant_data
 
 pytestmark = [
     pytest.mark.gpu,
@@ -71,17 +71,6 @@ def train_steps(model: torch.nn.Module, arch: str, device: str, steps: int = 3) 
 def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
-
-
-def quadrant_data(n: int, seed: int, split: str = "train") -> Dataset:
-    """8x8 one-channel images; the class (0..3) is the brightest 4x4 quadrant."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-    labels = torch.randint(0, 4, (n,), generator=g)
-    for i, label in enumerate(labels.tolist()):
-        r, c = divmod(label, 2)
-        images[i, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 150
-    return Dataset("fashion-mnist", images, labels, 4, (0.3,), (0.35,), split=split)
 
 
 # --------------------------------------------------------------------------- the checks
